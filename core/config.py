@@ -1,0 +1,113 @@
+"""Settings loading shared by the daemon and the trainer.
+
+Precedence, highest first: CLI flags, ``ARTD_*`` environment variables, the TOML file
+named by ``--config``, defaults. Errors name the setting the way the user wrote it (flag,
+env var or TOML key), so a typo is found without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    TomlConfigSettingsSource,
+)
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; the message names every bad setting."""
+
+
+def load_settings(
+    cls: type[S],
+    cli: dict[str, Any],
+    config_file: Path | None = None,
+    *,
+    other_prefixes: tuple[str, ...] = (),
+) -> S:
+    """Build ``cls`` from CLI values (``None`` means "not given"), env vars and a TOML file.
+
+    An env var with our prefix that names no setting is an error (a typo would otherwise be
+    silently ignored); ``other_prefixes`` are longer prefixes owned by other programs.
+    """
+    toml_data: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            toml_data = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise SettingsError(f"--config: no such file: {config_file}") from exc
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"--config {config_file}: {exc}") from exc
+
+    class _WithToml(cls):  # type: ignore[valid-type, misc]
+        @classmethod
+        def settings_customise_sources(
+            cls_,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            toml = _DictSource(settings_cls, toml_data)
+            return (init_settings, env_settings, toml)
+
+    _WithToml.__name__ = cls.__name__
+    given = {key: value for key, value in cli.items() if value is not None}
+    try:
+        settings = _WithToml(**given)
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc, cls, config_file)) from None
+    _refuse_unknown_env(cls, other_prefixes)
+    return settings  # an instance of a subclass of ``cls``
+
+
+def _refuse_unknown_env(cls: type[BaseSettings], other_prefixes: tuple[str, ...]) -> None:
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    if not prefix:
+        return
+    known = {prefix + name.upper() for name in cls.model_fields}
+    unknown = sorted(
+        key
+        for key in os.environ
+        if key.upper().startswith(prefix)
+        and key.upper() not in known
+        and not key.upper().startswith(tuple(p.upper() for p in other_prefixes))
+    )
+    if unknown:
+        raise SettingsError(
+            f"unknown environment variable(s): {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known))})"
+        )
+
+
+class _DictSource(TomlConfigSettingsSource):
+    """A TOML source from already parsed data (so a missing file is our error, not silence)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        self.toml_data = data
+        super(TomlConfigSettingsSource, self).__init__(settings_cls, data)
+
+
+def describe_errors(exc: ValidationError, cls: type[BaseSettings], config_file: Path | None) -> str:
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    lines = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        names = f"{field} (--{field.replace('_', '-')}, {prefix}{field.upper()}"
+        names += f", {config_file} key {field})" if config_file else ")"
+        if error["type"] == "extra_forbidden":
+            lines.append(
+                f"unknown setting {field!r}" + (f" in {config_file}" if config_file else "")
+            )
+        else:
+            lines.append(f"{names}: {error['msg']} (got {error.get('input')!r})")
+    return "invalid settings:\n  " + "\n  ".join(lines)

@@ -1,0 +1,108 @@
+"""core.engine with real checkpoints and real torch: seed parity, batching, failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import seeded_model, textured_image
+from PIL import Image
+from torchvision import transforms
+
+from core import imaging
+from core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from core.engine import Engine, InferenceError, pick_device
+from core.model import IMAGENET_MEAN, IMAGENET_STD
+
+
+def seed_inference(checkpoint: Path, image_path: Path) -> np.ndarray:
+    """The seed's own inference script (SEED.md), returning what its save_image writes."""
+    from core.model import ConvDiffusionModel
+
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    transform = transforms.Compose(
+        [transforms.Resize((128, 128)), transforms.ToTensor(), transforms.Normalize(mean, std)]
+    )
+    model = ConvDiffusionModel()
+    model.load_state_dict(torch.load(checkpoint))
+    model.eval()
+    x = transform(Image.open(image_path).convert("RGB")).unsqueeze(0)
+    with torch.no_grad():
+        y = model(x)
+    y = (y.squeeze(0) * std.view(-1, 1, 1) + mean.view(-1, 1, 1)).clamp(0, 1)
+    # torchvision.utils.save_image's conversion to 8 bits:
+    return y.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
+
+
+def test_seed_checkpoint_matches_seed_inference(seed_checkpoint: Path, tmp_path: Path) -> None:
+    engine = Engine.from_path(seed_checkpoint, device="cpu", precision="fp32")
+    assert engine.checkpoint.meta.image_space == "seed"
+    for i, size in enumerate([(200, 150), (96, 160), (128, 128)]):
+        path = tmp_path / f"in{i}.png"
+        textured_image(*size, seed=i).save(path)
+        [ours] = engine.run([imaging.load(path, 128, "stretch")])
+        expected = seed_inference(seed_checkpoint, path)
+        diff = np.abs(np.asarray(ours).astype(int) - expected.astype(int))
+        assert diff.max() <= 1, f"image {i}: max diff {diff.max()}/255"
+
+
+def test_pixel_space_output_is_the_sigmoid(pixel_checkpoint: Path) -> None:
+    engine = Engine.from_path(pixel_checkpoint, device="cpu", precision="fp32")
+    x = imaging.to_tensor(textured_image(64, 48)).unsqueeze(0)
+    model = seeded_model(0)
+    normalized = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        IMAGENET_STD
+    ).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = model(normalized)
+    assert torch.allclose(engine.infer(x).cpu(), expected, atol=1e-5)
+
+
+def test_batched_results_equal_single_runs(pixel_checkpoint: Path) -> None:
+    engine = Engine.from_path(pixel_checkpoint, device="cpu", precision="fp32", max_batch=4)
+    images = [textured_image(64, 48, seed=i) for i in range(6)] + [textured_image(32, 64)]
+    batched = engine.run(images)
+    assert len(batched) == len(images)
+    for image, result in zip(images, batched, strict=True):
+        [single] = engine.run([image])
+        assert result.size == image.size
+        diff = np.abs(np.asarray(result).astype(int) - np.asarray(single).astype(int))
+        assert diff.max() <= 1
+
+
+def test_auto_precision_stays_within_two_levels_of_fp32(pixel_checkpoint: Path) -> None:
+    fp32 = Engine.from_path(pixel_checkpoint, device="cpu", precision="fp32")
+    auto = Engine.from_path(pixel_checkpoint, device="cpu", precision="auto")
+    images = [textured_image(128, 96, seed=i) for i in range(3)]
+    for a, b in zip(fp32.run(images), auto.run(images), strict=True):
+        diff = np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int))
+        assert diff.max() <= 2, f"{auto.dtype}: {diff.max()}/255"
+
+
+def test_non_finite_output_fails_that_item_only(tmp_path: Path) -> None:
+    # Finite but enormous weights overflow to inf, and inf - inf gives NaN downstream.
+    state = seeded_model(0).state_dict()
+    state["enc1.0.weight"] = state["enc1.0.weight"].sign() * 3e38
+    path = tmp_path / "overflow.safetensors"
+    save_checkpoint(path, state, CheckpointMeta())
+    engine = Engine(load_checkpoint(path), device="cpu", precision="auto")
+    assert engine.dtype == torch.float32  # the probe saw non-finite output and kept fp32
+    results = engine.run([textured_image(32, 32)])
+    assert isinstance(results[0], InferenceError)
+    assert results[0].reason == "non_finite_output"
+
+
+def test_sizes_must_be_multiples_of_eight(pixel_checkpoint: Path) -> None:
+    engine = Engine.from_path(pixel_checkpoint, device="cpu")
+    with pytest.raises(ValueError, match="multiples of 8"):
+        engine.infer(torch.rand(1, 3, 30, 32))
+
+
+def test_device_choice() -> None:
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type in {"cpu", "cuda", "mps"}
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            pick_device("cuda")

@@ -1,0 +1,79 @@
+"""`artd process` as a real subprocess: outputs, rejects, exit codes, seed parity."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from conftest import ROOT, textured_image, write_images
+from PIL import Image
+from test_engine import seed_inference
+
+
+def artd(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon.cli", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_outputs_keep_relative_paths_and_bad_files_are_reported(
+    pixel_checkpoint: Path, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "in"
+    write_images(inputs / "sub" / "deeper", 3)
+    write_images(inputs, 2, fmt="PNG")
+    (inputs / "empty.jpg").write_bytes(b"")
+    (inputs / "notes.jpg").write_text("not a picture")
+    (inputs / ".hidden.jpg").write_bytes(b"")  # hidden files are not inputs
+    out = tmp_path / "out"
+    result = artd("process", inputs, "--out", out, "--checkpoint", pixel_checkpoint, "--size", "64")
+    assert result.returncode == 2, result.stderr
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == [
+        "img0000.png.png",
+        "img0001.png.png",
+        "sub/deeper/img0000.jpg.png",
+        "sub/deeper/img0001.jpg.png",
+        "sub/deeper/img0002.jpg.png",
+    ]
+    assert "empty.jpg: empty_file" in result.stderr
+    assert "notes.jpg: not_an_image" in result.stderr
+    with Image.open(out / "sub/deeper/img0000.jpg.png") as image:
+        assert image.size == (64, 40)  # 96x64 fitted: longer side 64, multiples of 8
+        assert image.text["ai_generated"] == "true"
+        assert len(image.text["artd:input_sha256"]) == 64
+
+
+def test_all_good_exits_zero_and_fatal_exits_one(pixel_checkpoint: Path, tmp_path: Path) -> None:
+    [image] = write_images(tmp_path / "in", 1)
+    ok = artd("process", image, "--out", tmp_path / "out", "--checkpoint", pixel_checkpoint)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "out" / "img0000.jpg.png").is_file()
+    missing = artd("process", image, "--out", tmp_path / "o2", "--checkpoint", tmp_path / "nope.pt")
+    assert missing.returncode == 1
+    assert "nope.pt" in missing.stderr
+
+
+def test_seed_parity_through_the_cli(seed_checkpoint: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    sizes = [(200, 150), (300, 200), (128, 128), (90, 170)]
+    for i, size in enumerate(sizes):
+        textured_image(*size, seed=10 + i).save(inputs / f"p{i}.png")
+    textured_image(200, 150, seed=20).save(inputs / "j.jpg", quality=95)
+    out = tmp_path / "out"
+    result = artd(
+        "process", inputs, "--out", out, "--checkpoint", seed_checkpoint,
+        "--resize", "stretch", "--size", "128", "--precision", "fp32",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for source in sorted(inputs.iterdir()):
+        ours = np.asarray(Image.open(out / (source.name + ".png"))).astype(int)
+        expected = seed_inference(seed_checkpoint, source).astype(int)
+        assert np.abs(ours - expected).max() <= 1, source.name
