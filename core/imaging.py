@@ -1,0 +1,445 @@
+"""Safe decode of one untrusted image file, resize policies, tensor conversion, encoding.
+
+Every decode failure surfaces as an :class:`ImageError` with a machine-readable ``reason``
+(the quarantine reason) and a human message. PIL globals are left alone: PIL's own
+decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``, 89.5 Mpx) stays active beside
+``max_pixels``: it warns between 89.5 and 179 Mpx and refuses above (reported as
+``too_many_pixels``, so a ``max_pixels`` above 179 Mpx has no effect). Truncated files are
+never accepted (``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set).
+
+Pixel scaling of deep modes: 16-bit data (``I;16*``) and ``I`` (taken as 16-bit data, clipped
+to 0..65535) are divided by 257, so 65535 -> 255; ``F`` is taken as 0..1 (clipped, NaN -> 0).
+A tRNS colour on 16-bit greyscale is ignored (no PIL mode carries it as alpha).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import IO, Literal
+from xml.sax.saxutils import escape, unescape
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
+
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"})
+DEFAULT_MAX_PIXELS = 100_000_000
+OUTPUT_FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+REASONS = frozenset(
+    {"empty_file", "not_an_image", "unsupported_format", "truncated", "corrupt"}
+    | {"too_many_pixels", "unreadable", "decoder_crashed"}
+)
+ResizePolicy = Literal["fit", "stretch"]
+Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
+
+# Most common first: Image.open tries the plugins in this order. EPS is never among them,
+# so PIL can never hand a dropped file to Ghostscript.
+_OPEN_ORDER = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_SNIFF_BYTES = 1024
+# Magic numbers at offset 0: allowed formats (to tell "broken" from "not an image") and the
+# common image formats we refuse (to tell "unsupported" from "not an image").
+_SIGNATURES: dict[str, tuple[bytes, ...]] = {
+    "JPEG": (b"\xff\xd8\xff",),
+    "PNG": (b"\x89PNG\r\n\x1a\n",),
+    "GIF": (b"GIF87a", b"GIF89a"),
+    "BMP": (b"BM",),
+    "TIFF": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
+    "PSD": (b"8BPS",),
+    "ICO/CUR": (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00"),
+    "PDF": (b"%PDF",),
+    "PostScript/EPS": (b"%!PS", b"\xc5\xd0\xd3\xc6"),
+    "JPEG 2000": (b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51"),
+    "JPEG XL": (b"\xff\x0a", b"\x00\x00\x00\x0cJXL "),
+    "QOI": (b"qoif",),
+    "DDS": (b"DDS ",),
+    "ICNS": (b"icns",),
+    "XCF": (b"gimp xcf",),
+    "OpenEXR": (b"v/1\x01",),
+}
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
+_NETPBM = re.compile(rb"P[1-7]\s")
+_SWAPS_AXES = {5, 6, 7, 8}
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_XMP_NS = "http://ns.artd.local/1.0/"
+_XMP_FIELD = re.compile(rb"<artd:metadata>(.*?)</artd:metadata>", re.DOTALL)
+
+
+class ImageError(Exception):
+    """A file that cannot become an image; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, message: str, path: str | None = None) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+    def __reduce__(self) -> tuple[type[ImageError], tuple[str, str, str | None]]:
+        # The daemon's isolated decoder sends these across a process boundary.
+        return (ImageError, (self.reason, self.message, self.path))
+
+
+def decode(
+    source: Source,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    background: tuple[int, int, int] = (255, 255, 255),
+    draft_size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Decode ``source`` (path, bytes or binary file) into a fully loaded RGB image.
+
+    ``draft_size`` (w, h, after EXIF orientation) is the size the caller will shrink to;
+    when it is smaller the decoder may return a reduced image (JPEG draft, ``Image.reduce``)
+    that is still at least that large. Raises :class:`ImageError` only.
+    """
+    shrink_to = None if draft_size is None else (lambda w, h: draft_size)
+    return _decode(source, max_pixels, background, shrink_to)
+
+
+def target_size(
+    width: int, height: int, size: int, policy: ResizePolicy = "fit"
+) -> tuple[int, int]:
+    """The (w, h) a ``width`` x ``height`` image is resized to under ``policy``."""
+    if not isinstance(size, int) or size <= 0 or size % 8:
+        raise ValueError(f"size must be a positive multiple of 8, got {size!r}")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    if policy == "stretch":
+        return size, size
+    if policy != "fit":
+        raise ValueError(f"unknown resize policy {policy!r} (expected 'fit' or 'stretch')")
+    longest = max(width, height)
+    # Exact integer round-half-up of side * size / longest to a multiple of 8.
+    w, h = (max(8, (2 * n * size + 8 * longest) // (16 * longest) * 8) for n in (width, height))
+    return w, h
+
+
+def resize(img: Image.Image, size: int, policy: ResizePolicy = "fit") -> Image.Image:
+    """Bilinear (antialiased) resize, identical to torchvision's ``Resize`` on a PIL image.
+
+    No ``reducing_gap``: it would change pixels and break parity with the seed.
+    Returns ``img`` itself when it already has the target size.
+    """
+    new_size = target_size(img.width, img.height, size, policy)
+    if new_size == img.size:
+        return img
+    return img.resize(new_size, Image.Resampling.BILINEAR)
+
+
+def load(
+    source: Source,
+    size: int,
+    policy: ResizePolicy = "fit",
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    background: tuple[int, int, int] = (255, 255, 255),
+    draft: bool = True,
+) -> Image.Image:
+    """Decode and resize to the target of the file's (upright) size.
+
+    ``draft=False`` gives pixels identical to ``resize(decode(source), size, policy)``;
+    ``draft=True`` decodes JPEGs at a reduced scale and box-reduces other formats first
+    (same output size, slightly different pixels, several times faster on big files).
+    """
+    target_size(1, 1, size, policy)  # validate before touching the file
+    planned: list[tuple[int, int]] = []
+
+    def plan(width: int, height: int) -> tuple[int, int]:
+        planned.append(target_size(width, height, size, policy))
+        return planned[-1]
+
+    img = _decode(source, max_pixels, background, plan if draft else None)
+    # The target comes from the header size, so draft/reduce rounding never changes it.
+    new_size = planned[0] if planned else target_size(img.width, img.height, size, policy)
+    return img if img.size == new_size else img.resize(new_size, Image.Resampling.BILINEAR)
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """float32 CHW in 0..1, the same values as torchvision's ``ToTensor``."""
+    arr = to_uint8_array(img)
+    out = torch.empty((3, arr.shape[0], arr.shape[1]), dtype=torch.float32)
+    out.numpy()[...] = arr.transpose(2, 0, 1)  # cast and transpose in one pass
+    return out.div_(255)
+
+
+def to_uint8_array(img: Image.Image) -> np.ndarray:
+    """HWC uint8 RGB; read-only when ``img`` is already RGB (no copy is made)."""
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+
+
+def from_tensor(t: torch.Tensor) -> Image.Image:
+    """An RGB image from CHW (or 1xCHW) 0..1, rounded exactly as torchvision's ``save_image``."""
+    if t.dim() == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() != 3 or t.shape[0] not in (1, 3):
+        raise ValueError(f"expected a CHW tensor with 1 or 3 channels, got {tuple(t.shape)}")
+    t = t.detach().float().mul(255).add_(0.5).clamp_(0, 255)
+    arr = t.permute(1, 2, 0).to("cpu", torch.uint8).numpy()
+    return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).convert("RGB")
+
+
+def encode(
+    img: Image.Image,
+    fmt: str,
+    *,
+    metadata: dict[str, str] | None = None,
+    quality: int = 92,
+    png_compress_level: int = 1,
+) -> bytes:
+    """Encode to ``fmt`` (a key of :data:`OUTPUT_FORMATS`) with ``metadata`` embedded.
+
+    PNG: one tEXt chunk per key (iTXt when not Latin-1); JPEG: the dict as JSON in a COM
+    marker; WebP: the dict as JSON in an XMP packet. :func:`read_metadata` reads all three.
+    """
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {fmt!r} (expected one of {list(OUTPUT_FORMATS)})")
+    if img.mode not in ("RGB", "L"):
+        img = img.convert("RGB")
+    meta = metadata or {}
+    buf = io.BytesIO()
+    if fmt == "png":
+        info = PngInfo()
+        for key, value in meta.items():
+            if not 1 <= len(key) <= 79 or not key.isprintable() or not key.isascii():
+                raise ValueError(f"PNG text keys must be 1-79 printable ASCII chars: {key!r}")
+            info.add_text(key, value)
+        img.save(buf, "PNG", pnginfo=info, compress_level=png_compress_level)
+    elif fmt == "jpeg":
+        extra = {"comment": json.dumps(meta, ensure_ascii=False).encode()} if meta else {}
+        img.save(buf, "JPEG", quality=quality, **extra)
+    else:
+        img.save(buf, "WEBP", quality=quality, **({"xmp": _xmp_packet(meta)} if meta else {}))
+    return buf.getvalue()
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The metadata :func:`encode` embedded in ``data`` (PNG, JPEG or WebP); {} when none."""
+    with Image.open(io.BytesIO(data), formats=["PNG", "JPEG", "WEBP"]) as img:
+        if img.format == "PNG":
+            img.load()  # text chunks after IDAT are only read with the pixels
+            return {str(k): str(v) for k, v in getattr(img, "text", {}).items()}
+        if img.format == "JPEG" and "comment" in img.info:
+            return json.loads(img.info["comment"])
+        match = _XMP_FIELD.search(img.info.get("xmp", b""))
+        return json.loads(unescape(match.group(1).decode())) if match else {}
+
+
+def _xmp_packet(meta: dict[str, str]) -> bytes:
+    body = escape(json.dumps(meta, ensure_ascii=False))
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/">'
+        '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        f'<rdf:Description rdf:about="" xmlns:artd="{_XMP_NS}">'
+        f"<artd:metadata>{body}</artd:metadata>"
+        '</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="r"?>'
+    ).encode()
+
+
+def _decode(
+    source: Source,
+    max_pixels: int,
+    background: tuple[int, int, int],
+    shrink_to: Callable[[int, int], tuple[int, int]] | None,
+) -> Image.Image:
+    path = _source_name(source)
+    try:
+        with _open_source(source, path) as fp:
+            head = fp.read(_SNIFF_BYTES)
+            fp.seek(0)  # PIL's plugins address the stream from offset 0
+            if not head:
+                raise ImageError("empty_file", "the file is empty (0 bytes)", path)
+            try:
+                return _decode_stream(fp, head, max_pixels, background, shrink_to)
+            except (ImageError, MemoryError):
+                raise
+            except Exception as exc:
+                raise _classify(exc, fp, _sniff(head)) from exc
+    except ImageError as err:
+        err.path = err.path or path
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # our own I/O on a hostile file object: never leak it
+        raise ImageError("unreadable", f"{type(exc).__name__}: {exc}", path) from exc
+
+
+def _decode_stream(
+    fp: IO[bytes],
+    head: bytes,
+    max_pixels: int,
+    background: tuple[int, int, int],
+    shrink_to: Callable[[int, int], tuple[int, int]] | None,
+) -> Image.Image:
+    try:
+        img = Image.open(fp, formats=_OPEN_ORDER)
+    except UnidentifiedImageError as exc:
+        raise _unidentified(head, fp) from exc
+    width, height = img.size
+    if width * height > max_pixels:  # header size only: no pixel has been decoded yet
+        msg = f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+        raise ImageError("too_many_pixels", msg)
+    # shrink_to is asked once, with the upright header size; JPEG needs it before load().
+    target = None
+    if shrink_to is not None and img.format in ("JPEG", "MPO"):
+        target = _stored_target(shrink_to, img.size, _orientation(img))
+        if target[0] < width and target[1] < height:
+            img.draft("RGB", target)  # DCT scaling: the result stays >= target
+    img.load()
+    orientation = _orientation(img)  # PNG's eXIf may follow the pixels
+    if shrink_to is not None and target is None:
+        target = _stored_target(shrink_to, img.size, orientation)
+    rgb = _to_rgb(img, background)
+    if target is not None:
+        factor = min(rgb.width // target[0], rgb.height // target[1])
+        if factor >= 2:
+            rgb = rgb.reduce(factor)  # ceil(side / factor) >= target
+    if orientation in _TRANSPOSE:
+        rgb = rgb.transpose(_TRANSPOSE[orientation])
+    return rgb
+
+
+def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    mode = img.mode
+    try:
+        if mode == "RGB" and "transparency" not in img.info:
+            return img
+        if mode.startswith("I;16") or mode in ("I", "F"):
+            return Image.fromarray(_deep_to_uint8(np.asarray(img), mode)).convert("RGB")
+        if "A" in img.getbands() or "transparency" in img.info:
+            rgba = img if mode == "RGBA" else img.convert("RGBA")
+            out = Image.new("RGB", img.size, background)
+            out.paste(rgba, (0, 0), rgba)
+            return out
+        return img.convert("RGB")
+    except ValueError as exc:
+        raise ImageError("unsupported_format", f"pixel mode {mode} cannot become RGB") from exc
+
+
+def _deep_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "F":
+        arr = np.nan_to_num(arr.astype(np.float32, copy=False), nan=0.0)
+        return (np.clip(arr, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    # round(v / 257): 16-bit white 65535 -> 255 and 8-bit data widened as v * 257 returns exactly.
+    wide = np.clip(arr, 0, 65535).astype(np.uint32)
+    return ((wide + 128) // 257).astype(np.uint8)
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block does not make the pixels unusable
+        return 1
+
+
+def _stored_target(
+    shrink_to: Callable[[int, int], tuple[int, int]], size: tuple[int, int], orientation: int
+) -> tuple[int, int]:
+    """The caller's target (given upright) in the file's stored, pre-rotation axes."""
+    swap = orientation in _SWAPS_AXES
+    w, h = (size[1], size[0]) if swap else size
+    tw, th = shrink_to(w, h)
+    return (th, tw) if swap else (tw, th)
+
+
+def _sniff(head: bytes) -> str | None:
+    for name, magics in _SIGNATURES.items():
+        if head.startswith(magics):
+            return name
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "HEIF/AVIF"
+    if _NETPBM.match(head):
+        return "Netpbm (PPM/PGM/PBM)"
+    if b"<svg" in head.lower():
+        return "SVG"
+    return None
+
+
+def _unidentified(head: bytes, fp: IO[bytes]) -> ImageError:
+    fmt = _sniff(head)
+    if fmt is None:
+        return ImageError("not_an_image", "the content is not a recognized image format")
+    if fmt not in ALLOWED_FORMATS:
+        allowed = ", ".join(sorted(ALLOWED_FORMATS))
+        return ImageError("unsupported_format", f"{fmt} images are not accepted ({allowed} are)")
+    if _looks_truncated(fp, fmt):
+        return ImageError("truncated", f"the {fmt} file ends before its header is complete")
+    return ImageError("corrupt", f"the {fmt} header is invalid")
+
+
+def _classify(exc: Exception, fp: IO[bytes], fmt: str | None) -> ImageError:
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return ImageError("too_many_pixels", f"PIL's decompression-bomb guard refused it ({exc})")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return ImageError("unreadable", detail)
+    if isinstance(exc, EOFError) or "truncated" in str(exc).lower() or _looks_truncated(fp, fmt):
+        return ImageError("truncated", f"the image data ends early ({detail})")
+    return ImageError("corrupt", f"the image data cannot be decoded ({detail})")
+
+
+def _looks_truncated(fp: IO[bytes], fmt: str | None) -> bool:
+    """Structural end-of-file check, consulted only after a decode failed."""
+    try:
+        end = fp.seek(0, io.SEEK_END)
+        fp.seek(max(0, end - 1024))
+        tail = fp.read()
+        if fmt == "JPEG":
+            return b"\xff\xd9" not in tail
+        if fmt == "PNG":
+            return b"IEND" not in tail
+        if fmt == "GIF":
+            return not tail.rstrip(b"\x00").endswith(b";")
+        if fmt == "WEBP":
+            fp.seek(4)
+            return int.from_bytes(fp.read(4), "little") + 8 > end
+    except Exception:
+        return False
+    return False
+
+
+def _source_name(source: Source) -> str | None:
+    if isinstance(source, str | os.PathLike):
+        return os.fsdecode(source)
+    name = getattr(source, "name", None)
+    return name if isinstance(name, str) else None
+
+
+@contextmanager
+def _open_source(source: Source, path: str | None) -> Iterator[IO[bytes]]:
+    if isinstance(source, bytes | bytearray | memoryview):
+        yield io.BytesIO(source)
+        return
+    if not isinstance(source, str | os.PathLike):
+        yield source if source.seekable() else io.BytesIO(source.read())
+        return
+    try:
+        # O_NONBLOCK: a FIFO dropped in the inbox must not hang the decoder on open().
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ImageError("unreadable", f"cannot open: {exc.strerror or exc}", path) from exc
+    with os.fdopen(fd, "rb") as fp:
+        kind = os.fstat(fd).st_mode
+        if not stat.S_ISREG(kind):
+            what = "a directory" if stat.S_ISDIR(kind) else "not a regular file"
+            raise ImageError("unreadable", f"the path is {what}", path)
+        yield fp
