@@ -1,0 +1,1 @@
+"""artd's hot-folder daemon: spool, intake, batching, service."""
