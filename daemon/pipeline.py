@@ -1,0 +1,267 @@
+"""The hot path: claimed files -> decode (thread pool) -> batches -> engine -> encode + commit.
+
+One thread owns the engine (the device); decoding and encoding run in thread pools
+(Pillow releases the GIL). The number of claimed files in memory is bounded by
+``max_in_flight``: intake simply stops claiming, so a huge backlog stays on disk.
+A file that fails anywhere is quarantined alone; its batch-mates go on.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from loguru import logger
+from PIL import Image
+
+from core import imaging
+from core.engine import Engine, InferenceError
+from core.provenance import provenance
+from daemon.batcher import Batcher
+from daemon.metrics import Health, Metrics
+from daemon.settings import DaemonSettings
+from daemon.spool import Claim, Spool
+
+# Commit failures that mean "the disk, not the file": keep the claim and retry later.
+RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES}
+RETRY_DELAYS_S = (2.0, 5.0, 15.0, 30.0, 60.0)
+
+
+@dataclass
+class Decoded:
+    claim: Claim
+    pixels: np.ndarray  # HWC uint8, the model's input size
+    input_mtime: float
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        spool: Spool,
+        engine: Engine,
+        metrics: Metrics,
+        health: Health,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.engine = engine
+        self.metrics = metrics
+        self.health = health
+        self._engine_lock = threading.Lock()
+        self._ready: queue.Queue[Decoded | None] = queue.Queue()
+        self._decode = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+        self._encode = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="encode")
+        self._in_flight = 0
+        self._count_lock = threading.Lock()
+        self._idle = threading.Condition(self._count_lock)
+        self._stopping = threading.Event()
+        self._retry: list[tuple[float, Claim]] = []
+        self._retry_lock = threading.Lock()
+        self._failures = 0
+        self._thread = threading.Thread(target=self._engine_loop, name="engine", daemon=True)
+        self._settings_digest = {
+            "size": settings.size,
+            "resize": settings.resize,
+            "format": settings.output_format,
+        }
+
+    # -- control ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def swap_engine(self, engine: Engine) -> None:
+        """Switch models between batches (the engine thread takes the lock per batch)."""
+        with self._engine_lock:
+            old, self.engine = self.engine, engine
+        logger.info("model switched: {} -> {}", old.version, engine.version)
+
+    @property
+    def free_slots(self) -> int:
+        with self._count_lock:
+            return max(0, self.settings.max_in_flight - self._in_flight)
+
+    @property
+    def in_flight(self) -> int:
+        with self._count_lock:
+            return self._in_flight
+
+    def submit(self, claim: Claim) -> None:
+        """Take a claimed file into the pipeline."""
+        with self._count_lock:
+            self._in_flight += 1
+        if claim.attempts > self.settings.max_attempts:
+            message = f"processing was interrupted {claim.attempts - 1} times (crash or kill)"
+            self._quarantine(claim, "crashed_repeatedly", message)
+            return
+        self._decode.submit(self._decode_one, claim)
+
+    def retry_due(self) -> list[Claim]:
+        """Claims whose commit failed for lack of space or I/O, now due for another try."""
+        now = time.monotonic()
+        with self._retry_lock:
+            due = [claim for when, claim in self._retry if when <= now]
+            self._retry = [(when, claim) for when, claim in self._retry if when > now]
+        return due
+
+    def _retry_later(self, claim: Claim, delay_s: float) -> None:
+        with self._retry_lock:
+            self._retry.append((time.monotonic() + delay_s, claim))
+
+    def stop(self, timeout_s: float) -> bool:
+        """Finish the batch in flight, commit what is computed; the rest stays claimed."""
+        self._stopping.set()
+        self._ready.put(None)
+        self._decode.shutdown(wait=False, cancel_futures=True)
+        self._thread.join(timeout_s)
+        self._encode.shutdown(wait=True)
+        return not self._thread.is_alive()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout_s)
+
+    # -- stages ----------------------------------------------------------------------------
+
+    def _decode_one(self, claim: Claim) -> None:
+        if self._stopping.is_set():
+            return  # left claimed; the next start resumes it
+        try:
+            with self.spool.open_claim(claim) as handle:
+                data = handle.read()
+                mtime = _fstat_mtime(handle)
+            image = imaging.load(
+                data,
+                self.settings.size,
+                self.settings.resize,
+                max_pixels=self.settings.max_pixels,
+                background=self.settings.background_rgb,
+            )
+            pixels = np.asarray(image)
+        except imaging.ImageError as exc:
+            self._quarantine(claim, exc.reason, exc.message)
+            return
+        except OSError as exc:
+            self._quarantine(claim, "unreadable", str(exc))
+            return
+        except Exception as exc:  # a decoder bug must cost one file, not the service
+            logger.exception("decoder failed on {}", claim.rel_path)
+            self._quarantine(claim, "decoder_failed", f"{type(exc).__name__}: {exc}")
+            return
+        self._ready.put(Decoded(claim, pixels, mtime))
+
+    def _engine_loop(self) -> None:
+        batcher: Batcher[Decoded] = Batcher(
+            self.settings.max_batch, self.settings.max_delay_ms / 1000
+        )
+        while True:
+            wait = batcher.seconds_to_next()
+            try:
+                item = self._ready.get(timeout=wait if wait is not None else 0.5)
+            except queue.Empty:
+                item = None
+            if self._stopping.is_set():
+                return  # decoded-but-not-run items stay claimed for the next start
+            if item is not None:
+                full = batcher.add(item.pixels.shape, item)
+                if full:
+                    self._run(full)
+            for batch in batcher.due():
+                self._run(batch)
+            depths = self.queue_depths(len(batcher))
+            self.health.update(queue=depths)
+            for stage, depth in depths.items():
+                self.metrics.queue_depth.labels(stage=stage).set(depth)
+
+    def _run(self, batch: list[Decoded]) -> None:
+        with self._engine_lock:
+            engine = self.engine
+            self.health.update(engine_busy_since=time.monotonic())
+            started = time.perf_counter()
+            try:
+                stacked = torch.from_numpy(np.stack([item.pixels for item in batch]))
+                results = engine.run_batch(stacked)
+            except Exception as exc:  # keep serving; each item is reported on its own
+                logger.exception("model call failed")
+                results = [InferenceError("model_failed", str(exc)[:300])] * len(batch)
+            finally:
+                self.health.update(engine_busy_since=None)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(batch))
+        for item, result in zip(batch, results, strict=True):
+            if isinstance(result, InferenceError):
+                self._quarantine(item.claim, result.reason, result.message)
+            else:
+                self._encode.submit(self._commit, item, result, engine)
+
+    def _commit(self, item: Decoded, image: Image.Image, engine: Engine) -> None:
+        claim = item.claim
+        try:
+            meta = provenance(engine.checkpoint, claim.sha256, self._settings_digest)
+            data = imaging.encode(image, self.settings.output_format, metadata=meta)
+            output = self.spool.commit(claim, data)
+        except OSError as exc:
+            self._commit_failed(claim, exc)
+            return
+        except Exception as exc:
+            logger.exception("encoding failed for {}", claim.rel_path)
+            self._quarantine(claim, "encode_failed", f"{type(exc).__name__}: {exc}")
+            return
+        self._failures = 0
+        self.health.update(last_success=time.time(), paused_reason=None)
+        self.metrics.processed.inc()
+        self.metrics.drop_to_output.observe(max(0.0, time.time() - item.input_mtime))
+        logger.info("{} -> {}", claim.rel_path, output.relative_to(self.spool.root))
+        self._finished()
+
+    def _commit_failed(self, claim: Claim, exc: OSError) -> None:
+        self.metrics.write_errors.inc()
+        if exc.errno not in RESOURCE_ERRNOS:
+            self._quarantine(claim, "write_failed", str(exc))
+            return
+        # The disk, not the file: keep it claimed, pause intake, try again later.
+        delay = RETRY_DELAYS_S[min(self._failures, len(RETRY_DELAYS_S) - 1)]
+        self._failures += 1
+        reason = f"cannot write outputs ({exc.strerror}); retrying in {delay:.0f}s"
+        logger.error("{}: {}", claim.rel_path, reason)
+        self.health.update(paused_reason=reason)
+        self.spool.release(claim)
+        self._retry_later(claim, delay)
+        self._finished()
+
+    def _quarantine(self, claim: Claim, reason: str, message: str) -> None:
+        details = {"model": self.engine.version, "settings": self._settings_digest}
+        try:
+            self.spool.quarantine(claim, reason, message, details)
+        except OSError as exc:
+            logger.error("cannot quarantine {}: {} (left claimed)", claim.rel_path, exc)
+            self._retry_later(claim, RETRY_DELAYS_S[-1])
+        else:
+            self.metrics.quarantined.labels(reason=reason).inc()
+            logger.warning("quarantined {}: {} ({})", claim.rel_path, reason, message)
+        self._finished()
+
+    def _finished(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def queue_depths(self, batching: int = 0) -> dict[str, int]:
+        return {
+            "in_flight": self.in_flight,
+            "decoded": self._ready.qsize(),
+            "batching": batching,
+            "retry": len(self._retry),
+        }
+
+
+def _fstat_mtime(handle: object) -> float:
+    return os.fstat(handle.fileno()).st_mtime  # type: ignore[attr-defined]

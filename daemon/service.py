@@ -1,0 +1,183 @@
+"""The daemon's lifecycle: start, the intake loop, heartbeats, hot reload, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import deque
+
+from loguru import logger
+
+from core.checkpoint import CheckpointError
+from core.engine import Engine
+from daemon import systemd
+from daemon.http import serve
+from daemon.metrics import Health, Metrics
+from daemon.pipeline import Pipeline
+from daemon.reload import ModelWatcher, identity
+from daemon.settings import DaemonSettings
+from daemon.spool import Claim, Spool, SpoolError
+from daemon.watcher import Intake
+
+EXIT_OK, EXIT_FATAL, EXIT_STUCK = 0, 1, 70
+HOUSEKEEPING_S = 5.0
+
+
+def load_engine(settings: DaemonSettings, path: os.PathLike[str] | str | None = None) -> Engine:
+    return Engine.from_path(
+        path or settings.checkpoint,
+        device=settings.device,
+        precision=settings.precision,
+        max_batch=settings.max_batch,
+    )
+
+
+class Service:
+    def __init__(self, settings: DaemonSettings) -> None:
+        self.settings = settings
+        self.stop_requested = threading.Event()
+        self.metrics = Metrics()
+        self.health = Health(stuck_after_s=settings.stuck_seconds)
+
+    def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
+        if signum is not None:
+            logger.info("received {}; draining", signal.Signals(signum).name)
+        self.stop_requested.set()
+
+    def run(self) -> int:
+        s = self.settings
+        spool = Spool(
+            s.root, s.instance, output_ext=s.output_extension, keep_originals=s.keep_originals
+        )
+        try:
+            spool.prepare()
+            engine = load_engine(s)
+        except (SpoolError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
+            logger.error("cannot start: {}", exc)
+            return EXIT_FATAL
+        self.health.update(model_version=engine.version)
+        self.metrics.model_info.info(_model_labels(engine))
+        self.metrics.up.set(1)
+
+        pipeline = Pipeline(s, spool, engine, self.metrics, self.health)
+        pipeline.start()
+        backlog: deque[Claim] = deque(spool.recover())
+        backlog.extend(spool.adopt_stale())
+        if backlog:
+            logger.info("resuming {} claimed file(s) from an earlier run", len(backlog))
+
+        intake = Intake(
+            spool.inbox,
+            is_candidate=spool.is_candidate,
+            scan=spool.scan_inbox,
+            settle_seconds=s.settle_seconds,
+            rescan_seconds=s.rescan_seconds,
+            polling=s.polling,
+        )
+        watcher = ModelWatcher(
+            s.checkpoint,
+            lambda path: load_engine(s, path),
+            on_new=lambda new: self._switch(pipeline, new),
+            on_error=self._reload_failed,
+            interval_s=s.reload_seconds,
+            current=identity(s.checkpoint),
+        )
+        server = None
+        try:
+            if s.http_port:
+                server = serve(s.http_host, s.http_port, self.metrics, self.health)
+            intake.start()
+            watcher.start()
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+            logger.info("watching {} as instance {!r}", spool.inbox, s.instance)
+            systemd.notify("READY=1\nSTATUS=watching the inbox")
+            self._loop(spool, intake, pipeline, backlog)
+        finally:
+            systemd.notify("STOPPING=1")
+            intake.stop()
+            watcher.stop()
+            drained = pipeline.stop(s.drain_seconds)
+            if server is not None:
+                server.shutdown()
+            spool.close()
+            self.metrics.up.set(0)
+            logger.info(
+                "stopped{}; unfinished files stay claimed for the next start",
+                "" if drained else " (drain timed out)",
+            )
+        return EXIT_OK
+
+    def _loop(
+        self, spool: Spool, intake: Intake, pipeline: Pipeline, backlog: deque[Claim]
+    ) -> None:
+        heartbeat_every = systemd.watchdog_interval() or HOUSEKEEPING_S
+        next_housekeeping = 0.0
+        while not self.stop_requested.is_set():
+            backlog.extend(pipeline.retry_due())
+            while backlog and pipeline.free_slots:
+                pipeline.submit(backlog.popleft())
+            # A disk that refused writes pauses intake until a retried commit succeeds.
+            paused = self.health.paused_reason is not None
+            if not paused and pipeline.free_slots:
+                for path in intake.take(pipeline.free_slots):
+                    claim = spool.claim(path)
+                    if claim is not None:
+                        pipeline.submit(claim)
+            now = time.monotonic()
+            if now >= next_housekeeping:
+                next_housekeeping = now + min(heartbeat_every, HOUSEKEEPING_S)
+                self._housekeeping(spool, intake)
+            intake.wait(0.05 if backlog else 0.25)
+
+    def _housekeeping(self, spool: Spool, intake: Intake) -> None:
+        if self._engine_stuck():
+            logger.critical("a model call has run over {}s; exiting", self.settings.stuck_seconds)
+            systemd.notify("STATUS=engine stuck; exiting")
+            os._exit(EXIT_STUCK)  # claimed files are resumed by the next start
+        spool.heartbeat()
+        self.health.update(folders_problem=_folders_problem(spool))
+        # A folder still being copied in may be empty for a moment: wait well past settling.
+        spool.remove_empty_dirs(older_than=max(5.0, 4 * self.settings.settle_seconds))
+        if intake.healthy:
+            systemd.notify("WATCHDOG=1")
+
+    def _engine_stuck(self) -> bool:
+        busy = self.health.engine_busy_since
+        return busy is not None and time.monotonic() - busy > self.settings.stuck_seconds
+
+    def _switch(self, pipeline: Pipeline, engine: Engine) -> None:
+        pipeline.swap_engine(engine)
+        self.metrics.model_info.info(_model_labels(engine))
+        self.metrics.reloads.labels(result="ok").inc()
+        self.health.update(model_version=engine.version, reload_error=None)
+
+    def _reload_failed(self, message: str) -> None:
+        self.metrics.reloads.labels(result="failed").inc()
+        self.health.update(reload_error=message)
+
+
+def _model_labels(engine: Engine) -> dict[str, str]:
+    meta = engine.checkpoint.meta
+    return {
+        "version": engine.version,
+        "sha256": engine.checkpoint.sha256,
+        "epoch": "" if meta.epoch is None else str(meta.epoch),
+        "image_space": meta.image_space,
+        "device": str(engine.device),
+        "dtype": str(engine.dtype).removeprefix("torch."),
+    }
+
+
+def _folders_problem(spool: Spool) -> str | None:
+    """Re-create a deleted inbox; report folders we can no longer write."""
+    try:
+        spool.inbox.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"inbox missing and cannot be re-created: {exc}"
+    for folder in (spool.outbox, spool.quarantine_dir, spool.archive, spool.work_dir):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return f"folder not writable: {folder}"
+    return None
