@@ -200,9 +200,7 @@ class Engine:
                 continue
             if not torch.isfinite(output).all():
                 output = self._retry_fp32(pixels[index : index + 1])
-            results.append(
-                output if isinstance(output, InferenceError) else from_tensor(output)
-            )
+            results.append(output if isinstance(output, InferenceError) else from_tensor(output))
         return results
 
     def _retry_fp32(self, pixels: torch.Tensor) -> torch.Tensor | InferenceError:
