@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.artd-installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench default-model clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Rebuilds the shipped model from procedural data (no internet); see core/assets/MODEL_CARD.md.
+default-model: $(STAMP)
+	rm -rf build/default-model
+	$(PY) -m core.procedural --out build/default-model/data --count 1000 --size 160 --seed 2026 --vary-aspect
+	OMP_NUM_THREADS=1 $(PY) -m core.train --data build/default-model/data --out build/default-model/runs \
+		--epochs 12 --lr-step 5 --image-size 96 --perceptual-weight 0 --num-workers 0 \
+		--checkpoint-every 4 --sample-every 4 --seed 2026 --device cpu
+	cp build/default-model/runs/run-*/checkpoints/best.safetensors core/assets/default.safetensors
 
 clean:
 	rm -rf var build *.egg-info
