@@ -7,16 +7,15 @@ import os
 import random
 import re
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, seeded_model, textured_image, write_images
+from conftest import seeded_model, textured_image, write_images
 from daemon_harness import Daemon, files_under, outputs, quarantined, settled_count, wait_for
 from PIL import Image
+from test_process import artd
 
 from core.checkpoint import CheckpointMeta, promote, save_checkpoint
 
@@ -249,38 +248,26 @@ def test_sigterm_under_load_exits_quickly_and_restart_finishes(
     assert_exactly_once(root, names)
 
 
-def run_artd(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ARTD_")} | env
-    return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args],
-        cwd=ROOT,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_check_prints_config_and_bad_settings_name_the_setting(
     pixel_checkpoint: Path, tmp_path: Path
 ) -> None:
     env = {"ARTD_ROOT": str(tmp_path / "root"), "ARTD_CHECKPOINT": str(pixel_checkpoint)}
-    ok = run_artd("check", env=env)
+    ok = artd("check", env=env)
     assert ok.returncode == 0, ok.stderr
     assert '"http_port": 9750' in ok.stdout
     assert (tmp_path / "root" / "inbox").is_dir()
-    bad_port = run_artd("check", env=env | {"ARTD_HTTP_PORT": "lots"})
+    bad_port = artd("check", env=env | {"ARTD_HTTP_PORT": "lots"})
     assert bad_port.returncode == 1
     assert "ARTD_HTTP_PORT" in bad_port.stderr
-    typo = run_artd("run", env=env | {"ARTD_SETLE_SECONDS": "3"})
+    typo = artd("run", env=env | {"ARTD_SETLE_SECONDS": "3"})
     assert typo.returncode == 1
     assert "ARTD_SETLE_SECONDS" in typo.stderr
     config = tmp_path / "artd.toml"
     config.write_text('size = 100\nroot = "/somewhere"\n')
-    bad_toml = run_artd("check", "--config", str(config), env=env)
+    bad_toml = artd("check", "--config", str(config), env=env)
     assert bad_toml.returncode == 1
     assert "size" in bad_toml.stderr and "multiple of 8" in bad_toml.stderr
-    missing_model = run_artd("check", env=env | {"ARTD_CHECKPOINT": str(tmp_path / "no.pt")})
+    missing_model = artd("check", env=env | {"ARTD_CHECKPOINT": str(tmp_path / "no.pt")})
     assert missing_model.returncode == 1
     assert "no.pt" in missing_model.stdout
 
@@ -288,4 +275,4 @@ def test_check_prints_config_and_bad_settings_name_the_setting(
 @pytest.mark.parametrize("flag", ["--http-port=0", "--keep-originals"])
 def test_cli_flags_are_accepted(flag: str, pixel_checkpoint: Path, tmp_path: Path) -> None:
     env = {"ARTD_ROOT": str(tmp_path / "r"), "ARTD_CHECKPOINT": str(pixel_checkpoint)}
-    assert run_artd("check", flag, env=env).returncode == 0
+    assert artd("check", flag, env=env).returncode == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,13 @@ from PIL import Image
 from test_engine import seed_inference
 
 
-def artd(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def artd(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The `artd` command in a subprocess, with no ARTD_* settings but those in ``env``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ARTD_")}
     return subprocess.run(
         [sys.executable, "-m", "daemon.cli", *map(str, args)],
         cwd=ROOT,
+        env=clean | (env or {}),
         capture_output=True,
         text=True,
         timeout=300,
