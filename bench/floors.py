@@ -1,0 +1,138 @@
+"""The floor figures: decode alone (our draft path), model alone (best batch and precision),
+encode alone (PNG level 1 with provenance text). Each is measured on one thread, so it is
+core-time per image; the limit a pipeline can reach on this machine is then
+``cores / (decode + model + encode)`` images/s. The seed's fp32 batch-1 layout is shown beside.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bench.common import Run, bench_checkpoints, fmt, median, table
+from bench.datasets import photo_mix, small_set
+
+BATCHES = (1, 4, 8, 16, 32)
+
+
+def per_item_ms(work: Callable[[], object], items: int, repeats: int) -> float:
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        samples.append((time.perf_counter() - started) * 1000 / items)
+    return median(samples)
+
+
+def decode_ms(files: list[Path], repeats: int) -> float:
+    from core import imaging
+
+    blobs = [p.read_bytes() for p in files]  # from memory: the page cache holds them anyway
+    return per_item_ms(
+        lambda: [imaging.load(b, 128, "stretch") for b in blobs], len(blobs), repeats
+    )
+
+
+def model_ms(checkpoint: Path, device: str, repeats: int) -> dict[str, float]:
+    """ms/image for each (precision, batch); the engine's own choices (layout, probe) apply."""
+    from core.engine import Engine
+
+    figures = {}
+    for precision in ("fp32", "auto"):
+        engine = Engine.from_path(checkpoint, device=device, precision=precision, max_batch=64)
+        label = str(engine.dtype).removeprefix("torch.")
+        for batch in BATCHES:
+            pixels = torch.rand(batch, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+            engine.infer(pixels)  # warm-up: oneDNN picks its kernels on the first call
+            figures[f"{label} b{batch}"] = per_item_ms(
+                lambda e=engine, p=pixels: _sync(e.infer(p)), batch, repeats * 2
+            )
+    return figures
+
+
+def seed_layout_ms(checkpoint: Path, device: str, repeats: int) -> float:
+    """The seed's model call: fp32, NCHW, batch 1, no_grad."""
+    from core.model import ConvDiffusionModel
+
+    model = ConvDiffusionModel().to(device).eval()
+    model.load_state_dict(torch.load(checkpoint, map_location=device))
+    x = torch.randn(1, 3, 128, 128, device=device)
+    with torch.no_grad():
+        model(x)
+        return per_item_ms(lambda: _sync(model(x)), 1, repeats * 10)
+
+
+def _sync(t: torch.Tensor) -> torch.Tensor:
+    if t.is_cuda:
+        torch.cuda.synchronize()
+    return t
+
+
+def encode_ms(repeats: int) -> tuple[float, float]:
+    """(ours: PNG level 1 + provenance text, the seed's save_image: PNG default level)."""
+    import io
+
+    from bench.datasets import textured
+    from core import imaging
+
+    images = [textured(i, 128, 128) for i in range(16)]  # texture like the model's outputs
+    meta = {f"artd:{k}": "x" * 64 for k in ("model", "input", "settings", "time", "ai")}
+    ours = per_item_ms(
+        lambda: [imaging.encode(i, "png", metadata=meta) for i in images], 16, repeats
+    )
+    seed = per_item_ms(lambda: [i.save(io.BytesIO(), "PNG") for i in images], 16, repeats)
+    return ours, seed
+
+
+def bench(run: Run) -> None:
+    ours_ckpt, seed_ckpt = bench_checkpoints(run.out)
+    cores = len(os.sched_getaffinity(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # core-time, not wall time on all cores
+    try:
+        repeats = run.pick(3, 5)
+        models = model_ms(ours_ckpt, run.device, repeats)
+        best = min(models, key=models.get)
+        seed_model = seed_layout_ms(seed_ckpt, run.device, repeats)
+        encode, seed_encode = encode_ms(repeats)
+        rows, limits = [], {}
+        for name, files in {
+            "photos": photo_mix(run.out, run.pick(24, 200)),
+            "small": small_set(run.out, run.pick(64, 300)),
+        }.items():
+            decode = decode_ms(files[: run.pick(16, 64)], repeats)
+            total = decode + models[best] + encode
+            limits[name] = cores * 1000 / total
+            rows.append(
+                [name, fmt(decode, 2), f"{fmt(models[best], 2)} ({best})", fmt(encode, 2),
+                 fmt(total, 2), f"**{fmt(limits[name])}**"]
+            )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    run.figures["floors"] = {
+        "cores": cores, "model_ms": models, "best": best, "seed_model_ms": seed_model,
+        "encode_ms": encode, "seed_encode_ms": seed_encode, "limit_ips": limits,
+    }  # fmt: skip
+    headers = [
+        "set",
+        "decode ms",
+        "model ms (best)",
+        "encode ms",
+        "sum ms",
+        f"limit img/s ({cores} cores)",
+    ]
+    model_rows = [[k, fmt(v, 2)] for k, v in models.items()] + [
+        ["seed layout (fp32 NCHW b1)", fmt(seed_model, 2)]
+    ]
+    run.report(
+        "### Floor figures (one thread each: core-ms per image at 128 px)\n\n"
+        + table(headers, rows)
+        + f"\n\nEncode: ours {fmt(encode, 2)} ms (PNG level 1 + provenance), the seed's "
+        f"save_image {fmt(seed_encode, 2)} ms (PNG level 6).\n\n"
+        + table(["model: precision and batch", "ms/image"], model_rows)
+        + "\n"
+    )

@@ -1,0 +1,43 @@
+"""Drop-to-output latency of one file on an idle daemon: the file is written into the inbox
+(like ``cp``) and the clock stops when its output exists. ``settle_seconds`` is configured;
+the figure that matters is latency minus settle (target: under 200 ms)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+from bench.common import Run, bench_checkpoints, fmt, median, table
+from bench.daemon_run import Daemon
+from bench.datasets import small_set
+
+SETTLE_S = 1.0
+
+
+def bench(run: Run) -> None:
+    checkpoint, _ = bench_checkpoints(run.out)
+    source = small_set(run.out, run.pick(64, 300))[0]
+    samples = []
+    with Daemon(run.out / "latency" / "root", checkpoint, run.device, settle_seconds=SETTLE_S) as d:
+        time.sleep(2)  # let start-up work (scan, probe, first heartbeat) finish: "idle"
+        for i in range(run.pick(5, 15)):
+            output = d.root / "outbox" / f"one-{i}.jpg.png"
+            started = time.perf_counter()
+            shutil.copyfile(source, d.root / "inbox" / f"one-{i}.jpg")
+            while not os.path.exists(output):
+                if time.perf_counter() - started > 60:
+                    raise RuntimeError(f"no output after 60 s; see {d.log}")
+                time.sleep(0.002)
+            samples.append(time.perf_counter() - started)
+            time.sleep(1.5)  # idle again before the next drop
+    latency = median(samples)
+    run.figures["latency"] = {
+        "settle_s": SETTLE_S, "median_s": latency, "max_s": max(samples), "samples": samples,
+    }  # fmt: skip
+    rows = [[fmt(SETTLE_S, 1), len(samples), fmt(latency * 1000, 0), fmt(max(samples) * 1000, 0),
+             f"**{fmt((latency - SETTLE_S) * 1000, 0)}**"]]  # fmt: skip
+    headers = ["settle s", "drops", "median ms", "max ms", "median minus settle, ms"]
+    run.report(
+        "### Drop-to-output latency, one file, idle daemon\n\n" + table(headers, rows) + "\n"
+    )
