@@ -13,6 +13,7 @@ import imaging_samples as samples
 import numpy as np
 import pytest
 import torch
+from conftest import textured_image
 from PIL import Image, ImageFile
 from torchvision import transforms
 from torchvision.utils import save_image
@@ -446,3 +447,16 @@ def test_encode_options_and_errors() -> None:
         encode(img, "gif")
     with pytest.raises(ValueError):
         encode(img, "png", metadata={"": "no key"})
+
+
+@pytest.mark.parametrize("policy", ["stretch", "fit"])
+def test_draft_decoding_stays_close_to_a_full_decode(tmp_path: Path, policy: str) -> None:
+    # Photo-like texture (gradients + grain): drafting straight to the target size was up to
+    # 7/255 off; keeping twice the target bounds it. Pure white noise is worse (5/255).
+    path = tmp_path / "big.jpg"
+    textured_image(1600, 1200, seed=3).save(path, quality=90)
+    fast = np.asarray(imaging.load(path, 128, policy, draft=True)).astype(int)
+    full = np.asarray(imaging.load(path, 128, policy, draft=False)).astype(int)
+    assert fast.shape == full.shape
+    assert np.abs(fast - full).max() <= 3
+    assert np.abs(fast - full).mean() < 1
