@@ -17,6 +17,7 @@ from loguru import logger
 from PIL import Image
 
 from core.checkpoint import Checkpoint, build_model, load_checkpoint
+from core.devices import native_reduced_dtype, pick_device
 from core.imaging import from_tensor
 from core.model import IMAGENET_MEAN, IMAGENET_STD, SIZE_MULTIPLE
 
@@ -42,33 +43,6 @@ class EngineInfo:
     dtype: str
     channels_last: bool
     max_batch: int
-
-
-def pick_device(spec: str = "auto") -> torch.device:
-    """``auto`` prefers CUDA, then Apple's MPS, then the CPU; anything else is taken as given."""
-    if spec != "auto":
-        device = torch.device(spec)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {spec!r} requested but CUDA is not available")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def _native_reduced_dtype(device: torch.device) -> torch.dtype | None:
-    """The reduced precision this device computes natively, if any."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        try:
-            # True on CPUs with AVX512-BF16 / AMX; emulated bf16 elsewhere is slower than fp32.
-            return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-        except (AttributeError, RuntimeError):
-            return None
-    return None
 
 
 class Engine:
@@ -126,7 +100,7 @@ class Engine:
             if precision not in PRECISIONS:
                 raise ValueError(f"precision must be auto, {', '.join(PRECISIONS)}: {precision!r}")
             return PRECISIONS[precision]
-        candidate = _native_reduced_dtype(self.device)
+        candidate = native_reduced_dtype(self.device)
         if candidate is None:
             return torch.float32
         error = self._probe_error(candidate)
