@@ -7,6 +7,7 @@ probe image shows the output stays within tolerance of fp32; otherwise it runs f
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +56,15 @@ class Engine:
         device: str = "auto",
         precision: str = "auto",
         max_batch: int | None = None,
+        cpu_threads: int | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.version = checkpoint.version
         self.device = pick_device(device)
+        if self.device.type == "cpu":
+            # Half the cores for the model, the rest for decoding and encoding around it:
+            # torch's default (all cores) fights the I/O threads and slows both under load.
+            torch.set_num_threads(cpu_threads or max(1, (os.cpu_count() or 2) // 2))
         self.max_batch = max_batch or DEFAULT_MAX_BATCH.get(self.device.type, 8)
         # channels_last helps convolutions on CPU (oneDNN) and on tensor-core GPUs.
         self.channels_last = self.device.type in ("cpu", "cuda")
