@@ -1,9 +1,10 @@
-"""The hot path: claimed files -> decode (thread pool) -> batches -> engine -> encode + commit.
+"""The hot path: claimed files -> decode (processes) -> batches -> engine -> encode + commit.
 
-One thread owns the engine (the device); decoding and encoding run in thread pools
-(Pillow releases the GIL). The number of claimed files in memory is bounded by
-``max_in_flight``: intake simply stops claiming, so a huge backlog stays on disk.
-A file that fails anywhere is quarantined alone; its batch-mates go on.
+One thread owns the engine (the device); decoding runs in worker processes (daemon.isolation:
+a decoder that segfaults costs one file, not the service), driven by a thread pool of the
+same size; encoding runs in a thread pool (Pillow releases the GIL). The number of claimed
+files in memory is bounded by ``max_in_flight``: intake simply stops claiming, so a huge
+backlog stays on disk. A file that fails anywhere is quarantined alone; its batch-mates go on.
 """
 
 from __future__ import annotations
@@ -25,13 +26,21 @@ from core import imaging
 from core.engine import Engine, InferenceError
 from core.provenance import provenance
 from daemon.batcher import Batcher
+from daemon.isolation import (
+    DecoderPool,
+    DecoderUnavailableError,
+    DecodeSettings,
+    PoolClosedError,
+)
 from daemon.metrics import Health, Metrics
 from daemon.settings import DaemonSettings
-from daemon.spool import Claim, Spool
+from daemon.spool import Claim, DisposeError, Spool
 
 # Commit failures that mean "the disk, not the file": keep the claim and retry later.
-RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES}
+# EPERM: an immutable (chattr +i) or otherwise locked folder, not the file's fault either.
+RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM}
 RETRY_DELAYS_S = (2.0, 5.0, 15.0, 30.0, 60.0)
+DISK_PROBE_S = 0.5  # while retries wait: how often the outbox is checked for room again
 
 
 @dataclass
@@ -49,6 +58,7 @@ class Pipeline:
         engine: Engine,
         metrics: Metrics,
         health: Health,
+        decoder: DecoderPool | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
@@ -58,6 +68,7 @@ class Pipeline:
         self._engine_lock = threading.Lock()
         self._ready: queue.Queue[Decoded | None] = queue.Queue()
         self._decode = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+        self._decoder = decoder or decoder_pool(settings)
         self._encode = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="encode")
         self._in_flight = 0
         self._count_lock = threading.Lock()
@@ -66,6 +77,8 @@ class Pipeline:
         self._retry: list[tuple[float, Claim]] = []
         self._retry_lock = threading.Lock()
         self._failures = 0
+        self._needed_bytes = 0  # the largest write the disk refused (0: it was not ENOSPC)
+        self._next_probe = 0.0
         self._thread = threading.Thread(target=self._engine_loop, name="engine", daemon=True)
         self._settings_digest = {
             "size": settings.size,
@@ -107,6 +120,11 @@ class Pipeline:
     def retry_due(self) -> list[Claim]:
         """Claims whose commit failed for lack of space or I/O, now due for another try."""
         now = time.monotonic()
+        paused = self.health.paused_reason is not None
+        if paused and self._retry and now >= self._next_probe:
+            self._next_probe = now + DISK_PROBE_S
+            if self._outbox_writable():
+                self._retry_all_now()
         with self._retry_lock:
             due = [claim for when, claim in self._retry if when <= now]
             self._retry = [(when, claim) for when, claim in self._retry if when > now]
@@ -116,11 +134,26 @@ class Pipeline:
         with self._retry_lock:
             self._retry.append((time.monotonic() + delay_s, claim))
 
+    def _retry_all_now(self) -> None:
+        """The disk takes writes again: no claim waits out the rest of its back-off."""
+        with self._retry_lock:
+            self._retry = [(0.0, claim) for _, claim in self._retry]
+
+    def _outbox_writable(self) -> bool:
+        """Room for the write that failed and a folder that takes a new file: retry now."""
+        try:
+            fs = os.statvfs(self.spool.outbox)
+        except OSError:
+            return False
+        room = fs.f_bavail * fs.f_frsize > 2 * self._needed_bytes + (1 << 16)
+        return room and self.spool.can_write(self.spool.outbox)
+
     def stop(self, timeout_s: float) -> bool:
         """Finish the batch in flight, commit what is computed; the rest stays claimed."""
         self._stopping.set()
         self._ready.put(None)
         self._decode.shutdown(wait=False, cancel_futures=True)
+        self._decoder.close()
         self._thread.join(timeout_s)
         self._encode.shutdown(wait=True)
         return not self._thread.is_alive()
@@ -135,17 +168,16 @@ class Pipeline:
         if self._stopping.is_set():
             return  # left claimed; the next start resumes it
         try:
-            with self.spool.open_claim(claim) as handle:
-                data = handle.read()
-                mtime = _fstat_mtime(handle)
-            image = imaging.load(
-                data,
-                self.settings.size,
-                self.settings.resize,
-                max_pixels=self.settings.max_pixels,
-                background=self.settings.background_rgb,
-            )
-            pixels = np.asarray(image)
+            pixels, mtime = self._decoder.decode(claim.work_path)
+        except PoolClosedError:
+            return  # stopping: left claimed for the next start
+        except DecoderUnavailableError as exc:  # the host, not the file: pause and retry
+            logger.error("{}: {}", claim.rel_path, exc)
+            self.health.update(paused_reason=str(exc))
+            self.spool.release(claim)
+            self._retry_later(claim, RETRY_DELAYS_S[1])
+            self._finished()
+            return
         except imaging.ImageError as exc:
             self._quarantine(claim, exc.reason, exc.message)
             return
@@ -204,29 +236,40 @@ class Pipeline:
 
     def _commit(self, item: Decoded, image: Image.Image, engine: Engine) -> None:
         claim = item.claim
+        data = b""
         try:
             meta = provenance(engine.checkpoint, claim.sha256, self._settings_digest)
             data = imaging.encode(image, self.settings.output_format, metadata=meta)
             output = self.spool.commit(claim, data)
         except OSError as exc:
-            self._commit_failed(claim, exc)
+            self._commit_failed(claim, exc, len(data))
             return
         except Exception as exc:
             logger.exception("encoding failed for {}", claim.rel_path)
             self._quarantine(claim, "encode_failed", f"{type(exc).__name__}: {exc}")
             return
-        self._failures = 0
+        self._failures, self._needed_bytes = 0, 0
         self.health.update(last_success=time.time(), paused_reason=None)
+        self._retry_all_now()
         self.metrics.processed.inc()
         self.metrics.drop_to_output.observe(max(0.0, time.time() - item.input_mtime))
         logger.info("{} -> {}", claim.rel_path, output.relative_to(self.spool.root))
         self._finished()
 
-    def _commit_failed(self, claim: Claim, exc: OSError) -> None:
+    def _commit_failed(self, claim: Claim, exc: OSError, size: int) -> None:
         self.metrics.write_errors.inc()
+        if isinstance(exc, DisposeError) and exc.errno not in RESOURCE_ERRNOS:
+            # Published: a quarantine now would make a second copy. Retry the archiving.
+            logger.error("{}: {}; retrying", claim.rel_path, exc)
+            self.spool.release(claim)
+            self._retry_later(claim, RETRY_DELAYS_S[-1])
+            self._finished()
+            return
         if exc.errno not in RESOURCE_ERRNOS:
             self._quarantine(claim, "write_failed", str(exc))
             return
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            self._needed_bytes = max(self._needed_bytes, size)
         # The disk, not the file: keep it claimed, pause intake, try again later.
         delay = RETRY_DELAYS_S[min(self._failures, len(RETRY_DELAYS_S) - 1)]
         self._failures += 1
@@ -243,10 +286,14 @@ class Pipeline:
             self.spool.quarantine(claim, reason, message, details)
         except OSError as exc:
             logger.error("cannot quarantine {}: {} (left claimed)", claim.rel_path, exc)
+            if exc.errno in RESOURCE_ERRNOS:
+                self.health.update(paused_reason=f"cannot quarantine files ({exc.strerror})")
             self._retry_later(claim, RETRY_DELAYS_S[-1])
         else:
             self.metrics.quarantined.labels(reason=reason).inc()
             logger.warning("quarantined {}: {} ({})", claim.rel_path, reason, message)
+            if not self._retry and self.health.paused_reason is not None:
+                self.health.update(paused_reason=None)  # the disk took this write: resume
         self._finished()
 
     def _finished(self) -> None:
@@ -263,5 +310,12 @@ class Pipeline:
         }
 
 
-def _fstat_mtime(handle: object) -> float:
-    return os.fstat(handle.fileno()).st_mtime  # type: ignore[attr-defined]
+def decoder_pool(settings: DaemonSettings) -> DecoderPool:
+    """The isolated decoders of the pipeline; the caller start()s them."""
+    decode = DecodeSettings(
+        size=settings.size,
+        resize=settings.resize,
+        max_pixels=settings.max_pixels,
+        background=settings.background_rgb,
+    )
+    return DecoderPool(settings.decode_workers, decode)

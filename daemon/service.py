@@ -15,7 +15,7 @@ from core.engine import Engine
 from daemon import systemd
 from daemon.http import serve
 from daemon.metrics import Health, Metrics
-from daemon.pipeline import Pipeline
+from daemon.pipeline import Pipeline, decoder_pool
 from daemon.reload import ModelWatcher, identity
 from daemon.settings import DaemonSettings
 from daemon.spool import Claim, Spool, SpoolError
@@ -23,6 +23,8 @@ from daemon.watcher import Intake
 
 EXIT_OK, EXIT_FATAL, EXIT_STUCK = 0, 1, 70
 HOUSEKEEPING_S = 5.0
+DECODER_START_S = 120.0
+CLAIM_RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)  # probes of a disk that refused claims
 
 
 def load_engine(settings: DaemonSettings, path: os.PathLike[str] | str | None = None) -> Engine:
@@ -40,6 +42,10 @@ class Service:
         self.stop_requested = threading.Event()
         self.metrics = Metrics()
         self.health = Health(stuck_after_s=settings.stuck_seconds)
+        # Set while the disk refuses claims (full, read-only, failing): intake waits, then probes.
+        self._claim_problem: str | None = None
+        self._claim_failures = 0
+        self._claims_resume_at = 0.0
 
     def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
         if signum is not None:
@@ -51,18 +57,25 @@ class Service:
         spool = Spool(
             s.root, s.instance, output_ext=s.output_extension, keep_originals=s.keep_originals
         )
+        decoder = decoder_pool(s)
         try:
             spool.prepare()
+            decoder.start()  # its forkserver imports the decoder while the model loads
             engine = load_engine(s)
         except (SpoolError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
             logger.error("cannot start: {}", exc)
+            decoder.close()
             return EXIT_FATAL
         self.health.update(model_version=engine.version)
         self.metrics.model_info.info(_model_labels(engine))
         self.metrics.up.set(1)
 
-        pipeline = Pipeline(s, spool, engine, self.metrics, self.health)
+        pipeline = Pipeline(s, spool, engine, self.metrics, self.health, decoder=decoder)
         pipeline.start()
+        # Resume nothing before files can be decoded: a start killed this early must not count
+        # as an attempt against the files it would have resumed (max_attempts).
+        if not decoder.wait_ready(DECODER_START_S):
+            logger.warning("decoder workers slow to start; resuming anyway")
         backlog: deque[Claim] = deque(spool.recover())
         backlog.extend(spool.adopt_stale())
         if backlog:
@@ -121,24 +134,48 @@ class Service:
                 pipeline.submit(backlog.popleft())
             # A disk that refused writes pauses intake until a retried commit succeeds.
             paused = self.health.paused_reason is not None
-            if not paused and pipeline.free_slots:
-                for path in intake.take(pipeline.free_slots):
-                    claim = spool.claim(path)
-                    if claim is not None:
-                        pipeline.submit(claim)
+            if not paused and pipeline.free_slots and time.monotonic() >= self._claims_resume_at:
+                self._claim_new(spool, intake, pipeline, backlog)
             now = time.monotonic()
             if now >= next_housekeeping:
                 next_housekeeping = now + min(heartbeat_every, HOUSEKEEPING_S)
                 self._housekeeping(spool, intake)
             intake.wait(0.05 if backlog else 0.25)
 
+    def _claim_new(
+        self, spool: Spool, intake: Intake, pipeline: Pipeline, backlog: deque[Claim]
+    ) -> None:
+        for path in intake.take(pipeline.free_slots):
+            try:
+                claim = spool.claim(path)
+            except OSError as exc:
+                # The disk, not the file: wait and probe again (the rescan finds the file).
+                delay = CLAIM_RETRY_S[min(self._claim_failures, len(CLAIM_RETRY_S) - 1)]
+                self._claim_failures += 1
+                self._claims_resume_at = time.monotonic() + delay
+                if self._claim_problem is None:
+                    logger.error("cannot claim inputs: {}; intake paused", exc)
+                self._claim_problem = f"intake paused: cannot claim inputs ({exc.strerror})"
+                self.health.update(folders_problem=self._claim_problem)
+                return
+            if self._claim_problem is not None:
+                logger.info("claims succeed again; intake resumed")
+                self._claim_problem, self._claim_failures = None, 0
+                self.health.update(folders_problem=_folders_problem(spool))
+                backlog.extend(spool.recover())  # claims the refused disk left half-recorded
+            if claim is not None:
+                pipeline.submit(claim)
+
     def _housekeeping(self, spool: Spool, intake: Intake) -> None:
         if self._engine_stuck():
             logger.critical("a model call has run over {}s; exiting", self.settings.stuck_seconds)
             systemd.notify("STATUS=engine stuck; exiting")
             os._exit(EXIT_STUCK)  # claimed files are resumed by the next start
-        spool.heartbeat()
-        self.health.update(folders_problem=_folders_problem(spool))
+        try:
+            spool.heartbeat()
+        except OSError as exc:  # a full, read-only or failing disk: reported, not fatal
+            logger.warning("cannot touch the heartbeat file: {}", exc)
+        self.health.update(folders_problem=self._claim_problem or _folders_problem(spool))
         # A folder still being copied in may be empty for a moment: wait well past settling.
         spool.remove_empty_dirs(older_than=max(5.0, 4 * self.settings.settle_seconds))
         if intake.healthy:

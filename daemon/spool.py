@@ -15,8 +15,20 @@ Record states, each written atomically *before* the move it announces:
 - ``quarantining``: reason and quarantine name fixed; sidecar and move remain.
 
 Output, archive and quarantine names are reserved in ``.artd/reserved/`` (``O_EXCL``) so that
-racing instances never pick one name. Nothing here follows a symlink (lstat, ``O_NOFOLLOW``,
-folders checked one component at a time) and nothing outside ``root`` is written.
+racing instances never pick one name. Nothing here follows a symlink: files are lstat'ed
+and opened ``O_NOFOLLOW``; folders under inbox/, outbox/, archive/ and quarantine/ are opened
+one component at a time with ``O_NOFOLLOW`` and every move or write in them goes through that
+descriptor, so a folder swapped for a symlink mid-way cannot redirect it. Nothing outside
+``root`` is read, moved or written. A symlink or file standing where an archive or quarantine
+folder should be makes the original go to the top of that area under a flattened name.
+
+Crash points (tests only, inert in production): every filesystem step of the state machine
+calls :func:`_step` with its name (``record:temp-write``, ``claim:rename``, ``archive:rename``,
+...). When the environment held ``_ARTD_CRASHPOINT=N`` at import, the process SIGKILLs itself
+just before its N-th step (counted from process start, so recovery steps count too); with
+``_ARTD_CRASHPOINT_TRACE=FILE`` every step is appended to FILE as ``"<n> <name>"``, the fatal
+one included. Neither name starts with ``ARTD_``, so the daemon's settings never see them.
+tests/reliability/test_crash_points.py loops N over every step.
 """
 
 from __future__ import annotations
@@ -25,10 +37,12 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
 import secrets
+import signal
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -55,6 +69,34 @@ _SUFFIX_RE = re.compile(r"\.[A-Za-z0-9]{1,10}")
 _MAX_NAME_TRIES = 10_000
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 _STATES = ("claiming", "claimed", "committed", "quarantining")
+_NAME_MAX = 255  # bytes, Linux and macOS
+# The disk, not the file: claim() raises these instead of skipping the file.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+
+
+def _crash_point_from_env() -> int | None:
+    value = os.environ.get("_ARTD_CRASHPOINT", "")
+    return int(value) if value.isdigit() else None
+
+
+_CRASH_AT = _crash_point_from_env()
+_CRASH_TRACE = os.environ.get("_ARTD_CRASHPOINT_TRACE") or None
+_STEPS = itertools.count(1)
+
+
+def _step(name: str) -> None:
+    """A filesystem step is about to happen: the crash-point hook (module docstring)."""
+    if _CRASH_AT is None and _CRASH_TRACE is None:
+        return
+    number = next(_STEPS)  # atomic under the GIL: pipeline threads share the count
+    if _CRASH_TRACE is not None:
+        fd = os.open(_CRASH_TRACE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, f"{number} {name}\n".encode())
+        finally:
+            os.close(fd)
+    if number == _CRASH_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class SpoolError(Exception):
@@ -63,6 +105,11 @@ class SpoolError(Exception):
 
 class InstanceLockedError(SpoolError):
     """The instance name is held by another live process."""
+
+
+class DisposeError(OSError):
+    """commit(): the output is published, archiving the original failed. Never quarantine
+    such a claim (its output exists): commit() it again later, or leave it to recover()."""
 
 
 @dataclass
@@ -84,7 +131,8 @@ def new_claim_id() -> str:
     return f"{time.time_ns():020d}-{secrets.token_hex(4)}"
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path, step: str = "dir") -> None:
+    _step(f"{step}:dir-flush")
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -92,22 +140,39 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, temp: Path) -> None:
-    """temp (same folder) -> fsync -> rename -> fsync folder: readers see old or new, never half."""
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o644)
+def write_atomic(
+    path: Path, data: bytes, temp: Path, step: str = "file", dir_fd: int | None = None
+) -> None:
+    """temp (same folder) -> fsync -> rename -> fsync folder: readers see old or new, never half.
+
+    The temp is created exclusively (a leftover of an earlier try is removed first), so a
+    hard link planted at its name is replaced, never written through. With ``dir_fd``,
+    ``path`` and ``temp`` are names in that folder."""
+    _step(f"{step}:temp-open")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp, dir_fd=dir_fd)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644, dir_fd=dir_fd)
     try:
         try:
+            _step(f"{step}:temp-write")
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+            _step(f"{step}:flush")
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(temp, path)
+        _step(f"{step}:rename")
+        os.replace(temp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        temp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the disk may refuse this too (EIO, EROFS)
+            os.unlink(temp, dir_fd=dir_fd)
         raise
-    fsync_dir(path.parent)
+    if dir_fd is None:
+        fsync_dir(path.parent, step)
+    else:
+        _step(f"{step}:dir-flush")
+        os.fsync(dir_fd)
 
 
 def open_regular(path: Path) -> BinaryIO:
@@ -126,16 +191,26 @@ def is_temporary_name(name: str) -> bool:
 
 
 def _temp_name(name: str, claim_id: str) -> str:
-    short = name.encode()[:150].decode(errors="ignore")  # the mark must fit in NAME_MAX
+    # The mark must fit in NAME_MAX. fsencode: names may hold bytes that are not UTF-8.
+    short = os.fsdecode(os.fsencode(name)[:150])
     return f".{short}{TEMP_MARK}{claim_id}"
 
 
-def _numbered(name: str, n: int) -> str:
+def _fit_name(name: str, tail: str = "", reserve: int = 0) -> str:
+    """``name + tail``, ``name`` cut (never inside a character) so that the whole plus
+    ``reserve`` bytes fits NAME_MAX: a long input name must not make its output unwritable."""
+    room = _NAME_MAX - reserve - len(os.fsencode(tail))
+    while name and len(os.fsencode(name)) > room:
+        name = name[:-1]
+    return name + tail
+
+
+def _numbered(name: str, n: int, reserve: int = 0) -> str:
     """``a.jpg``, ``a (2).jpg``, ... (archive and quarantine keep the input's extension last)."""
-    if n == 1:
-        return name
     p = PurePosixPath(name)
-    return f"{p.stem} ({n}){p.suffix}"
+    suffix = p.suffix if _SUFFIX_RE.fullmatch(p.suffix) else ""
+    stem = name[: len(name) - len(suffix)]
+    return _fit_name(stem, (f" ({n})" if n > 1 else "") + suffix, reserve)
 
 
 def _kind(mode: int) -> str:
@@ -149,6 +224,12 @@ def _safe_rel(value: object) -> PurePosixPath | None:
     if not isinstance(value, str) or rel.is_absolute() or not rel.parts:
         return None
     return None if any(p in ("", ".", "..") for p in rel.parts) else rel
+
+
+def _in_the_way(exc: OSError, path: Path) -> OSError:
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+        return NotADirectoryError(errno.ENOTDIR, "a symlink or file is in the way", str(path))
+    return exc
 
 
 def _reserved_keys(record: dict[str, Any]) -> Iterator[str]:
@@ -219,7 +300,7 @@ class Spool:
                 f"spool folders must be on the filesystem of {self.root} (moves are renames); "
                 f"on another one: {', '.join(foreign)}"
             )
-        unwritable = [str(f) for f in folders[1:] if not self._can_write(f)]
+        unwritable = [str(f) for f in folders[1:] if not self.can_write(f)]
         if unwritable:
             raise SpoolError(f"cannot write in folder(s): {', '.join(unwritable)}")
 
@@ -317,7 +398,10 @@ class Spool:
             stack.extend(reversed(subfolders))
 
     def claim(self, path: Path) -> Claim | None:
-        """Move a candidate into work/; None if it is not one, vanished, or a peer won."""
+        """Move a candidate into work/; None if it is not one, vanished, or a peer won.
+
+        Raises OSError (errno in DISK_ERRNOS) when the disk refuses the claim: full, read-only,
+        failing. The file is then still in the inbox, or claimed and left for ``recover()``."""
         self._require_lock()
         located = self._locate(path)
         if located is None or not self.is_candidate(located[0]):
@@ -335,9 +419,22 @@ class Spool:
             # The output name is reserved only after the rename wins: a loser's transient
             # reservation would otherwise push the winner to "name (2)".
             self._write_record(record)
-            os.rename(source, self.work_dir / record["work_name"])
+            # Renamed relative to the parent folder opened without following symlinks: a
+            # folder swapped for a symlink after the checks cannot pull a file in from outside.
+            parent = self._open_folder(self.inbox, rel.parent, create=False)
+            try:
+                _step("claim:rename")
+                os.rename(rel.name, self.work_dir / record["work_name"], src_dir_fd=parent)
+            finally:
+                os.close(parent)
         except OSError as exc:
-            self._drop(record)
+            # A failing disk may refuse the clean-up too: a "claiming" record whose rename
+            # never happened is dropped by recover().
+            with contextlib.suppress(OSError):
+                self._drop(record)
+            self._active.discard(claim_id)
+            if exc.errno in DISK_ERRNOS:
+                raise
             if not isinstance(exc, FileNotFoundError):  # vanished or taken by a peer: normal
                 self._report_once(str(source), f"cannot claim {source}: {exc}")
             return None
@@ -347,9 +444,11 @@ class Spool:
         try:
             return self._settle(record, attempts=1)
         except OSError as exc:
-            # The file is ours on disk with its record: the next start's recover() resumes it.
+            # The file is ours on disk with its record: recover() resumes it.
             logger.error("claimed {} but could not record it ({}); left for recover()", rel, exc)
             self._active.discard(claim_id)
+            if exc.errno in DISK_ERRNOS:
+                raise
             return None
 
     def _settle(self, record: dict[str, Any], attempts: int) -> Claim | None:
@@ -397,15 +496,21 @@ class Spool:
         self._require_lock()
         final = self._write_output(claim, data)
         record = self._mark_committed(claim)
-        self._dispose_original(record)
-        self._drop(record)
+        try:
+            self._dispose_original(record)
+            self._drop(record)
+        except OSError as exc:
+            raise DisposeError(exc.errno, f"{final.name} is published; {exc}") from exc
         return final
 
     def _write_output(self, claim: Claim, data: bytes) -> Path:
-        folder = self._ensure_folder(self.outbox, claim.output_rel.parent)
-        final = folder / claim.output_rel.name
-        write_atomic(final, data, folder / _temp_name(final.name, claim.id))
-        return final
+        name = claim.output_rel.name
+        folder = self._open_folder(self.outbox, claim.output_rel.parent)
+        try:
+            write_atomic(Path(name), data, Path(_temp_name(name, claim.id)), "output", folder)
+        finally:
+            os.close(folder)
+        return self.outbox / claim.output_rel
 
     def _mark_committed(self, claim: Claim) -> dict[str, Any]:
         record = self._record_of(claim, "committed")
@@ -424,12 +529,22 @@ class Spool:
             return  # done before a crash
         if "archive_rel" in record:
             rel = PurePosixPath(record["archive_rel"])
-            folder = self._ensure_folder(self.archive, rel.parent)
-            os.rename(work, folder / rel.name)
-            fsync_dir(folder)
+            try:
+                folder = self._open_folder(self.archive, rel.parent)
+            except NotADirectoryError as exc:
+                rel = self._refile(record, "archive_rel", exc)
+                folder = self._open_folder(self.archive, PurePosixPath())
+            try:
+                _step("archive:rename")
+                os.rename(work, rel.name, dst_dir_fd=folder)
+                _step("archive:dir-flush")
+                os.fsync(folder)
+            finally:
+                os.close(folder)
         else:
+            _step("archive:unlink")
             os.unlink(work)
-        fsync_dir(self.work_dir)
+        fsync_dir(self.work_dir, "work")
 
     def quarantine(
         self, claim: Claim, reason: str, message: str, details: dict | None = None
@@ -450,8 +565,8 @@ class Spool:
             return os.path.lexists(path) or os.path.lexists(f"{path}{SIDECAR_SUFFIX}")
 
         quarantine_rel = self._reserve_name(
-            self.quarantine_dir, "quarantine", rel.parent, lambda n: _numbered(rel.name, n),
-            claim.id, taken,
+            self.quarantine_dir, "quarantine", rel.parent,
+            lambda n: _numbered(rel.name, n, reserve=len(SIDECAR_SUFFIX)), claim.id, taken,
         )  # fmt: skip
         record = self._record_of(claim, "quarantining")
         record["quarantine_rel"] = str(quarantine_rel)
@@ -466,19 +581,50 @@ class Spool:
 
     def _move_to_quarantine(self, record: dict[str, Any]) -> Path:
         rel = PurePosixPath(record["quarantine_rel"])
-        folder = self._ensure_folder(self.quarantine_dir, rel.parent)
-        dest = folder / rel.name
+        try:
+            folder = self._open_folder(self.quarantine_dir, rel.parent)
+        except NotADirectoryError as exc:
+            rel = self._refile(record, "quarantine_rel", exc)
+            folder = self._open_folder(self.quarantine_dir, PurePosixPath())
         sidecar = dict(record["error"], instance=self.instance, original_path=record["rel_path"])
         sidecar |= {k: record[k] for k in ("size", "sha256", "attempts")} | {"claim": record["id"]}
-        sidecar_path = folder / f"{rel.name}{SIDECAR_SUFFIX}"
+        sidecar_name = f"{rel.name}{SIDECAR_SUFFIX}"
         data = json.dumps(sidecar, indent=2, sort_keys=True).encode() + b"\n"
-        write_atomic(sidecar_path, data, folder / _temp_name(sidecar_path.name, record["id"]))
-        work = self.work_dir / record["work_name"]
-        if os.path.lexists(work):
-            os.rename(work, dest)  # a symlink or FIFO moves as itself; nothing is read
-            fsync_dir(folder)
-            fsync_dir(self.work_dir)
-        return dest
+        temp = _temp_name(sidecar_name, record["id"])
+        try:
+            write_atomic(Path(sidecar_name), data, Path(temp), "sidecar", folder)
+            work = self.work_dir / record["work_name"]
+            if os.path.lexists(work):
+                _step("quarantine:rename")
+                os.rename(work, rel.name, dst_dir_fd=folder)  # a symlink moves as itself
+                _step("quarantine:dir-flush")
+                os.fsync(folder)
+                fsync_dir(self.work_dir, "work")
+        finally:
+            os.close(folder)
+        return self.quarantine_dir / rel
+
+    def _refile(self, record: dict[str, Any], field: str, exc: OSError) -> PurePosixPath:
+        """A symlink (or file) took the place of a folder on the way into archive/ or
+        quarantine/: file the original at the top under a flattened name instead of writing
+        through it or giving up. The record is rewritten first, so a crash resumes this."""
+        area, base, reserve = {
+            "archive_rel": ("archive", self.archive, 0),
+            "quarantine_rel": ("quarantine", self.quarantine_dir, len(SIDECAR_SUFFIX)),
+        }[field]
+        flat = "__".join(PurePosixPath(record["rel_path"]).parts)
+
+        def taken(path: Path) -> bool:
+            return os.path.lexists(path) or os.path.lexists(f"{path}{SIDECAR_SUFFIX}")
+
+        rel = self._reserve_name(
+            base, area, PurePosixPath(), lambda n: _numbered(flat, n, reserve), record["id"], taken
+        )
+        logger.warning("{} ({}): filed as {}/{} instead", record["rel_path"], exc, area, rel)
+        old, record[field] = record[field], str(rel)
+        self._write_record(record)
+        self._unreserve(f"{area}/{old}")
+        return rel
 
     # --- restart ------------------------------------------------------------------------
 
@@ -510,9 +656,10 @@ class Spool:
                 continue  # alive
             try:
                 # One rename moves records and files together; merged into ours below.
+                _step("adopt:rename")
                 os.rename(entry.path, self.work_dir / f".adopt-{other}-{new_claim_id()}")
-                fsync_dir(self.work_dir)
-                fsync_dir(self.state / "work")
+                fsync_dir(self.work_dir, "adopt")
+                fsync_dir(self.state / "work", "adopt")
                 logger.warning("adopting the unfinished work of dead instance {!r}", other)
                 self._sweep_reservations(owners={other})
             except FileNotFoundError:
@@ -543,14 +690,16 @@ class Spool:
                 target = self.work_dir / f".adopt-nested-{new_claim_id()}"
             elif entry.name.startswith("."):
                 if not entry.is_dir(follow_symlinks=False):
+                    _step("adopt:unlink")
                     os.unlink(entry.path)  # a half-written record of the dead instance
                 continue
             if os.path.lexists(target):
                 logger.error("not adopting {}: {} exists", entry.path, target)
                 continue
+            _step("adopt:merge")
             os.rename(entry.path, target)
             moved.add(entry.name[:_ID_LEN])
-        fsync_dir(self.work_dir)
+        fsync_dir(self.work_dir, "adopt")
         try:
             staging.rmdir()
         except OSError as exc:
@@ -566,6 +715,7 @@ class Spool:
                 continue
             if name.startswith("."):
                 if TEMP_MARK in name and not entry.is_dir(follow_symlinks=False):
+                    _step("recover:unlink")
                     os.unlink(entry.path)  # a record write cut short
             elif not _ID_RE.fullmatch(claim_id):
                 self._report_once(entry.path, f"unexpected file in {self.work_dir}: {name}")
@@ -584,7 +734,15 @@ class Spool:
                 rel = PurePosixPath(works[claim_id])
                 record["output_rel"] = str(self._reserve_output(rel, claim_id))
                 self._write_record(record)
-            if record is not None and (claim := self._resume(record)) is not None:
+            if record is None:
+                continue
+            try:
+                claim = self._resume(record)
+            except OSError as exc:  # one claim the disk refuses must not stop the start
+                logger.error("cannot resume claim {} ({}): {}", claim_id, record["rel_path"], exc)
+                self._active.discard(claim_id)
+                continue
+            if claim is not None:
                 claims.append(claim)
         return claims
 
@@ -658,11 +816,13 @@ class Spool:
         for entry in os.scandir(self._reserved):
             owner = _reservation_owner(Path(entry.path))
             if owner is None:
+                _step("sweep:unlink")
                 os.unlink(entry.path)  # not a reservation of ours
                 continue
             # An active claim without a record is in the middle of claim().
             names = held.get(owner[1], None if owner[1] in self._active else set())
             if owner[0] in owners and names is not None and entry.name not in names:
+                _step("sweep:unreserve")
                 os.unlink(entry.path)
 
     def _sweep_temps(self) -> None:
@@ -681,13 +841,14 @@ class Spool:
                     except FileNotFoundError:
                         continue
                     if claim_id not in self._active and (claim_id in ours or stale):
+                        _step("sweep:unlink")
                         path.unlink(missing_ok=True)
 
     # --- names and reservations ---------------------------------------------------------
 
     def _reserve_output(self, rel: PurePosixPath, claim_id: str) -> PurePosixPath:
         def name(n: int) -> str:
-            return rel.name + ("" if n == 1 else f" ({n})") + self.output_ext
+            return _fit_name(rel.name, ("" if n == 1 else f" ({n})") + self.output_ext)
 
         return self._reserve_name(self.outbox, "outbox", rel.parent, name, claim_id)
 
@@ -712,7 +873,8 @@ class Spool:
         raise SpoolError(f"no free name for {parent / name(1)} in {base}")
 
     def _reservation(self, key: str) -> Path:
-        return self._reserved / hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()
+        digest = hashlib.sha1(os.fsencode(key), usedforsecurity=False).hexdigest()
+        return self._reserved / digest
 
     def _try_reserve(self, key: str, claim_id: str) -> bool:
         """Reserve ``key`` for ``claim_id``; True also when this claim holds it already.
@@ -721,6 +883,7 @@ class Spool:
         files do): created exclusively *with* its content, so a kill leaves none half-written.
         It is only ever read with readlink, never followed."""
         path = self._reservation(key)
+        _step("reserve")
         try:
             os.symlink(f"{self.instance}/{claim_id}", path)
         except FileExistsError:
@@ -728,6 +891,7 @@ class Spool:
         return True
 
     def _unreserve(self, key: str) -> None:
+        _step("unreserve")
         self._reservation(key).unlink(missing_ok=True)
 
     # --- records ------------------------------------------------------------------------
@@ -762,7 +926,8 @@ class Spool:
         record["instance"] = self.instance
         name = f"{record['id']}.json"
         data = json.dumps(record, sort_keys=True).encode()
-        write_atomic(self.work_dir / name, data, self.work_dir / _temp_name(name, record["id"]))
+        temp = self.work_dir / _temp_name(name, record["id"])
+        write_atomic(self.work_dir / name, data, temp, f"record-{record['state']}")
 
     def _read_record(self, claim_id: str) -> dict[str, Any] | None:
         path = self.work_dir / f"{claim_id}.json"
@@ -785,8 +950,9 @@ class Spool:
 
     def _drop(self, record: dict[str, Any]) -> None:
         """Last step of every path: forget the record, then its reserved names."""
+        _step("record:unlink")
         (self.work_dir / f"{record['id']}.json").unlink(missing_ok=True)
-        fsync_dir(self.work_dir)
+        fsync_dir(self.work_dir, "record")
         for key in _reserved_keys(record):
             self._unreserve(key)
         self._active.discard(record["id"])
@@ -807,29 +973,55 @@ class Spool:
         rel = PurePosixPath(path.relative_to(self.inbox).as_posix())
         return (path, rel) if rel.parts else None
 
-    def _ensure_folder(self, base: Path, rel: PurePosixPath) -> Path:
-        """``base/rel``, created one component at a time, refusing anything but real folders."""
-        folder = base
-        for part in rel.parts:
-            folder = folder / part
-            with contextlib.suppress(FileExistsError):
-                folder.mkdir()
-            mode = os.lstat(folder).st_mode
-            if not stat.S_ISDIR(mode):
-                raise OSError(errno.ENOTDIR, f"a {_kind(mode)} is in the way", str(folder))
-        return folder
+    def _open_folder(self, base: Path, rel: PurePosixPath, create: bool = True) -> int:
+        """A descriptor of ``base/rel``, each component opened relative to the last without
+        following symlinks (and created if missing when ``create``): a folder swapped for a
+        symlink at any instant cannot redirect a move or a write outside the root.
+        NotADirectoryError when something else is in the way."""
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        path = base
+        try:
+            fd = os.open(base, flags)
+        except OSError as exc:
+            raise _in_the_way(exc, path) from exc
+        try:
+            for part in rel.parts:
+                path = path / part
+                if create:
+                    try:
+                        os.stat(part, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        _step("mkdir")
+                        with contextlib.suppress(FileExistsError):
+                            os.mkdir(part, dir_fd=fd)
+                try:
+                    child = os.open(part, flags, dir_fd=fd)
+                except OSError as exc:
+                    raise _in_the_way(exc, path) from exc
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _unlink_inside(self, path: Path) -> None:
         if os.path.realpath(path.parent) == str(path.parent):  # never through a symlink
+            if os.path.lexists(path):
+                _step("recover:unlink")
             path.unlink(missing_ok=True)
 
     @staticmethod
     def _hash(path: Path) -> tuple[int, str]:
+        """Size and SHA-256 of a claimed file, whose bytes are then made durable: the writer
+        may not have flushed them, and the claim record about to say we own them is."""
         digest, size = hashlib.sha256(), 0
         with open_regular(path) as handle:
             while chunk := handle.read(1 << 20):
                 digest.update(chunk)
                 size += len(chunk)
+            _step("claim:flush")
+            os.fsync(handle.fileno())
         return size, digest.hexdigest()
 
     @staticmethod
@@ -845,7 +1037,9 @@ class Spool:
             raise
         return fd
 
-    def _can_write(self, folder: Path) -> bool:
+    def can_write(self, folder: Path) -> bool:
+        """Create and remove a file in ``folder``: what a full inode table, a read-only mount,
+        a failing disk or missing permissions refuse (statvfs and access() can miss some)."""
         probe = folder / f".artd-probe-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600))
