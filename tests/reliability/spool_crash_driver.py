@@ -1,0 +1,102 @@
+"""Drives the real Spool through the crash-point loop: ``python spool_crash_driver.py PLAN.json``.
+
+For every crash point N of the plan it copies the template inbox into a fresh root and forks
+three children, each of which imports ``daemon.spool`` *after* setting its environment (the
+hook reads it at import, as in the daemon):
+
+1. ``_ARTD_CRASHPOINT=N``: claim everything, then commit or quarantine each file, the way
+   the daemon does; it SIGKILLs itself at its N-th filesystem step;
+2. ``_ARTD_CRASHPOINT=K`` (small): restart; killed again, usually inside ``recover()``;
+3. no crash point: restart and finish.
+
+The parent (imports nothing of the spool) forks cheaply; the test checks every root.
+Results (exit status and the step each child died at) go to ``PLAN.json``'s ``report`` path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import loguru  # noqa: F401  (imported once here, so that each child's import is cheap)
+
+MAX_ATTEMPTS = 10  # far above what three restarts can reach: a quarantine means a fault
+
+
+def _scenario(root: Path) -> None:
+    from daemon.spool import Spool
+
+    spool = Spool(root, "crash")
+    spool.prepare()
+    claims = spool.recover()
+    _mark("recovered")
+    for path in list(spool.scan_inbox()):
+        claim = spool.claim(path)
+        if claim is not None:
+            claims.append(claim)
+    for claim in claims:
+        with spool.open_claim(claim) as handle:
+            data = handle.read()
+        if claim.attempts > MAX_ATTEMPTS:
+            spool.quarantine(claim, "crashed_repeatedly", "interrupted too often")
+        elif data.startswith(b"BAD"):
+            spool.quarantine(claim, "not_an_image", "the test's bad file")
+        else:
+            spool.commit(claim, b"OUT:" + hashlib.sha256(data).hexdigest().encode())
+    spool.close()
+
+
+def _mark(text: str) -> None:
+    trace = os.environ.get("_ARTD_CRASHPOINT_TRACE")
+    if trace:
+        with open(trace, "a") as handle:
+            handle.write(f"-- {text}\n")
+
+
+def _child(root: Path, crash_at: int | None, trace: Path) -> tuple[int, str]:
+    """Run the scenario in a forked child; (exit status or -signal, the last step traced)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.environ.pop("_ARTD_CRASHPOINT", None)
+            if crash_at is not None:
+                os.environ["_ARTD_CRASHPOINT"] = str(crash_at)
+            os.environ["_ARTD_CRASHPOINT_TRACE"] = str(trace)
+            _scenario(root)
+        except BaseException as exc:  # reported through the exit status and the trace
+            with open(trace, "a") as handle:
+                handle.write(f"!! {type(exc).__name__}: {exc}\n")
+            code = 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    lines = trace.read_text().splitlines() if trace.exists() else []
+    return code, lines[-1] if lines else ""
+
+
+def main(plan_path: str) -> int:
+    plan = json.loads(Path(plan_path).read_text())
+    template, base = Path(plan["template"]), Path(plan["base"])
+    results = {}
+    for n in plan["points"]:
+        root = base / f"n{n:04d}"
+        shutil.copytree(template, root / "inbox", symlinks=True)
+        runs = []
+        for phase, crash_at in (("crash", n), ("recovery", 1 + n % 7), ("finish", None)):
+            trace = base / f"n{n:04d}-{phase}.trace"
+            runs.append((phase, *_child(root, crash_at, trace)))
+        results[n] = runs
+    Path(plan["report"]).write_text(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sys.exit(main(sys.argv[1]))
