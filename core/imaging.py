@@ -21,13 +21,15 @@ import re
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Literal
 from xml.sax.saxutils import escape, unescape
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
+
+if TYPE_CHECKING:
+    import torch
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"})
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -175,6 +177,8 @@ def load(
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """float32 CHW in 0..1, the same values as torchvision's ``ToTensor``."""
+    import torch  # here, not at the top: decoder processes never pay torch's import
+
     arr = to_uint8_array(img)
     out = torch.empty((3, arr.shape[0], arr.shape[1]), dtype=torch.float32)
     out.numpy()[...] = arr.transpose(2, 0, 1)  # cast and transpose in one pass
@@ -188,6 +192,8 @@ def to_uint8_array(img: Image.Image) -> np.ndarray:
 
 def from_tensor(t: torch.Tensor) -> Image.Image:
     """An RGB image from CHW (or 1xCHW) 0..1, rounded exactly as torchvision's ``save_image``."""
+    import torch
+
     if t.dim() == 4 and t.shape[0] == 1:
         t = t[0]
     if t.dim() != 3 or t.shape[0] not in (1, 3):
