@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.artd-installed
 
-.PHONY: run test lint format bench default-model clean
+.PHONY: run test lint format bench soak default-model clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
+
+# The reliability suite with long fuzzing and bigger loops (make test runs the short form).
+soak: $(STAMP)
+	RELIABILITY_FULL=1 $(PY) -m pytest tests/reliability $(PYTEST_ARGS)
 
 # Rebuilds the shipped model from procedural data (no internet); see core/assets/MODEL_CARD.md.
 default-model: $(STAMP)
