@@ -192,7 +192,7 @@ class Pipeline:
 
     def _engine_loop(self) -> None:
         batcher: Batcher[Decoded] = Batcher(
-            self.settings.max_batch, self.settings.max_delay_ms / 1000
+            self.engine.max_batch, self.settings.max_delay_ms / 1000
         )
         while True:
             wait = batcher.seconds_to_next()

@@ -32,7 +32,7 @@ def load_engine(settings: DaemonSettings, path: os.PathLike[str] | str | None = 
         path or settings.checkpoint,
         device=settings.device,
         precision=settings.precision,
-        max_batch=settings.max_batch,
+        max_batch=settings.max_batch or None,
     )
 
 

@@ -39,7 +39,9 @@ class DaemonSettings(BaseSettings):
     # Device and batching.
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    max_batch: int = Field(8, ge=1, le=1024, description="images per model call, at most")
+    max_batch: int = Field(
+        0, ge=0, le=1024, description="images per model call, at most (0: 4 on CPU, 32 on CUDA)"
+    )
     max_delay_ms: int = Field(10, ge=0, le=10_000, description="wait this long to fill a batch")
     decode_workers: int = Field(2, ge=1, le=64)
     encode_workers: int = Field(2, ge=1, le=64)
