@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +35,6 @@ class InferenceError(Exception):
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    version: str
-    device: str
-    dtype: str
-    channels_last: bool
-    max_batch: int
 
 
 class Engine:
@@ -89,16 +79,6 @@ class Engine:
     @classmethod
     def from_path(cls, path: str | Path, **kwargs: object) -> Engine:
         return cls(load_checkpoint(Path(path)), **kwargs)  # type: ignore[arg-type]
-
-    @property
-    def info(self) -> EngineInfo:
-        return EngineInfo(
-            version=self.version,
-            device=str(self.device),
-            dtype=str(self.dtype).removeprefix("torch."),
-            channels_last=self.channels_last,
-            max_batch=self.max_batch,
-        )
 
     # -- precision -------------------------------------------------------------------------
 
@@ -163,15 +143,12 @@ class Engine:
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start : start + self.max_batch]
                 batch = images_to_batch([images[i] for i in chunk])
-                for i, result in zip(chunk, self._run_batch(batch), strict=True):
+                for i, result in zip(chunk, self.run_batch(batch), strict=True):
                     results[i] = result
         return results  # type: ignore[return-value]
 
     def run_batch(self, batch: torch.Tensor) -> list[Image.Image | InferenceError]:
         """Like ``run`` for an already stacked uint8 NHWC or float NCHW batch of one size."""
-        return self._run_batch(batch)
-
-    def _run_batch(self, batch: torch.Tensor) -> list[Image.Image | InferenceError]:
         pixels = _to_pixels(batch).to(self.device, non_blocking=True)
         outputs = self._forward_with_backoff(pixels)
         results: list[Image.Image | InferenceError] = []
