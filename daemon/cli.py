@@ -22,7 +22,11 @@ def _process(args: argparse.Namespace) -> int:
 
     try:
         engine = Engine.from_path(
-            args.checkpoint, device=args.device, precision=args.precision, max_batch=args.batch
+            args.checkpoint,
+            device=args.device,
+            precision=args.precision,
+            max_batch=args.batch,
+            compile=args.compile,
         )
     except (CheckpointError, ValueError, RuntimeError) as exc:
         logger.error("cannot load the model: {}", exc)
@@ -61,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     proc.add_argument("--batch", type=int, default=None, help="largest micro-batch")
     proc.add_argument("--workers", type=int, default=None, help="decode/encode threads")
+    proc.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (10-15 s per shape)"
+    )
     proc.set_defaults(handler=_process)
 
     for name, help_text in (("run", "run the hot-folder daemon"), ("check", "validate settings")):

@@ -33,6 +33,7 @@ def load_engine(settings: DaemonSettings, path: os.PathLike[str] | str | None = 
         device=settings.device,
         precision=settings.precision,
         max_batch=settings.max_batch or None,
+        compile=settings.compile,
     )
 
 

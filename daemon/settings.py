@@ -45,6 +45,9 @@ class DaemonSettings(BaseSettings):
     max_delay_ms: int = Field(10, ge=0, le=10_000, description="wait this long to fill a batch")
     decode_workers: int = Field(2, ge=1, le=64)
     encode_workers: int = Field(2, ge=1, le=64)
+    compile: bool = Field(
+        False, description="torch.compile the model: faster, 10-15 s per new input shape"
+    )
     max_in_flight: int = Field(64, ge=1, le=10_000, description="claimed files in memory, max")
 
     # Intake.

@@ -106,3 +106,14 @@ def test_device_choice() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             pick_device("cuda")
+
+
+def test_compiled_model_matches_eager(pixel_checkpoint: Path) -> None:
+    eager = Engine.from_path(pixel_checkpoint, device="cpu", precision="fp32")
+    compiled = Engine.from_path(pixel_checkpoint, device="cpu", precision="fp32", compile=True)
+    assert compiled._compiled is not None
+    images = [textured_image(64, 48, seed=i) for i in range(3)] + [textured_image(32, 64)]
+    for a, b in zip(eager.run(images), compiled.run(images), strict=True):
+        diff = np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int))
+        assert diff.max() <= 1
+    assert compiled._compiled is not None, "compilation fell back to eager"
