@@ -72,7 +72,6 @@ class Pipeline:
         self._encode = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="encode")
         self._in_flight = 0
         self._count_lock = threading.Lock()
-        self._idle = threading.Condition(self._count_lock)
         self._stopping = threading.Event()
         self._retry: list[tuple[float, Claim]] = []
         self._retry_lock = threading.Lock()
@@ -157,10 +156,6 @@ class Pipeline:
         self._thread.join(timeout_s)
         self._encode.shutdown(wait=True)
         return not self._thread.is_alive()
-
-    def wait_idle(self, timeout_s: float) -> bool:
-        with self._idle:
-            return self._idle.wait_for(lambda: self._in_flight == 0, timeout_s)
 
     # -- stages ----------------------------------------------------------------------------
 
@@ -297,9 +292,8 @@ class Pipeline:
         self._finished()
 
     def _finished(self) -> None:
-        with self._idle:
+        with self._count_lock:
             self._in_flight -= 1
-            self._idle.notify_all()
 
     def queue_depths(self, batching: int = 0) -> dict[str, int]:
         return {
