@@ -44,7 +44,7 @@ def model_ms(checkpoint: Path, device: str, repeats: int) -> dict[str, float]:
     figures = {}
     for precision in ("fp32", "auto"):
         engine = Engine.from_path(checkpoint, device=device, precision=precision, max_batch=64)
-        label = str(engine.dtype).removeprefix("torch.")
+        label = engine.precision
         for batch in BATCHES:
             pixels = torch.rand(batch, 3, 128, 128, generator=torch.Generator().manual_seed(0))
             engine.infer(pixels)  # warm-up: oneDNN picks its kernels on the first call

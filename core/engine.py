@@ -18,6 +18,7 @@ from PIL import Image
 
 from core.checkpoint import Checkpoint, build_model, load_checkpoint
 from core.devices import native_reduced_dtype, pick_device
+from core.folded import FoldedModel, stage_dtypes
 from core.imaging import from_tensor
 from core.model import IMAGENET_MEAN, IMAGENET_STD, SIZE_MULTIPLE
 
@@ -25,7 +26,6 @@ from core.model import IMAGENET_MEAN, IMAGENET_STD, SIZE_MULTIPLE
 REDUCED_PRECISION_TOLERANCE = 1.5 / 255
 # On CPU small groups stay in cache (batches of 16-32 were slower per image in the bench).
 DEFAULT_MAX_BATCH = {"cpu": 4, "cuda": 32, "mps": 16}
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class InferenceError(Exception):
@@ -60,23 +60,29 @@ class Engine:
         self.max_batch = max_batch or DEFAULT_MAX_BATCH.get(self.device.type, 8)
         # channels_last helps convolutions on CPU (oneDNN) and on tensor-core GPUs.
         self.channels_last = self.device.type in ("cpu", "cuda")
+        # The seed's module is kept for reference; inference runs a BatchNorm-folded copy
+        # per precision (about 1.5x faster on CPU, equal to rounding; see core.folded).
         self.model = build_model(checkpoint).to(self.device)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self._runners: dict[str, torch.nn.Module] = {}
         shape = (1, 3, 1, 1)
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(shape)
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(shape)
         self._seed_space = checkpoint.meta.image_space == "seed"
         self._compiled: torch.nn.Module | None = None  # the precision probe runs eager
-        self.dtype = self._choose_dtype(precision)
-        # Fuses the seed's ReLU -> BatchNorm passes (about 1.5-2x on CPU), at the price of
-        # 10-15 s of compiling for each new input shape: opt-in.
-        self._compiled = torch.compile(self.model, dynamic=True) if compile else None
+        self.precision = self._choose_precision(precision)
+        if compile:
+            # Inductor fuses the remaining element-wise passes too, at the price of 10-15 s
+            # of compiling for each new input shape: opt-in. It traces plain ATen ops, so the
+            # compiled copy does not use the hand-fused oneDNN calls.
+            portable = FoldedModel(
+                self.model, self.precision, channels_last=self.channels_last, fused=False
+            )
+            self._compiled = torch.compile(portable, dynamic=True)
         logger.info(
             "engine ready: model {} on {} ({}, channels_last={}, max_batch={}, compiled={})",
             self.version,
             self.device,
-            str(self.dtype).removeprefix("torch."),
+            self.precision,
             self.channels_last,
             self.max_batch,
             compile,
@@ -88,53 +94,54 @@ class Engine:
 
     # -- precision -------------------------------------------------------------------------
 
-    def _choose_dtype(self, precision: str) -> torch.dtype:
+    def _choose_precision(self, precision: str) -> str:
         if precision != "auto":
-            if precision not in PRECISIONS:
-                raise ValueError(f"precision must be auto, {', '.join(PRECISIONS)}: {precision!r}")
-            return PRECISIONS[precision]
-        candidate = native_reduced_dtype(self.device)
-        if candidate is None:
-            return torch.float32
-        error = self._probe_error(candidate)
-        if not error <= REDUCED_PRECISION_TOLERANCE:  # NaN counts as failing
-            logger.info(
-                "{} differs from fp32 by {:.2f}/255 on the probe; using fp32",
-                candidate,
-                error * 255,
-            )
-            return torch.float32
-        return candidate
+            stage_dtypes(precision)  # raises ValueError naming the choices
+            return precision
+        reduced = native_reduced_dtype(self.device)
+        if reduced is None:
+            return "fp32"
+        name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[reduced]
+        # Fastest first: all stages reduced, then only the inner ones (see core.folded).
+        for candidate in (name, f"{name}-mixed"):
+            error = self._probe_error(candidate)
+            if error <= REDUCED_PRECISION_TOLERANCE:  # NaN counts as failing
+                return candidate
+            logger.info("{} differs from fp32 by {:.2f}/255 on the probe", candidate, error * 255)
+        return "fp32"
 
-    def _probe_error(self, dtype: torch.dtype) -> float:
+    def _probe_error(self, precision: str) -> float:
         """Max abs difference to fp32 on a textured probe batch (a smooth one hides errors)."""
         generator = torch.Generator().manual_seed(0)
         probe = torch.rand(2, 3, 64, 64, generator=generator).to(self.device)
-        reference = self._forward(probe, torch.float32)
-        reduced = self._forward(probe, dtype)
+        reference = self._forward(probe, "fp32")
+        reduced = self._forward(probe, precision)
         return float((reference - reduced).abs().max())
 
     # -- inference -------------------------------------------------------------------------
 
-    def _forward(self, pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Pixels 0..1 (N, 3, H, W) in, image 0..1 out, computed in ``dtype``."""
+    def _forward(self, pixels: torch.Tensor, precision: str) -> torch.Tensor:
+        """Pixels 0..1 (N, 3, H, W) in, image 0..1 out, computed in ``precision``."""
         with torch.inference_mode():
             x = (pixels - self._mean) / self._std
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(
-                device_type=self.device.type, dtype=dtype, enabled=dtype != torch.float32
-            ):
-                y = self._run_model(x)
-            y = y.float()
+            y = self._run_model(x, precision)
             if self._seed_space:
                 # The seed trained against normalized targets and "denormalized" the Sigmoid;
                 # its checkpoints only look right with exactly that post-processing.
                 y = (y * self._std + self._mean).clamp_(0, 1)
         return y
 
-    def _run_model(self, x: torch.Tensor) -> torch.Tensor:
-        if self._compiled is not None:
+    def _runner(self, precision: str) -> torch.nn.Module:
+        if precision not in self._runners:
+            self._runners[precision] = FoldedModel(
+                self.model, precision, channels_last=self.channels_last
+            )
+        return self._runners[precision]
+
+    def _run_model(self, x: torch.Tensor, precision: str) -> torch.Tensor:
+        if self._compiled is not None and precision == self.precision:
             try:
                 return self._compiled(x)
             except torch.OutOfMemoryError:
@@ -142,12 +149,12 @@ class Engine:
             except Exception as exc:  # no compiler, unsupported op...: eager still works
                 logger.warning("torch.compile failed ({}); running the model uncompiled", exc)
                 self._compiled = None
-        return self.model(x)
+        return self._runner(precision)(x)
 
     def infer(self, pixels: torch.Tensor) -> torch.Tensor:
         """Float NCHW 0..1 in, float NCHW 0..1 out, on the engine's device and precision."""
         _check_shape(pixels)
-        return self._forward(pixels.to(self.device, non_blocking=True), self.dtype)
+        return self._forward(pixels.to(self.device, non_blocking=True), self.precision)
 
     def run(self, images: Sequence[Image.Image]) -> list[Image.Image | InferenceError]:
         """One result per input, in order; images of one size share micro-batches."""
@@ -178,7 +185,7 @@ class Engine:
         return results
 
     def _retry_fp32(self, pixels: torch.Tensor) -> torch.Tensor | InferenceError:
-        output = self._forward(pixels, torch.float32)[0]
+        output = self._forward(pixels, "fp32")[0]
         if torch.isfinite(output).all():
             return output
         return InferenceError("non_finite_output", "the model produced NaN or Inf values")
@@ -186,7 +193,7 @@ class Engine:
     def _forward_with_backoff(self, pixels: torch.Tensor) -> list[torch.Tensor | InferenceError]:
         """Run the batch; on out-of-memory split it in half and retry, down to single items."""
         try:
-            return list(self._forward(pixels, self.dtype))
+            return list(self._forward(pixels, self.precision))
         except torch.OutOfMemoryError as exc:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -65,7 +65,7 @@ def check(settings: DaemonSettings) -> int:
         model = {
             "version": engine.version,
             "device": str(engine.device),
-            "dtype": str(engine.dtype),
+            "precision": engine.precision,
         }
     except (CheckpointError, ValueError, RuntimeError, OSError) as exc:
         problems.append(f"model: {exc}")

@@ -10,6 +10,7 @@ from loguru import logger
 
 import core
 from core import imaging
+from core.folded import PRECISIONS
 from daemon import logs
 from daemon.process import EXIT_FATAL
 
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--resize", choices=["fit", "stretch"], default="fit")
     proc.add_argument("--format", choices=sorted(imaging.OUTPUT_FORMATS), default="png")
     proc.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    proc.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    proc.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS])
     proc.add_argument("--batch", type=int, default=None, help="largest micro-batch")
     proc.add_argument("--workers", type=int, default=None, help="decode/encode threads")
     proc.add_argument(

@@ -205,7 +205,7 @@ def _model_labels(engine: Engine) -> dict[str, str]:
         "epoch": "" if meta.epoch is None else str(meta.epoch),
         "image_space": meta.image_space,
         "device": str(engine.device),
-        "dtype": str(engine.dtype).removeprefix("torch."),
+        "precision": engine.precision,
     }
 
 

@@ -38,7 +38,7 @@ class DaemonSettings(BaseSettings):
 
     # Device and batching.
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16", "bf16-mixed", "fp16-mixed"] = "auto"
     max_batch: int = Field(
         0, ge=0, le=1024, description="images per model call, at most (0: 4 on CPU, 32 on CUDA)"
     )

@@ -78,7 +78,7 @@ def test_auto_precision_stays_within_two_levels_of_fp32(pixel_checkpoint: Path) 
     images = [textured_image(128, 96, seed=i) for i in range(3)]
     for a, b in zip(fp32.run(images), auto.run(images), strict=True):
         diff = np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int))
-        assert diff.max() <= 2, f"{auto.dtype}: {diff.max()}/255"
+        assert diff.max() <= 2, f"{auto.precision}: {diff.max()}/255"
 
 
 def test_non_finite_output_fails_that_item_only(tmp_path: Path) -> None:
@@ -88,7 +88,7 @@ def test_non_finite_output_fails_that_item_only(tmp_path: Path) -> None:
     path = tmp_path / "overflow.safetensors"
     save_checkpoint(path, state, CheckpointMeta())
     engine = Engine(load_checkpoint(path), device="cpu", precision="auto")
-    assert engine.dtype == torch.float32  # the probe saw non-finite output and kept fp32
+    assert engine.precision == "fp32"  # the probe saw non-finite output and kept fp32
     results = engine.run([textured_image(32, 32)])
     assert isinstance(results[0], InferenceError)
     assert results[0].reason == "non_finite_output"
