@@ -55,6 +55,10 @@ class Service:
 
     def run(self) -> int:
         s = self.settings
+        # From here on a stop request (systemd, Ctrl-C, a test) is a clean drain, even one
+        # that lands while the model is still loading or the inbox is first scanned.
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
         spool = Spool(
             s.root, s.instance, output_ext=s.output_extension, keep_originals=s.keep_originals
         )
@@ -104,8 +108,6 @@ class Service:
                 server = serve(s.http_host, s.http_port, self.metrics, self.health)
             intake.start()
             watcher.start()
-            signal.signal(signal.SIGTERM, self.request_stop)
-            signal.signal(signal.SIGINT, self.request_stop)
             logger.info("watching {} as instance {!r}", spool.inbox, s.instance)
             systemd.notify("READY=1\nSTATUS=watching the inbox")
             self._loop(spool, intake, pipeline, backlog)
