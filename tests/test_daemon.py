@@ -110,22 +110,25 @@ def test_kill_dash_nine_loses_and_duplicates_nothing(
     pixel_checkpoint: Path, tmp_path: Path
 ) -> None:
     root = tmp_path / "root"
-    names = [p.name for p in write_images(root / "inbox", 200)]
+    # Enough files that the kills land mid-work however fast the model runs.
+    count = 400
+    names = [p.name for p in write_images(root / "inbox", count)]
     rng = random.Random(4)
     daemon = Daemon(root, pixel_checkpoint, max_in_flight=16, settle_seconds=0.2)
     kills = 0
     for _ in range(6):
         daemon.start()
         time.sleep(rng.uniform(0.2, 1.2))
-        if settled_count(root) >= 200:
-            break
-        daemon.kill()
+        daemon.kill()  # always: a second start() beside a live daemon would test nothing
         kills += 1
+        if settled_count(root) >= count:
+            break
+    assert 0 < settled_count(root) < count, "the kills did not land mid-work"
     daemon.start()
-    wait_for(lambda: settled_count(root) >= 200, 120, f"200 settled\n{daemon.log}")
+    wait_for(lambda: settled_count(root) >= count, 120, f"{count} settled\n{daemon.log}")
     time.sleep(1)
     assert daemon.stop() == 0
-    assert kills >= 5
+    assert kills == 6
     assert_exactly_once(root, names)
     assert quarantined(root) == []
 
