@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.model import ConvDiffusionModel
+from core.precision import MIXED_REDUCED_STAGES, PRECISIONS, STAGES
 
 
 @dataclass
@@ -63,14 +64,9 @@ def _fold(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> _Stage:
     return _Stage(weight, conv.bias * scale + shift, shift.view(channel), low, high, transpose)
 
 
-# Stages in order: enc1, enc2, enc3, dec1, dec2 and the output layer. "-mixed" precisions
-# run only the inner, widest stages reduced; the ones next to the image stay fp32 (a
-# trained pixel-space model drifts 5/255 in all-bf16, under 1/255 this way, at 1.3x the
-# all-bf16 time and 2.5x less than fp32 on a bf16-native CPU).
-STAGES = 6
-_MIXED = (False, True, True, True, False, False)
+# A trained pixel-space model drifts 5/255 in all-bf16 but under 1/255 in bf16-mixed, which
+# costs 1.3x the all-bf16 time and 2.5x less than fp32 on a bf16-native CPU.
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PRECISIONS = ("fp32", "bf16", "fp16", "bf16-mixed", "fp16-mixed")
 
 
 def stage_dtypes(precision: str) -> tuple[torch.dtype, ...]:
@@ -79,7 +75,7 @@ def stage_dtypes(precision: str) -> tuple[torch.dtype, ...]:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}: {precision!r}")
     reduced = _DTYPES[precision.removesuffix("-mixed")]
     if precision.endswith("-mixed"):
-        return tuple(reduced if use else torch.float32 for use in _MIXED)
+        return tuple(reduced if use else torch.float32 for use in MIXED_REDUCED_STAGES)
     return (reduced,) * STAGES
 
 

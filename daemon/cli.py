@@ -10,16 +10,15 @@ from loguru import logger
 
 import core
 from core import imaging
-from core.folded import PRECISIONS
+from core.precision import PRECISIONS
 from daemon import logs
-from daemon.process import EXIT_FATAL
 
 
 def _process(args: argparse.Namespace) -> int:
     # Imported here so `artd check` and `--help` stay fast.
     from core.checkpoint import CheckpointError
     from core.engine import Engine
-    from daemon.process import process
+    from daemon.process import EXIT_FATAL, process
 
     try:
         engine = Engine.from_path(

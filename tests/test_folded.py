@@ -12,8 +12,9 @@ from conftest import seeded_model
 from core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from core.devices import native_reduced_dtype
 from core.engine import Engine
-from core.folded import PRECISIONS, FoldedModel, _has_fused_ops, stage_dtypes
+from core.folded import FoldedModel, _has_fused_ops, stage_dtypes
 from core.model import ConvDiffusionModel
+from core.precision import PRECISIONS
 
 
 def negative_scale_model() -> ConvDiffusionModel:
@@ -105,3 +106,11 @@ def test_auto_precision_steps_down_until_the_probe_passes(
     assert auto._probe_error("bf16") > 1.5 / 255
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     assert float((auto.infer(x) - exact.infer(x)).abs().max()) <= 2 / 255
+
+
+def test_the_settings_and_the_cli_offer_every_precision() -> None:
+    from typing import get_args
+
+    from daemon.settings import DaemonSettings
+
+    assert get_args(DaemonSettings.model_fields["precision"].annotation) == ("auto", *PRECISIONS)
