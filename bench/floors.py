@@ -72,9 +72,11 @@ def _sync(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def encode_ms(repeats: int) -> tuple[float, float]:
-    """(ours: PNG level 1 + provenance text, the seed's save_image: PNG default level)."""
+def encode_ms(repeats: int) -> tuple[float, float, float]:
+    """(ours: PNG level 1, Z_RLE, provenance text; the same with zlib's default strategy;
+    the seed's save_image: PNG default level)."""
     import io
+    import zlib
 
     from bench.datasets import textured
     from core import imaging
@@ -84,8 +86,35 @@ def encode_ms(repeats: int) -> tuple[float, float]:
     ours = per_item_ms(
         lambda: [imaging.encode(i, "png", metadata=meta) for i in images], 16, repeats
     )
+    default_strategy = per_item_ms(
+        lambda: [
+            i.save(io.BytesIO(), "PNG", compress_level=1, compress_type=zlib.Z_DEFAULT_STRATEGY)
+            for i in images
+        ],
+        16,
+        repeats,
+    )
     seed = per_item_ms(lambda: [i.save(io.BytesIO(), "PNG") for i in images], 16, repeats)
-    return ours, seed
+    return ours, default_strategy, seed
+
+
+def unfolded_ms(checkpoint: Path, device: str, repeats: int) -> dict[str, float]:
+    """The seed's module (BatchNorm not folded), channels_last, batch 4: what the engine ran
+    before core.folded, for the side-by-side."""
+    from core.checkpoint import build_model, load_checkpoint
+
+    model = build_model(load_checkpoint(checkpoint)).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.rand(4, 3, 128, 128, device=device).contiguous(memory_format=torch.channels_last)
+    figures = {}
+    for label, dtype in (("fp32", torch.float32), ("bf16 autocast", torch.bfloat16)):
+        enabled = dtype != torch.float32
+        with torch.inference_mode(), torch.autocast(device, dtype=dtype, enabled=enabled):
+            model(x)
+            figures[f"unfolded module, {label} b4"] = per_item_ms(
+                lambda: _sync(model(x)), 4, repeats * 2
+            )
+    return figures
 
 
 def bench(run: Run) -> None:
@@ -98,7 +127,8 @@ def bench(run: Run) -> None:
         models = model_ms(ours_ckpt, run.device, repeats)
         best = min(models, key=models.get)
         seed_model = seed_layout_ms(seed_ckpt, run.device, repeats)
-        encode, seed_encode = encode_ms(repeats)
+        unfolded = unfolded_ms(ours_ckpt, run.device, repeats)
+        encode, default_strategy, seed_encode = encode_ms(repeats)
         rows, limits = [], {}
         for name, files in {
             "photos": photo_mix(run.out, run.pick(24, 200)),
@@ -115,7 +145,9 @@ def bench(run: Run) -> None:
         torch.set_num_threads(threads)
     run.figures["floors"] = {
         "cores": cores, "model_ms": models, "best": best, "seed_model_ms": seed_model,
-        "encode_ms": encode, "seed_encode_ms": seed_encode, "limit_ips": limits,
+        "unfolded_ms": unfolded, "encode_ms": encode,
+        "encode_default_strategy_ms": default_strategy, "seed_encode_ms": seed_encode,
+        "limit_ips": limits,
     }  # fmt: skip
     headers = [
         "set",
@@ -125,14 +157,15 @@ def bench(run: Run) -> None:
         "sum ms",
         f"limit img/s ({cores} cores)",
     ]
-    model_rows = [[k, fmt(v, 2)] for k, v in models.items()] + [
-        ["seed layout (fp32 NCHW b1)", fmt(seed_model, 2)]
-    ]
+    model_rows = [[k, fmt(v, 2)] for k, v in models.items()]
+    model_rows += [[k, fmt(v, 2)] for k, v in unfolded.items()]
+    model_rows += [["seed layout (fp32 NCHW b1)", fmt(seed_model, 2)]]
     run.report(
         "### Floor figures (one thread each: core-ms per image at 128 px)\n\n"
         + table(headers, rows)
-        + f"\n\nEncode: ours {fmt(encode, 2)} ms (PNG level 1 + provenance), the seed's "
-        f"save_image {fmt(seed_encode, 2)} ms (PNG level 6).\n\n"
+        + f"\n\nEncode: ours {fmt(encode, 2)} ms (PNG level 1, Z_RLE, provenance), level 1 "
+        f"with zlib's default strategy {fmt(default_strategy, 2)} ms, the seed's save_image "
+        f"{fmt(seed_encode, 2)} ms (PNG level 6).\n\n"
         + table(["model: precision and batch", "ms/image"], model_rows)
         + "\n"
     )

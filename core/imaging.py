@@ -19,6 +19,7 @@ import json
 import os
 import re
 import stat
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Literal
@@ -228,7 +229,15 @@ def encode(
             if not 1 <= len(key) <= 79 or not key.isprintable() or not key.isascii():
                 raise ValueError(f"PNG text keys must be 1-79 printable ASCII chars: {key!r}")
             info.add_text(key, value)
-        img.save(buf, "PNG", pnginfo=info, compress_level=png_compress_level)
+        # Z_RLE: zlib's strategy for PNG's filtered rows; 1.5x faster than the default
+        # strategy at level 1 on model outputs, and the files are no larger (benchmarks.md).
+        img.save(
+            buf,
+            "PNG",
+            pnginfo=info,
+            compress_level=png_compress_level,
+            compress_type=zlib.Z_RLE,
+        )
     elif fmt == "jpeg":
         extra = {"comment": json.dumps(meta, ensure_ascii=False).encode()} if meta else {}
         img.save(buf, "JPEG", quality=quality, **extra)
