@@ -109,7 +109,8 @@ def unfolded_ms(checkpoint: Path, device: str, repeats: int) -> dict[str, float]
     figures = {}
     for label, dtype in (("fp32", torch.float32), ("bf16 autocast", torch.bfloat16)):
         enabled = dtype != torch.float32
-        with torch.inference_mode(), torch.autocast(device, dtype=dtype, enabled=enabled):
+        kind = torch.device(device).type  # autocast takes "cuda", not "cuda:0"
+        with torch.inference_mode(), torch.autocast(kind, dtype=dtype, enabled=enabled):
             model(x)
             figures[f"unfolded module, {label} b4"] = per_item_ms(
                 lambda: _sync(model(x)), 4, repeats * 2
