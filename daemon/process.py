@@ -7,11 +7,9 @@ skipped; the rest are still processed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,26 +22,11 @@ from tqdm import tqdm
 from core import imaging
 from core.engine import Engine, InferenceError
 from core.provenance import provenance
+from daemon.priority import lower_thread_priority
 
 EXIT_OK, EXIT_FATAL, EXIT_SOME_REJECTED = 0, 1, 2
 # Files decoded ahead of the engine; bounds memory however many inputs there are.
 CHUNK = 32
-# The engine thread is the critical path (busy 90-98% of a run); the I/O threads fill the
-# rest. Without this they take its core: 300 small files took 3.42 s against 2.77 s with it
-# (medians of 8 alternating pairs, docs/benchmarks.md). Photos are CPU-bound either way.
-IO_NICENESS = 10
-
-
-def lower_thread_priority(niceness: int = IO_NICENESS) -> None:
-    """Make the calling thread yield the CPU to the rest of the process (Linux: threads have
-    their own nice value; elsewhere the call would renice a whole process, so it is skipped)."""
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError):
-            tid = threading.get_native_id()
-            # Relative to what the thread has (a unit's Nice= stays the floor), at most 19.
-            os.setpriority(
-                os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + niceness)
-            )
 
 
 @dataclass

@@ -81,26 +81,3 @@ def test_seed_parity_through_the_cli(seed_checkpoint: Path, tmp_path: Path) -> N
         ours = np.asarray(Image.open(out / (source.name + ".png"))).astype(int)
         expected = seed_inference(seed_checkpoint, source).astype(int)
         assert np.abs(ours - expected).max() <= 1, source.name
-
-
-def test_io_threads_yield_to_the_engine_thread() -> None:
-    """The I/O pool's threads lower their own priority, and only their own (Linux)."""
-    import threading
-
-    from daemon.process import IO_NICENESS, lower_thread_priority
-
-    if sys.platform != "linux":
-        lower_thread_priority()  # a no-op elsewhere; must not raise
-        return
-    base = os.getpriority(os.PRIO_PROCESS, 0)
-    seen: list[int] = []
-
-    def worker() -> None:
-        lower_thread_priority()
-        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-
-    thread = threading.Thread(target=worker)
-    thread.start()
-    thread.join()
-    assert seen == [min(19, base + IO_NICENESS)]
-    assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the main thread is untouched
