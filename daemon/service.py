@@ -148,26 +148,44 @@ class Service:
     def _claim_new(
         self, spool: Spool, intake: Intake, pipeline: Pipeline, backlog: deque[Claim]
     ) -> None:
-        for path in intake.take(pipeline.free_slots):
+        paths = intake.take(pipeline.free_slots)
+        if not paths and self._claim_problem is not None:
+            # No new file to try a claim on, but one the disk refused halfway may wait in
+            # work/ (renamed, not yet recorded): probe the disk itself and recover it as soon
+            # as writes work again, rather than only when the next file arrives.
+            if spool.can_write(spool.work_dir):
+                self._claims_resumed(spool, backlog)
+            else:
+                self._claim_refused(None)
+            return
+        for path in paths:
             try:
                 claim = spool.claim(path)
             except OSError as exc:
-                # The disk, not the file: wait and probe again (the rescan finds the file).
-                delay = CLAIM_RETRY_S[min(self._claim_failures, len(CLAIM_RETRY_S) - 1)]
-                self._claim_failures += 1
-                self._claims_resume_at = time.monotonic() + delay
-                if self._claim_problem is None:
-                    logger.error("cannot claim inputs: {}; intake paused", exc)
-                self._claim_problem = f"intake paused: cannot claim inputs ({exc.strerror})"
-                self.health.update(folders_problem=self._claim_problem)
+                self._claim_refused(exc)  # the disk, not the file: the rescan finds it again
                 return
             if self._claim_problem is not None:
-                logger.info("claims succeed again; intake resumed")
-                self._claim_problem, self._claim_failures = None, 0
-                self.health.update(folders_problem=_folders_problem(spool))
-                backlog.extend(spool.recover())  # claims the refused disk left half-recorded
+                self._claims_resumed(spool, backlog)
             if claim is not None:
                 pipeline.submit(claim)
+
+    def _claim_refused(self, exc: OSError | None) -> None:
+        """Pause intake and probe again later (exc None: a probe of the disk failed)."""
+        delay = CLAIM_RETRY_S[min(self._claim_failures, len(CLAIM_RETRY_S) - 1)]
+        self._claim_failures += 1
+        self._claims_resume_at = time.monotonic() + delay
+        if exc is None:
+            return  # still refused: the problem already reported stands
+        if self._claim_problem is None:
+            logger.error("cannot claim inputs: {}; intake paused", exc)
+        self._claim_problem = f"intake paused: cannot claim inputs ({exc.strerror})"
+        self.health.update(folders_problem=self._claim_problem)
+
+    def _claims_resumed(self, spool: Spool, backlog: deque[Claim]) -> None:
+        logger.info("claims succeed again; intake resumed")
+        self._claim_problem, self._claim_failures = None, 0
+        self.health.update(folders_problem=_folders_problem(spool))
+        backlog.extend(spool.recover())  # claims the refused disk left half-recorded
 
     def _housekeeping(self, spool: Spool, intake: Intake) -> None:
         if self._engine_stuck():
