@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,14 @@ def seed_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("seed") / "model_epoch_150.pth"
     torch.save(seeded_model(1).state_dict(), path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_outlives_its_test() -> Iterator[None]:
+    yield
+    from daemon_harness import kill_leftovers
+
+    kill_leftovers()
 
 
 @pytest.fixture(autouse=True)

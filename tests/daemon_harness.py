@@ -32,6 +32,20 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+# Every daemon a test started: a test that fails mid-way never reaches its stop(), and a
+# leaked daemon keeps working on a folder (and a CPU) long after the test is gone.
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def kill_leftovers() -> None:
+    """Kill the daemons a test left running (a passing test stops its own first)."""
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 class Daemon:
     """``python -m daemon`` with test-friendly settings; logs go to a file for post-mortems."""
 
@@ -67,6 +81,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemon"], cwd=ROOT, env=self.env, stdout=log, stderr=log
         )
+        _STARTED.append(self.proc)
         log.close()
         if wait:
             wait_for(self.ready, 60, f"daemon ready (log: {self.log})")
