@@ -240,16 +240,37 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @contextlib.contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A private tmpfs at ``path`` (root only); skips the test where mounting is refused."""
-    path.mkdir(parents=True, exist_ok=True)
-    done = _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path))
+def _mounted(path: Path, what: str, *mount_args: str) -> Iterator[Path]:
+    """``mount MOUNT_ARGS path``, unmounted afterwards; skips the test where it is refused."""
+    done = _run("mount", *mount_args, str(path))
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root/CAP_SYS_ADMIN): {done.stderr.strip()}")
+        pytest.skip(f"cannot mount {what} here: {done.stderr.strip()}")
     try:
         yield path
     finally:
         unmount(path)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A private tmpfs at ``path`` (root only); skips the test where mounting is refused."""
+    path.mkdir(parents=True, exist_ok=True)
+    args = ("-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs")
+    with _mounted(path, "a tmpfs (needs root/CAP_SYS_ADMIN)", *args) as mounted:
+        yield mounted
+
+
+@contextlib.contextmanager
+def tmpfs_or_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs at ``path`` where we may mount one (fsync costs nothing there), else the
+    plain folder ``path`` on the disk: for tests that need room or speed, not a mount."""
+    try:
+        with tmpfs(path, size) as folder:
+            yield folder
+    except BaseException as exc:
+        if type(exc).__name__ != "Skipped":
+            raise
+        yield path
 
 
 @contextlib.contextmanager
@@ -261,13 +282,8 @@ def loop_ext4(path: Path, image: Path, size_mb: int = 64) -> Iterator[Path]:
     made = _run("mkfs.ext4", "-q", "-F", str(image))
     if made.returncode != 0:
         pytest.skip(f"mkfs.ext4 unavailable: {made.stderr.strip()}")
-    done = _run("mount", "-o", "loop", str(image), str(path))
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a loop device here: {done.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        unmount(path)
+    with _mounted(path, "a loop device", "-o", "loop", str(image)) as mounted:
+        yield mounted
 
 
 def unmount(path: Path) -> None:

@@ -10,14 +10,12 @@ exactly one output or quarantine entry and nothing is left half-done.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 from conftest import textured_image
@@ -29,7 +27,7 @@ from reliability_kit import (
     ledger_fixture,  # noqa: F401  (the ledger fixture)
     sidecar_reason,
     temp_files,
-    tmpfs,
+    tmpfs_or_disk,
     wait_until,
 )
 
@@ -38,18 +36,6 @@ from daemon.spool import TEMP_MARK
 DRIVER = Path(__file__).with_name("spool_crash_driver.py")
 GOOD = ["a.jpg", "same.jpg", "same.png", "sub/c.jpg"]
 BAD = ["bad1.jpg", "sub/deep/bad2.gif"]
-
-
-@contextlib.contextmanager
-def fast_folder(tmp_path: Path) -> Iterator[Path]:
-    """A tmpfs (fsync costs nothing there) where we may mount one, else the disk."""
-    try:
-        with tmpfs(tmp_path / "fast", "256m") as folder:
-            yield folder
-    except BaseException as exc:
-        if type(exc).__name__ != "Skipped":
-            raise
-        yield tmp_path
 
 
 def make_template(folder: Path) -> dict[str, bytes]:
@@ -105,7 +91,7 @@ def test_spool_survives_a_kill_at_every_step_and_inside_recovery(
     tmp_path: Path, ledger: Ledger
 ) -> None:
     started = time.monotonic()
-    with fast_folder(tmp_path) as base:
+    with tmpfs_or_disk(tmp_path / "fast", "256m") as base:
         template = base / "template"
         contents = make_template(template)
         count_base = base / "count"
