@@ -70,6 +70,9 @@ class Engine:
         self._seed_space = checkpoint.meta.image_space == "seed"
         self._compiled: torch.nn.Module | None = None  # the precision probe runs eager
         self.precision = self._choose_precision(precision)
+        # The probe built a folded copy per candidate: keep the chosen one and fp32 (the
+        # NaN retry's), not the rejected ones.
+        self._runners = {p: r for p, r in self._runners.items() if p in (self.precision, "fp32")}
         if compile:
             # Inductor fuses the remaining element-wise passes too, at the price of 10-15 s
             # of compiling for each new input shape: opt-in. It traces plain ATen ops, so the
