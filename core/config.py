@@ -1,4 +1,4 @@
-"""Settings loading shared by the daemon and the trainer.
+"""Settings loading shared by the daemon, ``artd process`` and the trainer.
 
 Precedence, highest first: CLI flags, ``ARTD_*`` environment variables, the TOML file
 named by ``--config``, defaults. Errors name the setting the way the user wrote it (flag,
@@ -7,10 +7,12 @@ env var or TOML key), so a typo is found without reading a traceback.
 
 from __future__ import annotations
 
+import argparse
 import os
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from pydantic import ValidationError
 from pydantic_settings import (
@@ -24,6 +26,42 @@ S = TypeVar("S", bound=BaseSettings)
 
 class SettingsError(Exception):
     """Settings that cannot be used; the message names every bad setting."""
+
+
+def add_settings_flags(
+    parser: argparse.ArgumentParser, cls: type[BaseSettings], *, skip: Sequence[str] = ()
+) -> None:
+    """One ``--flag`` per field of ``cls`` (but ``skip``), generated so they never drift apart.
+
+    Values stay strings (``None`` when not given): pydantic converts and validates them with
+    the env vars' rules, so a flag and its ``ARTD_*`` twin accept exactly the same text.
+    A ``Literal`` field's values become the flag's choices; a bool is ``--x/--no-x``.
+    """
+    for name, field in cls.model_fields.items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        default = "" if field.is_required() else f" (default: {field.default})"
+        help_text = (field.description or "") + default
+        if field.annotation is bool:
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+            continue
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+        parser.add_argument(
+            flag, dest=name, default=None, choices=choices, metavar=name.upper(), help=help_text
+        )
+
+
+def settings_from_args(
+    cls: type[S], args: dict[str, Any], *, other_prefixes: tuple[str, ...] = ()
+) -> S:
+    """:func:`load_settings` from a parser made with :func:`add_settings_flags` plus
+    ``--config`` (popped from ``args``); other non-setting entries must be removed first."""
+    given = dict(args)
+    config_file = given.pop("config", None)
+    return load_settings(cls, given, config_file, other_prefixes=other_prefixes)
 
 
 def load_settings(
