@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,15 @@ from pydantic_settings import (
 )
 
 S = TypeVar("S", bound=BaseSettings)
+_DEVICE_SPEC = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(value: str) -> str:
+    """A ``device`` setting's validator (daemon, ``artd process``, trainer): the spec's shape
+    only; whether that device exists is core.devices.pick_device's question, at start."""
+    if not _DEVICE_SPEC.fullmatch(value):
+        raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+    return value
 
 
 class SettingsError(Exception):
