@@ -1,4 +1,4 @@
-"""The seed's per-image inference loop, copied faithfully (SEED.md): PIL open -> convert RGB ->
+"""The seed's per-image inference loop, copied faithfully (docs/seed.md): PIL open -> convert RGB ->
 Resize((128, 128)) -> ToTensor -> Normalize -> model -> denormalize -> save_image PNG, one image
 at a time, fp32, default torch threads. Run as a subprocess so nothing the bench did to torch
 (threads, precision) leaks in:

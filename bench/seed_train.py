@@ -1,4 +1,4 @@
-"""The seed's training loop, copied faithfully (SEED.md) except where it cannot run here:
+"""The seed's training loop, copied faithfully (docs/seed.md) except where it cannot run here:
 VGG16 ``features[:16]`` is read from a file (randomly initialised by the bench: same speed as
 the pretrained one) instead of downloaded, and nothing is moved to CUDA unless asked.
 

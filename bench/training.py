@@ -58,12 +58,6 @@ def ours(run: Run, data: Path, vgg: Path, perceptual: str, epochs: int) -> dict:
 
 
 def bench(run: Run) -> None:
-    try:
-        import core.train  # noqa: F401
-    except ImportError:
-        # TODO(bench): core.train is not in the tree yet; this family reports nothing until it is.
-        run.report("### Training\n\nTODO: `core.train` does not exist yet; not measured.\n")
-        return
     data, vgg = training_set(run), random_vgg(run.out)
     epochs = run.pick(2, 3)
     rows = []

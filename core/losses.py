@@ -1,8 +1,8 @@
 """The training loss: pixel MSE plus a VGG16 perceptual term, with weights found offline.
 
 Outputs and targets are both images in 0..1 (pixel space); VGG sees ImageNet-normalized
-copies of both, which is what its features were trained on (the seed fed it the mismatched
-spaces, defect 1 in SEED.md).
+copies of both (``core.space.imagenet``), which is what its features were trained on (the
+seed fed it the mismatched spaces, defect 1 in docs/seed.md).
 
 VGG16 weights are looked up, in order: an explicit file, the torch hub cache
 (``$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth``, where torchvision itself puts them),
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from loguru import logger
 from torch import nn
 
-from core.model import IMAGENET_MEAN, IMAGENET_STD
+from core.space import imagenet
 
 VGG16_FILENAME = "vgg16-397923af.pth"
 # features[:16] ends after relu3_3, the layer the seed (and most perceptual losses) use.
@@ -116,24 +116,12 @@ def resolve_vgg_features(
     )
 
 
-class ImageNetNormalize(nn.Module):
-    """0..1 pixels -> ImageNet-normalized values (what VGG and the network's input expect)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return (pixels - self.mean) / self.std
-
-
 class PerceptualLoss(nn.Module):
     """MSE between frozen VGG16 ``features[:16]`` of output and target (both 0..1 pixels)."""
 
     def __init__(self, features: nn.Sequential) -> None:
         super().__init__()
-        self.normalize = ImageNetNormalize()
+        self.normalize = imagenet()
         self.features = features.eval()
         for p in self.features.parameters():
             p.requires_grad_(False)

@@ -1,155 +1,253 @@
 """``python -m core.train``: train ConvDiffusionModel with the seed's recipe, done right.
 
-Readable top to bottom: settings, distributed set-up, perceptual loss (offline weights), data
-(decode-once cache), model and optimizer (or the resume state), the epoch loop (train,
-validate, write), and the promotion gate. Defaults are the seed's: 150 epochs, batch 32,
-Adam 1e-3, StepLR(30, 0.1), 128 px stretch, MSE + 1.0 x VGG16 perceptual loss; unlike the
-seed, output and target are compared in pixel space (SEED.md defect 1).
+Reads top to bottom the way :func:`train` runs: settings, perceptual loss (offline weights),
+the resume state and the run folder, data (decode-once cache), model and optimizer, one
+epoch loop (train, then validate and write), and the promotion gate. Defaults are the
+seed's: 150 epochs, batch 32, Adam 1e-3, StepLR(30, 0.1), 128 px stretch, MSE + 1.0 x VGG16
+perceptual loss; unlike the seed, output and target are compared in pixel space (defect 1 in
+docs/seed.md).
 
 Several GPUs or hosts: ``torchrun --nproc_per_node=N -m core.train ...`` (DDP; NCCL on GPU,
-gloo on CPU). Each process takes ``batch_size`` images per step, so the global batch is
-``batch_size x N``; ``lr`` is used as given. Only rank 0 writes files. Exit status: 0 done,
-1 failed, 2 bad settings, 3 trained but the gate kept the served model (under torchrun,
-rank 0's 3 makes torchrun report a failure).
+gloo on CPU; ``core.training.distributed``). Each process takes ``batch_size`` images per
+step, so the global batch is ``batch_size x N``; ``lr`` is used as given. Only rank 0
+validates and writes files. Exit status: 0 done, 1 failed, 2 bad settings, 3 trained but the
+gate kept the served model (under torchrun, rank 0's 3 makes torchrun report a failure).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from loguru import logger
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch import nn
+from torch.utils.data import DataLoader
 
 from core.checkpoint import CheckpointMeta
 from core.config import SettingsError
-from core.data import CachedImages, PreparedData, prepare
-from core.devices import native_reduced_dtype, pick_device
-from core.losses import ImageNetNormalize, PerceptualLoss, TrainingLoss, resolve_vgg_features
-from core.model import ConvDiffusionModel
-from core.train_gate import EXIT_NOT_PROMOTED, batch_to_device, evaluate, promotion_gate
-from core.train_run import (
-    BEST,
-    LAST_STATE,
-    TensorBoard,
-    append_metrics,
-    cpu_state_dict,
-    create_run_dir,
-    find_resume_state,
-    load_training_state,
-    plot_losses,
-    rng_state,
-    save_best_checkpoint,
-    save_epoch_checkpoint,
-    save_samples,
-    save_training_state,
-    set_rng_state,
-    truncate_metrics,
-    write_json,
-)
-from core.train_settings import TrainSettings, parse_settings
-
-T = TypeVar("T")
+from core.data import PreparedData
+from core.losses import PerceptualLoss, TrainingLoss, resolve_vgg_features
+from core.training.distributed import Dist, main_first, setup
+from core.training.evaluate import batch_to_device, evaluate
+from core.training.gate import EXIT_NOT_PROMOTED, promotion_gate
+from core.training.learner import Learner, build_learner
+from core.training.loaders import Data, load_data
+from core.training.run_folder import RunFolder
+from core.training.settings import TrainSettings, parse_settings
+from core.training.state import find_resume_state, load_training_state
 
 
-@dataclass
-class Dist:
-    rank: int
-    world_size: int
-    device: torch.device
+def train(s: TrainSettings, d: Dist, closing: contextlib.ExitStack) -> int:
+    """The whole run; ``closing`` collects what must be undone when it ends (the run folder's
+    log sink and TensorBoard)."""
+    seed_everything(s.seed, s.deterministic)
+    channels_last = s.channels_last and d.device.type == "cuda"
+    # Perceptual loss first: missing VGG weights must stop us before any work is done.
+    loss_fn, vgg_source = build_loss(s, d, channels_last)
+    state_path, state = load_resume(s)
+    run = closing.enter_context(
+        RunFolder.start(s.out, resume_state=state_path, main=d.is_main, tensorboard=s.tensorboard)
+    )
+    logger.info("perceptual loss: {}", vgg_source)
+    if state is not None:
+        run.truncate_metrics(state["epoch"])  # the interrupted epoch is trained again
 
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
+    data = load_data(s, d, run)
+    learner = build_learner(s, d, state, channels_last)
+    logger.info(
+        "training {} epochs from {} on {} x{} ({}), global batch {}, {} train / {} val images",
+        s.epochs, learner.start_epoch, d.device, d.world_size, learner.amp_dtype or torch.float32,
+        s.batch_size * d.world_size, len(data.train_set), len(data.val_set),
+    )  # fmt: skip
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+    for epoch in range(learner.start_epoch, s.epochs):
+        result = train_epoch(s, d, learner, data, loss_fn, epoch)
+        if d.is_main:
+            end_epoch(s, learner, data, loss_fn, run, epoch + 1, result)
+        d.barrier()
 
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-
-def setup_distributed(device_spec: str) -> Dist:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; without them this is a single process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_spec, local_rank)
-    if world_size > 1:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(int(os.environ.get("RANK", "0")), world_size, device)
-
-
-def main_first(d: Dist, work: Callable[[], T]) -> T:
-    """Run ``work`` on rank 0 first (it may write caches), then on the others if it worked."""
-    if not d.enabled:
-        return work()
-    ok = [True]
-    if d.is_main:
-        try:
-            result = work()
-        except BaseException:
-            ok = [False]
-            dist.broadcast_object_list(ok, src=0)
-            raise
-    dist.broadcast_object_list(ok, src=0)
-    if not ok[0]:
-        raise SystemExit(1)  # rank 0 reports the error
-    return result if d.is_main else work()
+    if not d.is_main or s.promote is None:
+        return 0
+    return gate(s, learner, data, loss_fn, run)
 
 
-def share_from_main(d: Dist, work: Callable[[], T]) -> T:
-    """Run ``work`` on rank 0 only and hand its (picklable) result to every rank."""
-    if not d.enabled:
-        return work()
-    box: list = [None, None]
-    if d.is_main:
-        try:
-            box = [True, work()]
-        except BaseException:
-            dist.broadcast_object_list([False, None], src=0)
-            raise
-    dist.broadcast_object_list(box, src=0)
-    if not box[0]:
-        raise SystemExit(1)
-    return box[1]
+# --- set-up -------------------------------------------------------------------------------------
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None = fp32. ``auto``: what the device computes natively (bf16 on recent CUDA and on
-    CPUs with AVX512-BF16/AMX, about 2x faster there; fp16 + scaler on older CUDA), else fp32."""
-    if precision == "fp32":
-        return None
-    if precision == "auto":
-        return native_reduced_dtype(device)
-    if precision == "fp16" and device.type != "cuda":
-        raise RuntimeError("--precision fp16 needs CUDA (use bf16 or fp32 on this device)")
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python's, NumPy's and torch's RNGs (weights, shuffling, everything random)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+
+
+def build_loss(s: TrainSettings, d: Dist, channels_last: bool) -> tuple[TrainingLoss, str]:
+    """MSE plus the VGG16 term, and where VGG's weights came from (rank 0 looks first: it may
+    download them into the hub cache the others then read)."""
+    perceptual, source = None, "off (--perceptual-weight 0)"
+    if s.perceptual_weight > 0:
+        features, source = main_first(
+            d, lambda: resolve_vgg_features(s.vgg_weights, download=s.vgg_download)
+        )
+        perceptual = PerceptualLoss(features)
+        if channels_last:
+            perceptual = perceptual.to(memory_format=torch.channels_last)
+    return TrainingLoss(perceptual, s.perceptual_weight).to(d.device), source
+
+
+def load_resume(s: TrainSettings) -> tuple[Path | None, dict[str, Any] | None]:
+    """``--resume``: the state file and its contents; (None, None) for a fresh run."""
+    if not s.resume:
+        return None, None
+    path = find_resume_state(s.out, s.resume)
+    state = load_training_state(path)
+    logger.info("resuming {} after epoch {}", path, state["epoch"])
+    # The settings given now win; say which differ (a changed batch size breaks equivalence).
+    before, now = state.get("settings", {}), s.as_json()
+    changed = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
+    changed.pop("resume", None)
+    if changed:
+        logger.warning("resume: settings changed since the run started: {}", changed)
+    return path, state
+
+
+# --- one loop -----------------------------------------------------------------------------------
+
+
+@dataclass
+class EpochResult:
+    """One epoch's training figures, summed over every rank."""
+
+    loss: float
+    mse: float
+    perceptual: float
+    lr: float
+    images_per_s: float
+    seconds: float
+
+    def row(self, epoch: int, val: dict[str, float]) -> dict[str, float]:
+        """The epoch's ``metrics.jsonl`` row, validation figures in the middle."""
+        return {
+            "epoch": epoch,
+            "loss": self.loss,
+            "mse": self.mse,
+            "perceptual": self.perceptual,
+            **val,
+            "lr": self.lr,
+            "images_per_s": self.images_per_s,
+            "seconds": self.seconds,
+        }
+
+
+def train_epoch(
+    s: TrainSettings, d: Dist, learner: Learner, data: Data, loss_fn: TrainingLoss, epoch: int
+) -> EpochResult:
+    """One pass over this rank's share of the training set, then one scheduler step."""
+    learner.model.train()
+    data.sampler.set_epoch(epoch)
+    lr = learner.optimizer.param_groups[0]["lr"]
+    started = time.perf_counter()
+    show_bar = d.is_main and sys.stderr.isatty()
+    sums = torch.zeros(4, dtype=torch.float64, device=d.device)  # loss, mse, perceptual, n
+    for step, batch in enumerate(progress(data.loader, show_bar, f"epoch {epoch + 1}")):
+        parts, n = train_step(learner, batch, loss_fn)
+        sums[:3] += parts * n
+        sums[3] += n
+        if not show_bar and d.is_main and (step + 1) % s.log_every == 0:
+            logger.info("epoch {} step {}: loss {:.5f}", epoch + 1, step + 1, parts[0].item())
+    learner.scheduler.step()
+    d.all_reduce(sums)
+    seconds = time.perf_counter() - started
+    total, mse, perceptual, count = sums.tolist()
+    return EpochResult(total / count, mse / count, perceptual / count, lr, count / seconds, seconds)
+
+
+def train_step(
+    learner: Learner, batch: torch.Tensor, loss_fn: TrainingLoss
+) -> tuple[torch.Tensor, int]:
+    """One optimizer step; returns (loss, mse, perceptual) as float64 and the batch's size."""
+    inputs, target = batch_to_device(batch, learner.device, learner.space, learner.channels_last)
+    amp = learner.amp_dtype
+    with torch.autocast(learner.device.type, dtype=amp, enabled=amp is not None):
+        output = learner.model(inputs)
+        loss, mse, perceptual = loss_fn(output, target)
+    learner.optimizer.zero_grad(set_to_none=True)
+    learner.scaler.scale(loss).backward()
+    learner.scaler.step(learner.optimizer)
+    learner.scaler.update()
+    parts = torch.stack([loss.detach(), mse.detach(), perceptual.detach()]).double()
+    return parts, target.shape[0]
+
+
+def progress(loader: DataLoader, enabled: bool, desc: str) -> Iterable[torch.Tensor]:
+    """The loader, behind a tqdm bar when ``enabled`` (rank 0 on a terminal)."""
+    if not enabled:
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+
+
+# --- checkpoint ---------------------------------------------------------------------------------
+
+
+def end_epoch(
+    s: TrainSettings,
+    learner: Learner,
+    data: Data,
+    loss_fn: TrainingLoss,
+    run: RunFolder,
+    done: int,
+    result: EpochResult,
+) -> None:
+    """Rank 0, after epoch ``done``: validate, then write metrics, checkpoints, pictures and,
+    last, the resume state (a crash before it redoes the epoch, never skips it)."""
+    val = evaluate(
+        learner.raw, data.val_batches, loss_fn, learner.device,
+        space=learner.space, channels_last=learner.channels_last,
+    )  # fmt: skip
+    row = result.row(done, val)
+    run.log_metrics(row)
+    logger.info(
+        "epoch {}/{}: loss {:.5f} (mse {:.5f}, perceptual {:.5f}) val_mse {:.5f} "
+        "val_psnr {:.2f} dB, {:.1f} images/s",
+        done, s.epochs, row["loss"], row["mse"], row["perceptual"],
+        row.get("val_mse", math.nan), row.get("val_psnr", math.nan), row["images_per_s"],
+    )  # fmt: skip
+    weights = cpu_state_dict(learner.raw)
+    meta = checkpoint_meta(s, done, {k: v for k, v in row.items() if k != "epoch"}, data.prepared)
+    if val and val["val_loss"] < learner.best_val_loss:
+        learner.best_val_loss = val["val_loss"]
+        run.save_best(weights, meta)
+    if done % s.checkpoint_every == 0 or done == s.epochs:
+        run.save_epoch(weights, meta, s.keep_last)
+    if done % s.sample_every == 0 or done == s.epochs:
+        run.plot_losses()
+        save_samples(learner, data, run, done)
+    run.save_state(learner.state(done, weights, s))
+
+
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """One CPU copy of the weights, shared by the checkpoints and the resume state."""
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
 def checkpoint_meta(
     s: TrainSettings, epoch: int, metrics: dict[str, float], data: PreparedData
 ) -> CheckpointMeta:
+    """What a checkpoint records; its ``normalization`` defaults to ImageNet's, the
+    statistics :func:`train` normalises with."""
     return CheckpointMeta(
         image_space="pixel",
         train_size=s.image_size,
@@ -158,216 +256,37 @@ def checkpoint_meta(
         epoch=epoch,
         metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
         dataset_hash=data.dataset_hash(),
-        settings=s.model_dump(mode="json"),
+        settings=s.as_json(),
     )
 
 
-def progress(loader: DataLoader, enabled: bool, desc: str):
-    if not enabled:
-        return loader
-    from tqdm import tqdm
+@torch.no_grad()
+def save_samples(learner: Learner, data: Data, run: RunFolder, epoch: int) -> None:
+    """The sample grid: the first validation images and what the network makes of them."""
+    if not len(data.sample_batch):
+        return
+    learner.raw.eval()
+    space = learner.space
+    inputs, target = batch_to_device(data.sample_batch, learner.device, space, False)
+    run.save_samples(epoch, target, space.to_pixels(learner.raw(inputs)))
 
-    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
 
-
-def train(s: TrainSettings, d: Dist, closing: contextlib.ExitStack) -> int:
-    """The whole run; ``closing`` collects what must be undone when it ends (log sinks...)."""
-    device = d.device
-    seed_everything(s.seed)
-    if s.deterministic:
-        torch.use_deterministic_algorithms(True)
-    channels_last = s.channels_last and device.type == "cuda"
-
-    # Perceptual loss first: missing VGG weights must stop us before any work is done.
-    perceptual, vgg_source = None, "off (--perceptual-weight 0)"
-    if s.perceptual_weight > 0:
-        features, vgg_source = main_first(
-            d, lambda: resolve_vgg_features(s.vgg_weights, download=s.vgg_download)
-        )
-        perceptual = PerceptualLoss(features)
-        if channels_last:
-            perceptual = perceptual.to(memory_format=torch.channels_last)
-    loss_fn = TrainingLoss(perceptual, s.perceptual_weight).to(device)
-
-    # Resume state and the run folder (rank 0 writes; others never need the path).
-    state, run = None, None
-    if s.resume:
-        state_path = find_resume_state(s.out, s.resume)
-        state = load_training_state(state_path)
-        run = state_path.parent if d.is_main else None
-        logger.info("resuming {} after epoch {}", state_path, state["epoch"])
-        # The settings given now win; say which differ (a changed batch size breaks equivalence).
-        before, now = state.get("settings", {}), s.model_dump(mode="json")
-        changed = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
-        changed.pop("resume", None)
-        if changed:
-            logger.warning("resume: settings changed since the run started: {}", changed)
-    elif d.is_main:
-        run = create_run_dir(s.out)
-    if run is not None:
-        sink = logger.add(run / "train.log", level="INFO")
-        closing.callback(logger.remove, sink)
-        logger.info("run folder {}", run)
-        logger.info("perceptual loss: {}", vgg_source)
-
-    # Data: scanned, decoded once into the cache and split on rank 0, shared with the others.
-    data = share_from_main(
-        d,
-        lambda: prepare(
-            s.data, s.resolved_cache_dir(), s.image_size, s.resize, s.val_fraction,
-            max_pixels=s.max_pixels,
-        ),
-    )  # fmt: skip
-    if not data.slots("train"):
-        raise RuntimeError(f"no usable training images in {s.data} (see rejected.jsonl)")
-    if run is not None:
-        write_json(run / "settings.json", s.model_dump(mode="json"))
-        (run / "manifest.jsonl").write_bytes(data.manifest_bytes())
-        (run / "rejected.jsonl").write_bytes(data.rejected_bytes())
-    train_set = CachedImages(data.cache_file, s.image_size, data.slots("train"))
-    val_set = CachedImages(data.cache_file, s.image_size, data.slots("val"))
-    sampler = DistributedSampler(
-        train_set, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=s.seed
-    )
-    loader = DataLoader(
-        train_set,
-        batch_size=s.batch_size,
-        sampler=sampler,  # shuffles by (seed, epoch): a resumed epoch sees the same order
-        collate_fn=CachedImages.collate_fn,
-        num_workers=s.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=s.num_workers > 0,
-        generator=torch.Generator().manual_seed(s.seed),  # keeps the global RNG untouched
-    )
-    val_batches = DataLoader(val_set, batch_size=s.batch_size, collate_fn=CachedImages.collate_fn)
-    sample_batch = val_set.__getitems__(list(range(min(s.sample_count, len(val_set)))))
-
-    # Model, optimizer, schedule: fresh from the seed, or exactly where the last run stopped.
-    model = ConvDiffusionModel().to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.lr_step, gamma=s.lr_gamma)
-    start_epoch, best_val_loss = 0, math.inf
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, best_val_loss = state["epoch"], state["best_val_loss"]
-        set_rng_state(state["rng"])
-        if run is not None:
-            truncate_metrics(run, start_epoch)
-    raw_model = model
-    if s.compile:
-        model = torch.compile(model)
-    if d.enabled:
-        model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    amp_dtype = autocast_dtype(s.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    normalize = ImageNetNormalize().to(device)
-    tensorboard = TensorBoard(run, s.tensorboard) if run is not None else None
-    if tensorboard is not None:
-        closing.callback(tensorboard.close)
-    show_bar = d.is_main and sys.stderr.isatty()
-    logger.info(
-        "training {} epochs from {} on {} x{} ({}), global batch {}, {} train / {} val images",
-        s.epochs, start_epoch, device, d.world_size, amp_dtype or torch.float32,
-        s.batch_size * d.world_size, len(train_set), len(val_set),
-    )  # fmt: skip
-
-    for epoch in range(start_epoch, s.epochs):
-        # ---- train one epoch
-        model.train()
-        sampler.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        started = time.perf_counter()
-        sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, mse, perceptual, n
-        for step, batch in enumerate(progress(loader, show_bar, f"epoch {epoch + 1}")):
-            inputs, target = batch_to_device(batch, device, normalize, channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                output = model(inputs)
-                loss, mse, perceptual_loss = loss_fn(output, target)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            n = target.shape[0]
-            parts = torch.stack([loss.detach(), mse.detach(), perceptual_loss.detach()]).double()
-            sums[:3] += parts * n
-            sums[3] += n
-            if not show_bar and d.is_main and (step + 1) % s.log_every == 0:
-                logger.info("epoch {} step {}: loss {:.5f}", epoch + 1, step + 1, loss.item())
-        scheduler.step()
-        if d.enabled:
-            dist.all_reduce(sums)
-        seconds = time.perf_counter() - started
-        total, mse_sum, perceptual_sum, count = sums.tolist()
-
-        # ---- validate and write (rank 0); the others wait at the barrier
-        if d.is_main:
-            done = epoch + 1
-            val = evaluate(raw_model, val_batches, loss_fn, device, channels_last=channels_last)
-            row = {
-                "epoch": done,
-                "loss": total / count,
-                "mse": mse_sum / count,
-                "perceptual": perceptual_sum / count,
-                **val,
-                "lr": lr,
-                "images_per_s": count / seconds,
-                "seconds": seconds,
-            }
-            append_metrics(run, row)
-            tensorboard.scalars(row, done)
-            logger.info(
-                "epoch {}/{}: loss {:.5f} (mse {:.5f}, perceptual {:.5f}) val_mse {:.5f} "
-                "val_psnr {:.2f} dB, {:.1f} images/s",
-                done, s.epochs, row["loss"], row["mse"], row["perceptual"],
-                row.get("val_mse", math.nan), row.get("val_psnr", math.nan), row["images_per_s"],
-            )  # fmt: skip
-            weights = cpu_state_dict(raw_model)
-            meta = checkpoint_meta(s, done, {k: v for k, v in row.items() if k != "epoch"}, data)
-            if val and val["val_loss"] < best_val_loss:
-                best_val_loss = val["val_loss"]
-                save_best_checkpoint(run, weights, meta)
-            if done % s.checkpoint_every == 0 or done == s.epochs:
-                save_epoch_checkpoint(run, weights, meta, s.keep_last)
-            if done % s.sample_every == 0 or done == s.epochs:
-                plot_losses(run)
-                if len(sample_batch):
-                    with torch.no_grad():
-                        raw_model.eval()
-                        inputs, target = batch_to_device(sample_batch, device, normalize, False)
-                        grid = save_samples(
-                            run / "samples" / f"epoch-{done:03d}.png", target, raw_model(inputs)
-                        )
-                    tensorboard.image("samples", grid, done)
-            # Last: a crash before this line redoes the epoch, never skips it.
-            save_training_state(
-                run / LAST_STATE,
-                {
-                    "model": weights,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": done,
-                    "best_val_loss": best_val_loss,
-                    "rng": rng_state(),
-                    "settings": s.model_dump(mode="json"),
-                },
-            )
-        d.barrier()
-
-    if not d.is_main or s.promote is None:
-        return 0
-    best = run / "checkpoints" / BEST
-    if not best.exists():
+def gate(
+    s: TrainSettings, learner: Learner, data: Data, loss_fn: TrainingLoss, run: RunFolder
+) -> int:
+    """``--promote``: the run's best checkpoint against the served one; the exit status."""
+    best = run.best
+    if best is None or not best.exists():
         logger.error("gate: no best checkpoint (no validation images?); nothing promoted")
         return EXIT_NOT_PROMOTED
-    result = promotion_gate(s.promote, best, val_batches, loss_fn, device, s.promote_tolerance)
-    write_json(run / "gate.json", result.to_dict())
+    result = promotion_gate(
+        s.promote, best, data.val_batches, loss_fn, learner.device, s.promote_tolerance
+    )
+    run.write_json("gate.json", result.to_dict())
     return 0 if result.promoted else EXIT_NOT_PROMOTED
+
+
+# --- entry point --------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -377,13 +296,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m core.train: {exc}", file=sys.stderr)
         return 2
     d = None
-    closing = contextlib.ExitStack()
     try:
-        d = setup_distributed(settings.device)
+        d = setup(settings.device)
         if not d.is_main:
             logger.remove()
             logger.add(sys.stderr, level="WARNING")
-        with closing:
+        with contextlib.ExitStack() as closing:
             return train(settings, d, closing)
     except SystemExit as exc:
         return int(exc.code or 0)
@@ -394,9 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.opt(exception=not _expected(exc)).error("training failed: {}", exc)
         return 1
     finally:
-        if d is not None and d.enabled:
-            with contextlib.suppress(Exception):
-                dist.destroy_process_group()
+        if d is not None:
+            d.close()
 
 
 def _expected(exc: Exception) -> bool:

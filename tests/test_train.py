@@ -25,8 +25,8 @@ from core.config import SettingsError
 from core.losses import VGG16_FILENAME
 from core.model import ConvDiffusionModel
 from core.train import main
-from core.train_gate import EXIT_NOT_PROMOTED
-from core.train_settings import parse_settings
+from core.training.gate import EXIT_NOT_PROMOTED
+from core.training.settings import parse_settings
 
 REPO = Path(__file__).resolve().parents[1]
 CORRUPT = {"broken.jpg": "not_an_image", "empty.jpg": "empty_file", "cut.jpg": "truncated"}

@@ -1,0 +1,56 @@
+"""The two pictures a run draws: the loss curves (``loss.png``) and the sample grids.
+
+Both are returned as PNG bytes for the run folder to write atomically; matplotlib is
+imported only when a plot is drawn (it costs about a second) and always with the Agg
+backend, since training machines have no display.
+"""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from torchvision.utils import make_grid
+
+from core import imaging
+
+# (metrics.jsonl key, legend label) of each curve in loss.png.
+CURVES = (
+    ("loss", "train loss"),
+    ("mse", "train MSE"),
+    ("perceptual", "train perceptual"),
+    ("val_loss", "val loss"),
+    ("val_mse", "val MSE"),
+)
+
+
+def loss_plot_png(rows: list[dict[str, float]], title: str) -> bytes:
+    """Training and validation curves of the metrics rows so far (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for key, label in CURVES:
+        values = [r.get(key) for r in rows]
+        # A log axis cannot show zero or missing values (perceptual loss off, no val split).
+        if all(v is not None and v > 0 for v in values):
+            ax.plot(epochs, values, label=label, marker="." if len(rows) < 30 else None)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def sample_grid(inputs: torch.Tensor, outputs: torch.Tensor) -> tuple[bytes, torch.Tensor]:
+    """Rows of ``input | output`` (0..1 pixels, NCHW): the grid as PNG and as a CHW tensor."""
+    pairs = torch.stack([inputs.float().cpu(), outputs.float().cpu()], dim=1).flatten(0, 1)
+    grid = make_grid(pairs, nrow=2, padding=2, pad_value=1.0)
+    return imaging.encode(imaging.from_tensor(grid), "png"), grid

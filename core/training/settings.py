@@ -1,0 +1,104 @@
+"""Trainer settings: the seed's recipe as defaults, overridable by flag, env var or TOML.
+
+Every field is a flag (``--batch-size``), an env var (``ARTD_TRAIN_BATCH_SIZE``) and a TOML
+key (``batch_size``) in a ``--config`` file; precedence is flag, env, file, default
+(``core.config``, which also builds the flags). Unknown or ill-typed settings stop the
+trainer before it touches data.
+
+Under ``torchrun`` every process uses ``batch_size``: the global batch is
+``batch_size x world size``. The learning rate is not rescaled for you; when you change the
+global batch, scale ``lr`` yourself (linearly is the usual first guess for Adam at these sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.config import add_settings_flags, check_device, settings_from_args
+from core.imaging import DEFAULT_MAX_PIXELS
+from core.model import SIZE_MULTIPLE
+
+
+class TrainSettings(BaseSettings):
+    """Everything one training run is told; saved in ``settings.json`` and every checkpoint."""
+
+    model_config = SettingsConfigDict(env_prefix="ARTD_TRAIN_", extra="forbid")
+
+    data: Path = Field(description="folder of training images (flat or class sub-folders)")
+    out: Path = Field(Path("checkpoints"), description="where run-<timestamp>/ folders go")
+    epochs: int = Field(150, ge=1, description="epochs to train (total, also when resuming)")
+    batch_size: int = Field(32, ge=1, description="images per step per process")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    lr_step: int = Field(30, ge=1, description="StepLR: epochs between learning-rate drops")
+    lr_gamma: float = Field(0.1, gt=0, le=1, description="StepLR: factor at each drop")
+    image_size: int = Field(128, description="training size in pixels (multiple of 8)")
+    resize: Literal["stretch", "crop"] = Field(
+        "stretch", description="stretch to a square (the seed) or crop a square (keeps aspect)"
+    )
+    perceptual_weight: float = Field(1.0, ge=0, description="weight of the VGG16 term; 0 = off")
+    vgg_weights: Path | None = Field(None, description="VGG16 .pth file (else the hub cache)")
+    vgg_download: bool = Field(True, description="let torchvision download VGG16 if missing")
+    val_fraction: float = Field(0.05, gt=0, lt=1, description="share of images for validation")
+    seed: int = Field(0, description="seed for weights, shuffling and everything random")
+    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms(True)")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16 autocast on CUDA (fp16 + scaler without bf16), else fp32"
+    )
+    channels_last: bool = Field(True, description="channels_last memory layout on CUDA")
+    compile: bool = Field(False, description="torch.compile the model")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes")
+    checkpoint_every: int = Field(10, ge=1, description="epochs between checkpoints")
+    keep_last: int = Field(3, ge=1, description="epoch checkpoints kept (plus best)")
+    sample_every: int = Field(10, ge=1, description="epochs between sample grids (and the end)")
+    sample_count: int = Field(8, ge=1, description="validation images in each sample grid")
+    log_every: int = Field(50, ge=1, description="steps between plain log lines")
+    cache_dir: Path | None = Field(None, description="decode-once cache (default OUT/.cache)")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="larger images are rejected")
+    resume: str | None = Field(None, description="'latest' or a run folder / last.pt to resume")
+    promote: Path | None = Field(None, description="pointer to move on success, e.g. current")
+    promote_tolerance: float = Field(
+        0.02, ge=0, description="promote when new val loss <= served val loss x (1 + this)"
+    )
+    tensorboard: bool = Field(True, description="write TensorBoard scalars if it is installed")
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_eight(cls, value: int) -> int:
+        if value <= 0 or value % SIZE_MULTIPLE:
+            raise ValueError(f"must be a positive multiple of {SIZE_MULTIPLE}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        return check_device(value)
+
+    def resolved_cache_dir(self) -> Path:
+        """Where the decode-once cache lives: ``cache_dir``, else ``OUT/.cache``."""
+        return self.cache_dir if self.cache_dir is not None else self.out / ".cache"
+
+    def as_json(self) -> dict:
+        """The settings as plain JSON values (``settings.json``, checkpoints, resume state)."""
+        return self.model_dump(mode="json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``--config`` plus one flag per setting (``core.config.add_settings_flags``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m core.train",
+        description="Train the artd network (the seed's recipe, done right).",
+    )
+    parser.add_argument("--config", type=Path, help="TOML file with settings (keys = field names)")
+    add_settings_flags(parser, TrainSettings)
+    return parser
+
+
+def parse_settings(argv: list[str] | None = None) -> TrainSettings:
+    """Settings from the command line, env and ``--config``; raises core.config.SettingsError."""
+    return settings_from_args(TrainSettings, vars(build_parser().parse_args(argv)))
