@@ -2,7 +2,7 @@
 
 - **Scan**: every non-hidden regular file below the data folder (flat, or class sub-folders
   like the Kaggle set). Anything that is not a decodable image is *rejected* with a reason,
-  never a crash (the seed's ``verify()`` missed truncated files, defect 3 in SEED.md).
+  never a crash (the seed's ``verify()`` missed truncated files, defect 3 in docs/seed.md).
 - **Split**: by a hash of the relative path, so an image stays on its side of the split
   across nightly runs while files are added. At least one validation image whenever there
   are two or more images.
@@ -17,11 +17,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +35,8 @@ from loguru import logger
 from PIL import Image
 
 from core import imaging
-from core.checkpoint import atomic_write_bytes
+from core.durable import write_atomic
+from core.reasons import Reason
 
 TrainResize = Literal["stretch", "crop"]
 CACHE_FORMAT = 1
@@ -42,6 +45,8 @@ _DECODE_CHUNK = 256
 
 @dataclass(frozen=True)
 class Rejected:
+    """A file left out of training, and why (a :class:`~core.reasons.Reason` name)."""
+
     path: str
     reason: str
     message: str
@@ -127,12 +132,18 @@ def resize_for_training(img: Image.Image, size: int, policy: TrainResize) -> Ima
     return img.crop((left, top, left + size, top + size))
 
 
-def _decode_one(path: Path, size: int, policy: TrainResize, max_pixels: int):
-    """(sha256, HWC uint8 array) or a Rejected-like (reason, message) tuple."""
+# What decoding one file gives: its sha256 (None when unreadable) and its pixels, or the
+# (reason, message) it was rejected for.
+Decoded = tuple[str | None, np.ndarray | tuple[str, str]]
+
+
+def _decode_one(path: Path, size: int, policy: TrainResize, max_pixels: int) -> Decoded:
+    """(sha256, HWC uint8 array) or (sha256, (reason, message)) for a rejected file."""
     try:
         data = path.read_bytes()
     except OSError as exc:
-        return None, ("unreadable", str(exc))
+        return None, (Reason.UNREADABLE, str(exc))
+    # Hashed from the bytes already read for decoding, not read a second time.
     sha = hashlib.sha256(data).hexdigest()
     try:
         img = imaging.decode(data, max_pixels=max_pixels, draft_size=(size, size))
@@ -140,16 +151,18 @@ def _decode_one(path: Path, size: int, policy: TrainResize, max_pixels: int):
     except imaging.ImageError as exc:
         return sha, (exc.reason, exc.message)
     except Exception as exc:  # a decoder bug must reject one file, not end the run
-        return sha, ("corrupt", f"{type(exc).__name__}: {exc}")
+        return sha, (Reason.CORRUPT, f"{type(exc).__name__}: {exc}")
     return sha, pixels
 
 
 class _Cache:
-    """One memory-mappable file of size x size x 3 uint8 slots plus a JSON index."""
+    """One memory-mappable file of size x size x 3 uint8 slots plus a JSON index.
 
-    def __init__(self, folder: Path, size: int, policy: TrainResize) -> None:
-        self.folder = folder / f"{policy}-{size}"
-        self.folder.mkdir(parents=True, exist_ok=True)
+    Open it only through :func:`_locked_cache`: it trims the data file to the indexed slots,
+    which must not happen while another run appends."""
+
+    def __init__(self, folder: Path, size: int) -> None:
+        self.folder = folder
         self.data_file = self.folder / "images.u8"
         self.index_file = self.folder / "index.json"
         self.slot_bytes = size * size * 3
@@ -178,10 +191,22 @@ class _Cache:
         return self.slots - 1
 
     def save_index(self) -> None:
+        # The pixels reach the disk before an index that points at them.
         with open(self.data_file, "rb+") as f:
             os.fsync(f.fileno())
         index = {"format": CACHE_FORMAT, "slots": self.slots, "entries": self.entries}
-        atomic_write_bytes(self.index_file, json.dumps(index).encode())
+        write_atomic(self.index_file, json.dumps(index).encode())
+
+
+@contextlib.contextmanager
+def _locked_cache(cache_dir: Path, size: int, policy: TrainResize) -> Iterator[_Cache]:
+    """The cache for (size, policy), read and held under its lock."""
+    folder = cache_dir / f"{policy}-{size}"
+    folder.mkdir(parents=True, exist_ok=True)
+    # Two runs sharing a cache (say two nightly jobs) take turns appending to it.
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield _Cache(folder, size)
 
 
 def _chunks(items: list, n: int) -> Iterator[list]:
@@ -204,51 +229,15 @@ def prepare(
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
     rel_paths = scan(root)
-    cache = _Cache(Path(cache_dir), image_size, resize)
-    # Two runs sharing a cache (say two nightly jobs) take turns appending to it.
-    with open(cache.folder / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        cache = _Cache(Path(cache_dir), image_size, resize)  # re-read under the lock
-        keys: dict[str, str] = {}
-        missing: list[str] = []
-        rejected_now: dict[str, tuple[str, str]] = {}
-        for rel in rel_paths:
-            try:
-                keys[rel] = cache.key(rel, (root / rel).stat())
-            except OSError as exc:
-                rejected_now[rel] = ("unreadable", str(exc))
-                continue
-            if keys[rel] not in cache.entries:
-                missing.append(rel)
-        workers = workers or min(8, os.cpu_count() or 1)
-
-        def decode(rel: str):
-            return _decode_one(root / rel, image_size, resize, max_pixels)
-
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for chunk in _chunks(missing, _DECODE_CHUNK):
-                for rel, (sha, result) in zip(chunk, pool.map(decode, chunk), strict=True):
-                    if isinstance(result, tuple):
-                        entry = {"sha256": sha, "reason": result[0], "message": result[1]}
-                    else:
-                        entry = {"sha256": sha, "slot": cache.append(result)}
-                    cache.entries[keys[rel]] = entry
+    with _locked_cache(Path(cache_dir), image_size, resize) as cache:
+        keys, missing, unreadable = _look_up(root, rel_paths, cache)
+        decode = functools.partial(
+            _decode_one, size=image_size, policy=resize, max_pixels=max_pixels
+        )
+        _decode_into(cache, root, {rel: keys[rel] for rel in missing}, decode, workers)
         if missing:
             cache.save_index()
-
-    accepted = [rel for rel in rel_paths if rel in keys and "slot" in cache.entries[keys[rel]]]
-    splits = assign_splits(accepted, val_fraction)
-    entries, rejected = [], []
-    for rel in rel_paths:
-        if rel in rejected_now:
-            rejected.append(Rejected(rel, *rejected_now[rel]))
-            continue
-        info = cache.entries[keys[rel]]
-        size = json.loads(keys[rel])[1]
-        if "slot" in info:
-            entries.append(Entry(rel, size, info["sha256"], info["slot"], splits[rel]))
-        else:
-            rejected.append(Rejected(rel, info["reason"], info["message"]))
+    entries, rejected = _describe(rel_paths, keys, cache.entries, unreadable, val_fraction)
     for r in rejected:
         logger.warning("skipping {}: {}: {}", r.path, r.reason, r.message)
     logger.info(
@@ -258,11 +247,73 @@ def prepare(
         sum(e.split == "val" for e in entries),
         len(rejected),
         len(missing),
-        len(rel_paths) - len(missing) - len(rejected_now),
+        len(rel_paths) - len(missing) - len(unreadable),
     )
     return PreparedData(
         str(root), str(cache.data_file), image_size, entries, rejected, decoded=len(missing)
     )
+
+
+def _look_up(
+    root: Path, rel_paths: list[str], cache: _Cache
+) -> tuple[dict[str, str], list[str], dict[str, tuple[str, str]]]:
+    """Each file's cache key, the files the cache lacks, and those that cannot be stat'ed."""
+    keys: dict[str, str] = {}
+    missing: list[str] = []
+    unreadable: dict[str, tuple[str, str]] = {}
+    for rel in rel_paths:
+        try:
+            keys[rel] = cache.key(rel, (root / rel).stat())
+        except OSError as exc:
+            unreadable[rel] = (Reason.UNREADABLE, str(exc))
+            continue
+        if keys[rel] not in cache.entries:
+            missing.append(rel)
+    return keys, missing, unreadable
+
+
+def _decode_into(
+    cache: _Cache,
+    root: Path,
+    todo: dict[str, str],
+    decode: Callable[[Path], Decoded],
+    workers: int | None,
+) -> None:
+    """Decode each file of ``todo`` (relative path -> cache key) in threads, into ``cache``."""
+    rels = list(todo)
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        for chunk in _chunks(rels, _DECODE_CHUNK):
+            decoded = pool.map(lambda rel: decode(root / rel), chunk)
+            for rel, (sha, result) in zip(chunk, decoded, strict=True):
+                if isinstance(result, tuple):
+                    entry = {"sha256": sha, "reason": result[0], "message": result[1]}
+                else:
+                    entry = {"sha256": sha, "slot": cache.append(result)}
+                cache.entries[todo[rel]] = entry
+
+
+def _describe(
+    rel_paths: list[str],
+    keys: dict[str, str],
+    cached: dict[str, dict],
+    unreadable: dict[str, tuple[str, str]],
+    val_fraction: float,
+) -> tuple[list[Entry], list[Rejected]]:
+    """The accepted images (split) and the rejected files, in scan order."""
+    accepted = [rel for rel in rel_paths if rel in keys and "slot" in cached[keys[rel]]]
+    splits = assign_splits(accepted, val_fraction)
+    entries, rejected = [], []
+    for rel in rel_paths:
+        if rel in unreadable:
+            rejected.append(Rejected(rel, *unreadable[rel]))
+            continue
+        info = cached[keys[rel]]
+        size = json.loads(keys[rel])[1]
+        if "slot" in info:
+            entries.append(Entry(rel, size, info["sha256"], info["slot"], splits[rel]))
+        else:
+            rejected.append(Rejected(rel, info["reason"], info["message"]))
+    return entries, rejected
 
 
 def _batch_as_is(batch: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,44 @@
+"""Checkpoints: what weights are, how they are stored, imported, validated and served.
+
+- ``meta``: :class:`CheckpointMeta` (the metadata every checkpoint records, its
+  ``normalization`` and ``image_space`` read by ``core.space``), :class:`Checkpoint`,
+  :class:`CheckpointError`.
+- ``weights``: :func:`validate_state_dict` against ConvDiffusionModel, wrapper prefixes,
+  :func:`build_model`.
+- ``safetensors_format``: artd's own format, a safetensors file with the metadata and a
+  checksum of the tensor data in its header.
+- ``seed``: importing the seed script's ``.pth`` files with ``torch.load(weights_only=True)``.
+- ``files``: :func:`save_checkpoint` (atomic, through ``core.durable``), :func:`load_checkpoint`
+  (decides the kind by content, never by extension), :func:`resolve_current`.
+- ``pointer``: :func:`promote`, which moves the ``current`` symlink atomically.
+"""
+
+from core.checkpoint.files import load_checkpoint, resolve_current, save_checkpoint
+from core.checkpoint.meta import (
+    FORMAT_VERSION,
+    IMAGE_SPACES,
+    RESIZE_POLICIES,
+    Checkpoint,
+    CheckpointError,
+    CheckpointMeta,
+)
+from core.checkpoint.pointer import promote
+from core.checkpoint.safetensors_format import DATA_SHA256_KEY, META_KEY
+from core.checkpoint.weights import build_model, validate_state_dict
+
+__all__ = [
+    "DATA_SHA256_KEY",
+    "FORMAT_VERSION",
+    "IMAGE_SPACES",
+    "META_KEY",
+    "RESIZE_POLICIES",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointMeta",
+    "build_model",
+    "load_checkpoint",
+    "promote",
+    "resolve_current",
+    "save_checkpoint",
+    "validate_state_dict",
+]

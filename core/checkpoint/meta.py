@@ -1,0 +1,183 @@
+"""What a set of weights is: :class:`CheckpointMeta`, its validation, and the loaded
+:class:`Checkpoint`.
+
+The metadata is stored as JSON in the safetensors header (``core.checkpoint.safetensors_format``)
+under the field names below; renaming a field changes the on-disk format. ``normalization`` and
+``image_space`` drive how the checkpoint's network sees images (``core.space.ImageSpace.of``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from core import __version__
+from core.model import ARCHITECTURE, IMAGENET_MEAN, IMAGENET_STD
+
+# Bump when the layout changes incompatibly; readers refuse versions newer than they know.
+FORMAT_VERSION = 1
+ImageSpaceName = Literal["pixel", "seed"]
+IMAGE_SPACES: tuple[str, ...] = ("pixel", "seed")
+RESIZE_POLICIES: tuple[str, ...] = ("fit", "stretch")
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be read, written or used; ``str(e)`` names the file and the problem."""
+
+    def __init__(self, problem: str, path: str | os.PathLike[str] | None = None) -> None:
+        self.problem = problem
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+def utc_now_iso() -> str:
+    """The current time as ISO 8601 in UTC, to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def imagenet_normalization() -> dict[str, list[float]]:
+    """The ``normalization`` every checkpoint records so far: ImageNet's statistics."""
+    return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+@dataclass
+class CheckpointMeta:
+    """What a set of weights is and how it was made. Stored as JSON in the safetensors header."""
+
+    architecture: str = ARCHITECTURE
+    image_space: ImageSpaceName = "pixel"
+    train_size: int = 256
+    resize: str = "fit"
+    normalization: dict[str, list[float]] = field(default_factory=imagenet_normalization)
+    epoch: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    dataset_hash: str | None = None
+    code_version: str = __version__
+    created: str = field(default_factory=utc_now_iso)
+    settings: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckpointMeta:
+        """Validate and build; raises ValueError naming the bad field. Unknown keys are ignored."""
+        if not isinstance(data, dict):
+            raise ValueError(f"metadata must be a JSON object, got {type(data).__name__}")
+        version = _parse_format_version(data.get("format_version"))
+        for required in ("architecture", "image_space", "train_size", "resize"):
+            if required not in data:
+                raise ValueError(f"metadata lacks {required!r}")
+        architecture = _expect_str(data, "architecture")
+        image_space = _expect_choice(data, "image_space", IMAGE_SPACES)
+        train_size = data["train_size"]
+        if not is_int(train_size) or train_size <= 0:
+            raise ValueError(f"train_size must be a positive integer, got {train_size!r}")
+        resize = _expect_choice(data, "resize", RESIZE_POLICIES)
+        epoch = data.get("epoch")
+        if epoch is not None and (not is_int(epoch) or epoch < 0):
+            raise ValueError(f"epoch must be a non-negative integer or null, got {epoch!r}")
+        dataset_hash = data.get("dataset_hash")
+        if dataset_hash is not None and not isinstance(dataset_hash, str):
+            raise ValueError(f"dataset_hash must be a string or null, got {dataset_hash!r}")
+        settings = data.get("settings", {})
+        if not isinstance(settings, dict):
+            raise ValueError(f"settings must be an object, got {type(settings).__name__}")
+        return cls(
+            architecture=architecture,
+            image_space=image_space,  # type: ignore[arg-type]
+            train_size=train_size,
+            resize=resize,
+            normalization=_parse_normalization(data.get("normalization", imagenet_normalization())),
+            epoch=epoch,
+            metrics=_parse_metrics(data.get("metrics", {})),
+            dataset_hash=dataset_hash,
+            code_version=_expect_str(data, "code_version", default="unknown"),
+            created=_expect_str(data, "created", default=""),
+            settings=dict(settings),
+            format_version=version,
+        )
+
+
+@dataclass
+class Checkpoint:
+    """Loaded weights. ``path`` is the real file (after following ``current``)."""
+
+    path: Path
+    state_dict: dict[str, torch.Tensor] = field(repr=False)
+    meta: CheckpointMeta
+    sha256: str
+
+    @property
+    def version(self) -> str:
+        """Short human id, e.g. ``epoch-050.safetensors@1a2b3c4d5e6f``."""
+        return f"{self.path.name}@{self.sha256[:12]}"
+
+
+def is_int(value: object) -> bool:
+    """An int that is not a bool (JSON's ``true`` parses as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _parse_format_version(version: object) -> int:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"format_version must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"format_version {version} is newer than this artd understands "
+            f"(up to {FORMAT_VERSION}); upgrade artd to read it"
+        )
+    return version
+
+
+def _expect_str(data: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _expect_choice(data: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = _expect_str(data, key)
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _parse_normalization(value: object) -> dict[str, list[float]]:
+    if not isinstance(value, dict):
+        raise ValueError(f"normalization must be an object with mean and std, got {value!r}")
+    parsed: dict[str, list[float]] = {}
+    for key in ("mean", "std"):
+        numbers = value.get(key)
+        if (
+            not isinstance(numbers, list)
+            or len(numbers) != 3
+            or not all(_is_finite_number(x) for x in numbers)
+        ):
+            raise ValueError(f"normalization.{key} must be 3 finite numbers, got {numbers!r}")
+        parsed[key] = [float(x) for x in numbers]
+    if any(s <= 0 for s in parsed["std"]):
+        raise ValueError(f"normalization.std must be positive, got {parsed['std']}")
+    return parsed
+
+
+def _parse_metrics(value: object) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise ValueError(f"metrics must be an object, got {type(value).__name__}")
+    bad = {k: v for k, v in value.items() if not _is_finite_number(v)}
+    if bad:
+        raise ValueError(f"metrics must be finite numbers, got {bad!r}")
+    return {str(k): float(v) for k, v in value.items()}
