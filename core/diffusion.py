@@ -1,0 +1,266 @@
+"""Diffusion on the seed's network: an x0-predicting denoiser without noise conditioning.
+
+Pure functions and frozen dataclasses over tensors; nothing here knows about the engine,
+the daemon or the trainer.
+
+- Model space: pixels ``p`` in 0..1 map to ``x = 2p - 1`` in [-1, 1]. The network's input
+  is ``x_t = sqrt(ab(t)) x0 + sqrt(1 - ab(t)) eps`` as is (no ImageNet normalisation); its
+  Sigmoid output is read as the predicted clean *pixels* (``x0_hat = 2 out - 1``). The
+  network is never told ``t`` (Sun, Jiang, Zhao and He 2025, "Is Noise Conditioning
+  Necessary for Denoising Generative Models?": predict x0, sample stochastically).
+- Training: ``x_t = noised(pixels, sample_levels(n, g), noise, schedule)``, then
+  ``loss(model(x_t), pixels)``.
+- Sampling is img2img as in SDEdit (Meng et al. 2021): noise the input to level
+  ``strength``, then denoise back to 0 in ``round(steps * strength)`` DDIM steps (Song,
+  Meng and Ermon 2021, eq. 12) with stochasticity ``eta`` (1 = DDPM's posterior noise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from itertools import pairwise
+
+import torch
+
+Denoise = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Cosine variance-preserving schedule over continuous t in [0, 1] (Nichol & Dhariwal
+    2021): ``ab(t) = f(t) / f(0)``, ``f(t) = cos((t + offset) / (1 + offset) * pi / 2)^2``,
+    clamped to [min_alpha_bar, max_alpha_bar] so neither signal nor noise is exactly 0."""
+
+    kind: str = "cosine"
+    offset: float = 0.008
+    min_alpha_bar: float = 1e-5
+    max_alpha_bar: float = 1.0 - 1e-5
+    parameterisation: str = "x0"
+
+    def __post_init__(self) -> None:
+        if self.kind != "cosine":
+            raise ValueError(f"schedule kind must be 'cosine', got {self.kind!r}")
+        if self.parameterisation != "x0":
+            raise ValueError(
+                f"schedule parameterisation must be 'x0', got {self.parameterisation!r}"
+            )
+        for name in ("offset", "min_alpha_bar", "max_alpha_bar"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"schedule {name} must be a number, got {value!r}")
+        if not 0.0 < self.offset < 1.0:
+            raise ValueError(f"schedule offset must be in (0, 1), got {self.offset!r}")
+        if not 0.0 < self.min_alpha_bar < self.max_alpha_bar < 1.0:
+            raise ValueError(
+                "schedule needs 0 < min_alpha_bar < max_alpha_bar < 1, got "
+                f"{self.min_alpha_bar!r} and {self.max_alpha_bar!r}"
+            )
+
+    def alpha_bar(self, t: float | torch.Tensor) -> float | torch.Tensor:
+        """Signal fraction ab(t) for a float (sampler: no tensor, no host sync) or a tensor."""
+        s, lo, hi = self.offset, self.min_alpha_bar, self.max_alpha_bar
+        if isinstance(t, torch.Tensor):
+            f = torch.cos((t.double() + s) / (1 + s) * (math.pi / 2)) ** 2
+            return (f / math.cos(s / (1 + s) * math.pi / 2) ** 2).clamp(lo, hi).to(t.dtype)
+        f = math.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+        return min(max(f / math.cos(s / (1 + s) * math.pi / 2) ** 2, lo), hi)
+
+    def to_dict(self) -> dict[str, object]:
+        """The checkpoint metadata's record of this schedule."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> Schedule:
+        """Inverse of :meth:`to_dict`; an unknown key or a bad value raises ValueError."""
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ValueError(f"unknown schedule key {key!r} (known: {sorted(known)})")
+        if "kind" not in data:
+            raise ValueError("schedule key 'kind' is missing")
+        return cls(**data)  # type: ignore[arg-type]
+
+
+def to_model(pixels: torch.Tensor) -> torch.Tensor:
+    """0..1 pixels -> model space [-1, 1] (a new tensor)."""
+    return pixels * 2.0 - 1.0
+
+
+def sample_levels(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training noise levels, t ~ U(0, 1) on the CPU, shape (n,). Uniform t under the cosine
+    schedule already spreads the log signal-to-noise ratio over the useful range (Nichol &
+    Dhariwal 2021), so no reweighting is done here."""
+    return torch.rand(n, generator=generator)
+
+
+def noised(
+    pixels: torch.Tensor, t: torch.Tensor | float, noise: torch.Tensor, schedule: Schedule
+) -> torch.Tensor:
+    """The network's training input ``x_t = sqrt(ab) (2 pixels - 1) + sqrt(1 - ab) noise``;
+    ``t`` is a float or one level per image (shape (N,)); the target is ``pixels`` itself."""
+    if not isinstance(t, torch.Tensor):
+        ab = float(schedule.alpha_bar(float(t)))
+        return to_model(pixels).mul_(math.sqrt(ab)).add_(noise, alpha=math.sqrt(1 - ab))
+    ab = schedule.alpha_bar(t.detach().double())  # float64 where t lives (the CPU, usually)
+    assert isinstance(ab, torch.Tensor)
+
+    def coefficient(c: torch.Tensor) -> torch.Tensor:
+        return c.to(pixels.device, pixels.dtype).view(-1, 1, 1, 1)
+
+    root, rest = coefficient(ab.sqrt()), coefficient((1 - ab).sqrt())
+    return to_model(pixels).mul_(root).addcmul_(noise, rest)
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """img2img settings; invalid values raise ValueError naming the field. ``seed`` is not
+    read by :func:`sample` (which takes one seed per image): it feeds :func:`image_seed`."""
+
+    strength: float = 0.5
+    steps: int = 25
+    eta: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("strength", "eta"):
+            value = getattr(self, name)
+            ok = not isinstance(value, bool) and isinstance(value, int | float)
+            if not ok or not 0.0 <= value <= 1.0:  # NaN fails the range test too
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+            object.__setattr__(self, name, float(value))  # 1 and 1.0 hash to one seed
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
+            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain values, for provenance metadata and :func:`image_seed`."""
+        return asdict(self)
+
+
+def step_count(strength: float, steps: int) -> int:
+    """``round(steps * strength)``, half rounded up (Python's round gives 12 for 25 * 0.5)."""
+    return math.floor(steps * strength + 0.5)
+
+
+def timesteps(strength: float, steps: int) -> list[float]:
+    """The levels the sampler visits: ``n + 1`` evenly spaced levels from ``strength`` down
+    to exactly 0.0, where ``n = step_count(strength, steps)``; ``[]`` when ``n == 0``.
+    Each consecutive pair is one denoising step (``n`` network calls)."""
+    n = step_count(strength, steps)
+    if n == 0:
+        return []
+    return [strength * (n - k) / n for k in range(n)] + [0.0]
+
+
+def _generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    return [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
+
+
+def _draw(
+    generators: Sequence[torch.Generator], shape: Sequence[int], device: torch.device
+) -> torch.Tensor:
+    """One standard-normal draw per image, each from its own CPU generator, then moved to
+    ``device``: the values depend on the image's seed only, never on the batch or device."""
+    pin = device.type == "cuda"
+    out = torch.empty((len(generators), *shape), dtype=torch.float32, pin_memory=pin)
+    for i, generator in enumerate(generators):
+        torch.randn(tuple(shape), generator=generator, out=out[i])
+    # The caching host allocator keeps a pinned block until its copy has run.
+    return out.to(device, non_blocking=pin)
+
+
+def seeded_noise(
+    seeds: Sequence[int], shape: Sequence[int], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Standard-normal noise (len(seeds), *shape), image i from seed i: the same stream
+    :func:`sample` starts with. For fixed noise in a deterministic validation figure."""
+    return _draw(_generators(seeds), shape, torch.device(device))
+
+
+def _coefficients(schedule: Schedule, t: float, s: float, eta: float) -> tuple[float, ...]:
+    """DDIM eq. 12 from level t to s < t with x0 given, rewritten over (x_t, x0_hat):
+    ``x_s = cx x_t + c0 x0_hat + sigma z`` (see :func:`sample`)."""
+    a_t, a_s = schedule.alpha_bar(t), schedule.alpha_bar(s)
+    sigma = eta * math.sqrt((1 - a_s) / (1 - a_t) * max(0.0, 1 - a_t / a_s))
+    direction = math.sqrt(max(0.0, 1 - a_s - sigma * sigma))
+    cx = direction / math.sqrt(1 - a_t)
+    c0 = math.sqrt(a_s) - cx * math.sqrt(a_t)
+    return cx, c0, sigma
+
+
+@torch.no_grad()
+def sample(
+    denoise: Denoise,
+    pixels: torch.Tensor,
+    seeds: Sequence[int],
+    settings: SamplerSettings,
+    schedule: Schedule,
+) -> torch.Tensor:
+    """SDEdit img2img (Meng et al. 2021) with DDIM updates (Song et al. 2021, eq. 12).
+
+    ``denoise`` maps a batch x_t (model space, on the device) to predicted clean pixels in
+    0..1 and may have its returned tensor overwritten. ``pixels`` is (N, 3, H, W) in 0..1;
+    at strength 1 only its shape, device and dtype are used (generation from noise).
+    ``seeds`` holds one int per image. The whole batch steps together, one ``denoise`` call
+    per step. With levels t_0 = strength > ... > t_n = 0 and ``ab = schedule.alpha_bar``:
+
+        x_{t_0} = sqrt(ab(t_0)) x0 + sqrt(1 - ab(t_0)) z_0        (x0 = 0 at strength 1)
+        x0_hat  = 2 denoise(x_t) - 1
+        eps_hat = (x_t - sqrt(ab_t) x0_hat) / sqrt(1 - ab_t)
+        sigma   = eta sqrt((1 - ab_s) / (1 - ab_t)) sqrt(1 - ab_t / ab_s)
+        x_s     = sqrt(ab_s) x0_hat + sqrt(1 - ab_s - sigma^2) eps_hat + sigma z_k
+
+    and the last step (s = 0) returns the prediction itself, no noise added. Image i's
+    noise z comes from its own CPU generator seeded with seeds[i], drawn in a fixed order
+    (z_0, then one draw per step that adds noise). Zero steps return a copy of ``pixels``.
+    """
+    if pixels.dim() != 4 or len(seeds) != pixels.shape[0]:
+        raise ValueError(f"need one seed per image: {len(seeds)} seeds, {tuple(pixels.shape)}")
+    levels = timesteps(settings.strength, settings.steps)
+    if not levels:
+        return pixels.clone()
+    generators = _generators(seeds)
+    shape, device = pixels.shape[1:], pixels.device
+    a_0 = schedule.alpha_bar(levels[0])
+    x = _draw(generators, shape, device).mul_(math.sqrt(1 - a_0))
+    if settings.strength < 1.0:
+        x.add_(to_model(pixels.float()), alpha=math.sqrt(a_0))
+    for t, s in pairwise(levels):
+        out = denoise(x)
+        if out.data_ptr() == x.data_ptr():  # a denoiser that hands back its input
+            out = out.clone()
+        if s == 0.0:
+            return out.float().clamp_(0.0, 1.0).to(pixels.dtype)
+        cx, c0, sigma = _coefficients(schedule, t, s, settings.eta)
+        # cx x_t + c0 (2 out - 1), in place: x0_hat is clamped through out in 0..1.
+        x.mul_(cx).add_(out.clamp_(0.0, 1.0), alpha=2 * c0).sub_(c0)
+        if sigma > 0.0:
+            x.add_(_draw(generators, shape, device), alpha=sigma)
+    raise AssertionError("timesteps always end at 0.0")
+
+
+def image_seed(content_sha256: str, settings: Mapping[str, object]) -> int:
+    """A stable 63-bit seed from the input's content hash and its settings.
+
+    SHA-256 over canonical JSON (sorted keys, no whitespace) of both, so the same file with
+    the same settings always gets the same noise, and so the same output. An explicit
+    ``seed`` in the settings is hashed *with* the content rather than used as is: changing
+    it re-rolls every image, while two different files never share a noise stream.
+    ``artd generate`` can pass a per-image label (``"generate:<seed>:<index>"``) as content.
+    """
+    canonical = json.dumps(
+        {"content": content_sha256, "settings": dict(settings)},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+        allow_nan=False,
+    )
+    digest = hashlib.sha256(canonical.encode("ascii")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
