@@ -79,13 +79,11 @@ def encode_ms(repeats: int) -> tuple[float, float, float]:
     import zlib
 
     from bench.datasets import textured
-    from core import imaging
+    from core.encoding import encode
 
     images = [textured(i, 128, 128) for i in range(16)]  # texture like the model's outputs
     meta = {f"artd:{k}": "x" * 64 for k in ("model", "input", "settings", "time", "ai")}
-    ours = per_item_ms(
-        lambda: [imaging.encode(i, "png", metadata=meta) for i in images], 16, repeats
-    )
+    ours = per_item_ms(lambda: [encode(i, "png", metadata=meta) for i in images], 16, repeats)
     default_strategy = per_item_ms(
         lambda: [
             i.save(io.BytesIO(), "PNG", compress_level=1, compress_type=zlib.Z_DEFAULT_STRATEGY)
@@ -100,7 +98,7 @@ def encode_ms(repeats: int) -> tuple[float, float, float]:
 
 def unfolded_ms(checkpoint: Path, device: str, repeats: int) -> dict[str, float]:
     """The seed's module (BatchNorm not folded), channels_last, batch 4: what the engine ran
-    before core.folded, for the side-by-side."""
+    before core.inference_net, for the side-by-side."""
     from core.checkpoint import build_model, load_checkpoint
 
     model = build_model(load_checkpoint(checkpoint)).to(device)

@@ -1,8 +1,16 @@
-"""Batched inference: the one API the daemon and ``artd process`` use to run the network.
+"""The engine: a checkpoint's network on a device, in a precision, run on batches of images.
 
 The engine owns device, precision and memory layout choices so callers only hand it
-decoded images. Reduced precision is taken only where the hardware does it natively and a
-probe image shows the output stays within tolerance of fp32; otherwise it runs fp32.
+decoded images; what the checkpoint does to an image (normalisation, the network's passes,
+post-processing) is its sampler's business (core.sampling). Reduced precision is taken
+only where the hardware does it natively and a probe image shows the output stays within
+tolerance of fp32; otherwise it runs fp32. A denoise checkpoint's probe runs its whole
+sampler at the recommended settings, so the tolerance holds for what is served.
+
+A denoise checkpoint also needs one noise seed per image and sampler settings: callers
+pass both (``run_batch(batch, seeds, sampling)``), or the engine seeds each image from its
+own bytes (core.sampling.content_seeds) and serves the checkpoint's recommendation. Both
+travel with the batch through the out-of-memory halving and the per-item fp32 retry.
 """
 
 from __future__ import annotations
@@ -16,25 +24,24 @@ import torch
 from loguru import logger
 from PIL import Image
 
+from core.batcher import map_by_shape
 from core.checkpoint import Checkpoint, build_model, load_checkpoint
 from core.devices import native_reduced_dtype, pick_device
-from core.folded import FoldedModel, stage_dtypes
+from core.diffusion import SamplerSettings
 from core.imaging import from_tensor
-from core.model import IMAGENET_MEAN, IMAGENET_STD, SIZE_MULTIPLE
+from core.inference import InferenceError
+from core.inference_net import FoldedModel, stage_dtypes
+from core.model import SIZE_MULTIPLE
+from core.reasons import Reason
+from core.sampling import DiffusionSampler, SamplingSettings, content_seeds, sampler_for
+from core.space import uint8_to_pixels
+
+__all__ = ["Engine", "InferenceError", "images_to_batch", "pick_device"]
 
 # Outputs must stay within 2/255 of fp32; the probe demands a margin below that.
 REDUCED_PRECISION_TOLERANCE = 1.5 / 255
 # On CPU small groups stay in cache (batches of 16-32 were slower per image in the bench).
 DEFAULT_MAX_BATCH = {"cpu": 4, "cuda": 32, "mps": 16}
-
-
-class InferenceError(Exception):
-    """One item could not be run through the model; the rest of its batch is unaffected."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
 
 
 class Engine:
@@ -61,13 +68,12 @@ class Engine:
         # channels_last helps convolutions on CPU (oneDNN) and on tensor-core GPUs.
         self.channels_last = self.device.type in ("cpu", "cuda")
         # The seed's module is kept for reference; inference runs a BatchNorm-folded copy
-        # per precision (about 1.5x faster on CPU, equal to rounding; see core.folded).
+        # per precision (about 1.5x faster on CPU, equal to rounding; see core.inference_net).
         self.model = build_model(checkpoint).to(self.device)
         self._runners: dict[str, torch.nn.Module] = {}
-        shape = (1, 3, 1, 1)
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(shape)
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(shape)
-        self._seed_space = checkpoint.meta.image_space == "seed"
+        self.sampler = sampler_for(checkpoint.meta).to(self.device)
+        self.objective = self.sampler.objective
+        self._said_ignored = False  # a reconstruct checkpoint's one "settings ignored" line
         self._compiled: torch.nn.Module | None = None  # the precision probe runs eager
         self.precision = self._choose_precision(precision)
         # The probe built a folded copy per candidate: keep the chosen one and fp32 (the
@@ -82,8 +88,9 @@ class Engine:
             )
             self._compiled = torch.compile(portable, dynamic=True)
         logger.info(
-            "engine ready: model {} on {} ({}, channels_last={}, max_batch={}, compiled={})",
+            "engine ready: model {} ({}) on {} ({}, channels_last={}, max_batch={}, compiled={})",
             self.version,
+            self.objective,
             self.device,
             self.precision,
             self.channels_last,
@@ -95,6 +102,23 @@ class Engine:
     def from_path(cls, path: str | Path, **kwargs: object) -> Engine:
         return cls(load_checkpoint(Path(path)), **kwargs)  # type: ignore[arg-type]
 
+    def sampler_settings(self, sampling: SamplingSettings | None = None) -> SamplerSettings | None:
+        """The effective sampler settings: ``sampling``'s given fields over the checkpoint's
+        recommendation. None for a reconstruct checkpoint, which ignores them and says so
+        in one log line per engine."""
+        if isinstance(self.sampler, DiffusionSampler):
+            return (sampling or SamplingSettings()).resolve(self.sampler.recommended)
+        if sampling is not None and sampling.is_set and not self._said_ignored:
+            self._said_ignored = True
+            logger.warning(
+                "model {} is a {} checkpoint (one pass, no sampler): ignoring the sampler "
+                "settings {}",
+                self.version,
+                self.objective,
+                sampling.given(),
+            )
+        return None
+
     # -- precision -------------------------------------------------------------------------
 
     def _choose_precision(self, precision: str) -> str:
@@ -105,7 +129,7 @@ class Engine:
         if reduced is None:
             return "fp32"
         name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[reduced]
-        # Fastest first: all stages reduced, then only the inner ones (see core.folded).
+        # Fastest first: all stages reduced, then only the inner ones (see core.inference_net).
         for candidate in (name, f"{name}-mixed"):
             error = self._probe_error(candidate)
             if error <= REDUCED_PRECISION_TOLERANCE:  # NaN counts as failing
@@ -117,24 +141,29 @@ class Engine:
         """Max abs difference to fp32 on a textured probe batch (a smooth one hides errors)."""
         generator = torch.Generator().manual_seed(0)
         probe = torch.rand(2, 3, 64, 64, generator=generator).to(self.device)
-        reference = self._forward(probe, "fp32")
-        reduced = self._forward(probe, precision)
+        settings = self.sampler_settings()
+        seeds = None if settings is None else [0, 1]
+        reference = self._forward(probe, "fp32", seeds, settings)
+        reduced = self._forward(probe, precision, seeds, settings)
         return float((reference - reduced).abs().max())
 
     # -- inference -------------------------------------------------------------------------
 
-    def _forward(self, pixels: torch.Tensor, precision: str) -> torch.Tensor:
-        """Pixels 0..1 (N, 3, H, W) in, image 0..1 out, computed in ``precision``."""
+    def _forward(
+        self,
+        pixels: torch.Tensor,
+        precision: str,
+        seeds: Sequence[int] | None = None,
+        settings: SamplerSettings | None = None,
+    ) -> torch.Tensor:
+        """Pixels 0..1 (N, 3, H, W) in, image 0..1 out, computed in ``precision``; a
+        denoise checkpoint's sampler needs ``seeds`` (one per image) and ``settings``."""
         with torch.inference_mode():
-            x = (pixels - self._mean) / self._std
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = self._run_model(x, precision)
-            if self._seed_space:
-                # The seed trained against normalized targets and "denormalized" the Sigmoid;
-                # its checkpoints only look right with exactly that post-processing.
-                y = (y * self._std + self._mean).clamp_(0, 1)
-        return y
+
+            def network(x: torch.Tensor) -> torch.Tensor:
+                return self._run_model(x, precision)
+
+            return self.sampler(pixels, network, seeds, settings)
 
     def _runner(self, precision: str) -> torch.nn.Module:
         if precision not in self._runners:
@@ -144,6 +173,9 @@ class Engine:
         return self._runners[precision]
 
     def _run_model(self, x: torch.Tensor, precision: str) -> torch.Tensor:
+        """The network on a normalised batch (what the sampler calls)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self._compiled is not None and precision == self.precision:
             try:
                 return self._compiled(x)
@@ -154,69 +186,119 @@ class Engine:
                 self._compiled = None
         return self._runner(precision)(x)
 
-    def infer(self, pixels: torch.Tensor) -> torch.Tensor:
+    def infer(
+        self,
+        pixels: torch.Tensor,
+        seeds: Sequence[int] | None = None,
+        sampling: SamplingSettings | None = None,
+    ) -> torch.Tensor:
         """Float NCHW 0..1 in, float NCHW 0..1 out, on the engine's device and precision."""
         _check_shape(pixels)
-        return self._forward(pixels.to(self.device, non_blocking=True), self.precision)
+        settings, seeds = self._sampling_for(pixels, seeds, sampling)
+        pixels = pixels.to(self.device, non_blocking=True)
+        return self._forward(pixels, self.precision, seeds, settings)
 
-    def run(self, images: Sequence[Image.Image]) -> list[Image.Image | InferenceError]:
-        """One result per input, in order; images of one size share micro-batches."""
-        results: list[Image.Image | InferenceError | None] = [None] * len(images)
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for index, image in enumerate(images):
-            by_size.setdefault(image.size, []).append(index)
-        for indices in by_size.values():
-            for start in range(0, len(indices), self.max_batch):
-                chunk = indices[start : start + self.max_batch]
-                batch = images_to_batch([images[i] for i in chunk])
-                for i, result in zip(chunk, self.run_batch(batch), strict=True):
-                    results[i] = result
-        return results  # type: ignore[return-value]
+    def run(
+        self, images: Sequence[Image.Image], sampling: SamplingSettings | None = None
+    ) -> list[Image.Image | InferenceError]:
+        """One result per input, in order; images of one size share micro-batches. A denoise
+        checkpoint seeds each image from its pixels (:func:`content_seeds`)."""
 
-    def run_batch(self, batch: torch.Tensor) -> list[Image.Image | InferenceError]:
-        """Like ``run`` for an already stacked uint8 NHWC or float NCHW batch of one size."""
-        pixels = _to_pixels(batch).to(self.device, non_blocking=True)
-        outputs = self._forward_with_backoff(pixels)
+        def run(batch: list[Image.Image]) -> list[Image.Image | InferenceError]:
+            return self.run_batch(images_to_batch(batch), sampling=sampling)
+
+        return map_by_shape(images, lambda image: image.size, self.max_batch, run)
+
+    def run_batch(
+        self,
+        batch: torch.Tensor,
+        seeds: Sequence[int] | None = None,
+        sampling: SamplingSettings | None = None,
+    ) -> list[Image.Image | InferenceError]:
+        """Like ``run`` for an already stacked uint8 NHWC or float NCHW batch of one size;
+        ``seeds``: one noise seed per image for a denoise checkpoint (default: from each
+        item's bytes), ignored by a reconstruct one, as ``sampling`` is."""
+        settings, seeds = self._sampling_for(batch, seeds, sampling)
+        pixels = uint8_to_pixels(batch)
+        _check_shape(pixels)
+        pixels = pixels.to(self.device, non_blocking=True)
+        outputs = self._forward_with_backoff(pixels, seeds, settings)
         results: list[Image.Image | InferenceError] = []
         for index, output in enumerate(outputs):
             if isinstance(output, InferenceError):
                 results.append(output)
                 continue
             if not torch.isfinite(output).all():
-                output = self._retry_fp32(pixels[index : index + 1])
+                output = self._retry_fp32(pixels[index : index + 1], _part(seeds, index), settings)
             results.append(output if isinstance(output, InferenceError) else from_tensor(output))
         return results
 
-    def _retry_fp32(self, pixels: torch.Tensor) -> torch.Tensor | InferenceError:
-        output = self._forward(pixels, "fp32")[0]
+    def _sampling_for(
+        self,
+        batch: torch.Tensor,
+        seeds: Sequence[int] | None,
+        sampling: SamplingSettings | None,
+    ) -> tuple[SamplerSettings | None, list[int] | None]:
+        """The effective settings and one seed per item (None and None for reconstruct)."""
+        settings = self.sampler_settings(sampling)
+        if settings is None:
+            return None, None
+        if seeds is None:
+            return settings, content_seeds(batch, settings)
+        if len(seeds) != len(batch):
+            raise ValueError(f"need one seed per image: {len(seeds)} seeds for {len(batch)}")
+        return settings, [int(seed) for seed in seeds]
+
+    def _retry_fp32(
+        self,
+        pixels: torch.Tensor,
+        seeds: Sequence[int] | None,
+        settings: SamplerSettings | None,
+    ) -> torch.Tensor | InferenceError:
+        output = self._forward(pixels, "fp32", seeds, settings)[0]
         if torch.isfinite(output).all():
             return output
-        return InferenceError("non_finite_output", "the model produced NaN or Inf values")
+        return InferenceError(Reason.NON_FINITE_OUTPUT, "the model produced NaN or Inf values")
 
-    def _forward_with_backoff(self, pixels: torch.Tensor) -> list[torch.Tensor | InferenceError]:
+    def _forward_with_backoff(
+        self,
+        pixels: torch.Tensor,
+        seeds: Sequence[int] | None = None,
+        settings: SamplerSettings | None = None,
+    ) -> list[torch.Tensor | InferenceError]:
         """Run the batch; on out-of-memory split it in half and retry, down to single items."""
         try:
-            return list(self._forward(pixels, self.precision))
+            return list(self._forward(pixels, self.precision, seeds, settings))
         except torch.OutOfMemoryError as exc:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(pixels) == 1:
-                return [
-                    InferenceError("out_of_memory", f"image too large for {self.device}: {exc}")
-                ]
-            half = len(pixels) // 2
+                message = f"image too large for {self.device}: {exc}"
+                return [InferenceError(Reason.OUT_OF_MEMORY, message)]
             logger.warning("out of memory on a batch of {}; splitting it", len(pixels))
-            return self._forward_with_backoff(pixels[:half]) + self._forward_with_backoff(
-                pixels[half:]
-            )
+            return self._halves(pixels, seeds, settings)
         except RuntimeError as exc:
             if len(pixels) == 1:
-                return [InferenceError("model_failed", str(exc).splitlines()[0][:300])]
+                return [InferenceError(Reason.MODEL_FAILED, str(exc).splitlines()[0][:300])]
             # Find the item that breaks the model instead of failing all of them.
-            half = len(pixels) // 2
-            return self._forward_with_backoff(pixels[:half]) + self._forward_with_backoff(
-                pixels[half:]
-            )
+            return self._halves(pixels, seeds, settings)
+
+    def _halves(
+        self,
+        pixels: torch.Tensor,
+        seeds: Sequence[int] | None,
+        settings: SamplerSettings | None,
+    ) -> list[torch.Tensor | InferenceError]:
+        half = len(pixels) // 2
+        first = None if seeds is None else seeds[:half]
+        rest = None if seeds is None else seeds[half:]
+        head = self._forward_with_backoff(pixels[:half], first, settings)
+        return head + self._forward_with_backoff(pixels[half:], rest, settings)
+
+
+def _part(seeds: Sequence[int] | None, index: int) -> Sequence[int] | None:
+    """Item ``index``'s seed as a one-item list (None stays None)."""
+    return None if seeds is None else seeds[index : index + 1]
 
 
 def _check_shape(pixels: torch.Tensor) -> None:
@@ -230,13 +312,3 @@ def _check_shape(pixels: torch.Tensor) -> None:
 def images_to_batch(images: Sequence[Image.Image]) -> torch.Tensor:
     """Stack same-size RGB images into one uint8 NHWC tensor (no float copy yet)."""
     return torch.from_numpy(np.stack([np.asarray(image.convert("RGB")) for image in images]))
-
-
-def _to_pixels(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW 0..1 (the permute leaves it channels_last in memory)."""
-    if batch.dtype == torch.uint8:
-        pixels = batch.permute(0, 3, 1, 2).float().div_(255)
-    else:
-        pixels = batch.float()
-    _check_shape(pixels)
-    return pixels

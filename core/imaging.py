@@ -1,4 +1,4 @@
-"""Safe decode of one untrusted image file, resize policies, tensor conversion, encoding.
+"""Safe decode of one untrusted image file, resize policies and tensor conversion.
 
 Every decode failure surfaces as an :class:`ImageError` with a machine-readable ``reason``
 (the quarantine reason) and a human message. PIL globals are left alone: PIL's own
@@ -10,35 +10,37 @@ never accepted (``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set).
 Pixel scaling of deep modes: 16-bit data (``I;16*``) and ``I`` (taken as 16-bit data, clipped
 to 0..65535) are divided by 257, so 65535 -> 255; ``F`` is taken as 0..1 (clipped, NaN -> 0).
 A tRNS colour on 16-bit greyscale is ignored (no PIL mode carries it as alpha).
+
+Encoding results and their metadata is :mod:`core.encoding`'s job; ``encode``,
+``read_metadata`` and ``OUTPUT_FORMATS`` are re-exported here for the callers that read them
+from this module.
 """
 
 from __future__ import annotations
 
+import errno
 import io
-import json
 import os
 import re
 import stat
-import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO, TYPE_CHECKING, Literal
-from xml.sax.saxutils import escape, unescape
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from PIL.PngImagePlugin import PngInfo
+
+from core.durable import open_regular
+from core.encoding import OUTPUT_FORMATS as OUTPUT_FORMATS
+from core.encoding import encode as encode
+from core.encoding import read_metadata as read_metadata
+from core.reasons import Reason
 
 if TYPE_CHECKING:
     import torch
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"})
 DEFAULT_MAX_PIXELS = 100_000_000
-OUTPUT_FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
-REASONS = frozenset(
-    {"empty_file", "not_an_image", "unsupported_format", "truncated", "corrupt"}
-    | {"too_many_pixels", "unreadable", "decoder_crashed"}
-)
 ResizePolicy = Literal["fit", "stretch"]
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
 
@@ -78,12 +80,10 @@ _TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-_XMP_NS = "http://ns.artd.local/1.0/"
-_XMP_FIELD = re.compile(rb"<artd:metadata>(.*?)</artd:metadata>", re.DOTALL)
 
 
 class ImageError(Exception):
-    """A file that cannot become an image; ``reason`` is one of :data:`REASONS`."""
+    """A file that cannot become an image; ``reason`` is one of ``core.reasons.DECODE_REASONS``."""
 
     def __init__(self, reason: str, message: str, path: str | None = None) -> None:
         super().__init__(f"{reason}: {message}")
@@ -204,72 +204,6 @@ def from_tensor(t: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).convert("RGB")
 
 
-def encode(
-    img: Image.Image,
-    fmt: str,
-    *,
-    metadata: dict[str, str] | None = None,
-    quality: int = 92,
-    png_compress_level: int = 1,
-) -> bytes:
-    """Encode to ``fmt`` (a key of :data:`OUTPUT_FORMATS`) with ``metadata`` embedded.
-
-    PNG: one tEXt chunk per key (iTXt when not Latin-1); JPEG: the dict as JSON in a COM
-    marker; WebP: the dict as JSON in an XMP packet. :func:`read_metadata` reads all three.
-    """
-    if fmt not in OUTPUT_FORMATS:
-        raise ValueError(f"unknown output format {fmt!r} (expected one of {list(OUTPUT_FORMATS)})")
-    if img.mode not in ("RGB", "L"):
-        img = img.convert("RGB")
-    meta = metadata or {}
-    buf = io.BytesIO()
-    if fmt == "png":
-        info = PngInfo()
-        for key, value in meta.items():
-            if not 1 <= len(key) <= 79 or not key.isprintable() or not key.isascii():
-                raise ValueError(f"PNG text keys must be 1-79 printable ASCII chars: {key!r}")
-            info.add_text(key, value)
-        # Z_RLE: zlib's strategy for PNG's filtered rows; 1.5x faster than the default
-        # strategy at level 1 on model outputs, and the files are no larger (benchmarks.md).
-        img.save(
-            buf,
-            "PNG",
-            pnginfo=info,
-            compress_level=png_compress_level,
-            compress_type=zlib.Z_RLE,
-        )
-    elif fmt == "jpeg":
-        extra = {"comment": json.dumps(meta, ensure_ascii=False).encode()} if meta else {}
-        img.save(buf, "JPEG", quality=quality, **extra)
-    else:
-        img.save(buf, "WEBP", quality=quality, **({"xmp": _xmp_packet(meta)} if meta else {}))
-    return buf.getvalue()
-
-
-def read_metadata(data: bytes) -> dict[str, str]:
-    """The metadata :func:`encode` embedded in ``data`` (PNG, JPEG or WebP); {} when none."""
-    with Image.open(io.BytesIO(data), formats=["PNG", "JPEG", "WEBP"]) as img:
-        if img.format == "PNG":
-            img.load()  # text chunks after IDAT are only read with the pixels
-            return {str(k): str(v) for k, v in getattr(img, "text", {}).items()}
-        if img.format == "JPEG" and "comment" in img.info:
-            return json.loads(img.info["comment"])
-        match = _XMP_FIELD.search(img.info.get("xmp", b""))
-        return json.loads(unescape(match.group(1).decode())) if match else {}
-
-
-def _xmp_packet(meta: dict[str, str]) -> bytes:
-    body = escape(json.dumps(meta, ensure_ascii=False))
-    return (
-        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
-        '<x:xmpmeta xmlns:x="adobe:ns:meta/">'
-        '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-        f'<rdf:Description rdf:about="" xmlns:artd="{_XMP_NS}">'
-        f"<artd:metadata>{body}</artd:metadata>"
-        '</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="r"?>'
-    ).encode()
-
-
 def _decode(
     source: Source,
     max_pixels: int,
@@ -282,7 +216,7 @@ def _decode(
             head = fp.read(_SNIFF_BYTES)
             fp.seek(0)  # PIL's plugins address the stream from offset 0
             if not head:
-                raise ImageError("empty_file", "the file is empty (0 bytes)", path)
+                raise ImageError(Reason.EMPTY_FILE, "the file is empty (0 bytes)", path)
             try:
                 return _decode_stream(fp, head, max_pixels, background, shrink_to)
             except (ImageError, MemoryError):
@@ -295,7 +229,7 @@ def _decode(
     except MemoryError:
         raise
     except Exception as exc:  # our own I/O on a hostile file object: never leak it
-        raise ImageError("unreadable", f"{type(exc).__name__}: {exc}", path) from exc
+        raise ImageError(Reason.UNREADABLE, f"{type(exc).__name__}: {exc}", path) from exc
 
 
 def _decode_stream(
@@ -312,7 +246,7 @@ def _decode_stream(
     width, height = img.size
     if width * height > max_pixels:  # header size only: no pixel has been decoded yet
         msg = f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
-        raise ImageError("too_many_pixels", msg)
+        raise ImageError(Reason.TOO_MANY_PIXELS, msg)
     # shrink_to is asked once, with the upright header size; JPEG needs it before load().
     target = None
     if shrink_to is not None and img.format in ("JPEG", "MPO"):
@@ -347,7 +281,7 @@ def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
             return out
         return img.convert("RGB")
     except ValueError as exc:
-        raise ImageError("unsupported_format", f"pixel mode {mode} cannot become RGB") from exc
+        raise ImageError(Reason.UNSUPPORTED_FORMAT, f"pixel mode {mode} cannot become RGB") from exc
 
 
 def _deep_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
@@ -394,24 +328,28 @@ def _sniff(head: bytes) -> str | None:
 def _unidentified(head: bytes, fp: IO[bytes]) -> ImageError:
     fmt = _sniff(head)
     if fmt is None:
-        return ImageError("not_an_image", "the content is not a recognized image format")
+        return ImageError(Reason.NOT_AN_IMAGE, "the content is not a recognized image format")
     if fmt not in ALLOWED_FORMATS:
         allowed = ", ".join(sorted(ALLOWED_FORMATS))
-        return ImageError("unsupported_format", f"{fmt} images are not accepted ({allowed} are)")
+        return ImageError(
+            Reason.UNSUPPORTED_FORMAT, f"{fmt} images are not accepted ({allowed} are)"
+        )
     if _looks_truncated(fp, fmt):
-        return ImageError("truncated", f"the {fmt} file ends before its header is complete")
-    return ImageError("corrupt", f"the {fmt} header is invalid")
+        return ImageError(Reason.TRUNCATED, f"the {fmt} file ends before its header is complete")
+    return ImageError(Reason.CORRUPT, f"the {fmt} header is invalid")
 
 
 def _classify(exc: Exception, fp: IO[bytes], fmt: str | None) -> ImageError:
     detail = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
-        return ImageError("too_many_pixels", f"PIL's decompression-bomb guard refused it ({exc})")
+        return ImageError(
+            Reason.TOO_MANY_PIXELS, f"PIL's decompression-bomb guard refused it ({exc})"
+        )
     if isinstance(exc, OSError) and exc.errno is not None:
-        return ImageError("unreadable", detail)
+        return ImageError(Reason.UNREADABLE, detail)
     if isinstance(exc, EOFError) or "truncated" in str(exc).lower() or _looks_truncated(fp, fmt):
-        return ImageError("truncated", f"the image data ends early ({detail})")
-    return ImageError("corrupt", f"the image data cannot be decoded ({detail})")
+        return ImageError(Reason.TRUNCATED, f"the image data ends early ({detail})")
+    return ImageError(Reason.CORRUPT, f"the image data cannot be decoded ({detail})")
 
 
 def _looks_truncated(fp: IO[bytes], fmt: str | None) -> bool:
@@ -450,13 +388,20 @@ def _open_source(source: Source, path: str | None) -> Iterator[IO[bytes]]:
         yield source if source.seekable() else io.BytesIO(source.read())
         return
     try:
-        # O_NONBLOCK: a FIFO dropped in the inbox must not hang the decoder on open().
-        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # Links are not followed, and a FIFO dropped in the inbox must not hang open().
+        fp = open_regular(source)
     except OSError as exc:
-        raise ImageError("unreadable", f"cannot open: {exc.strerror or exc}", path) from exc
-    with os.fdopen(fd, "rb") as fp:
-        kind = os.fstat(fd).st_mode
-        if not stat.S_ISREG(kind):
-            what = "a directory" if stat.S_ISDIR(kind) else "not a regular file"
-            raise ImageError("unreadable", f"the path is {what}", path)
+        raise _open_error(exc, source, path) from exc
+    with fp:
         yield fp
+
+
+def _open_error(exc: OSError, source: str | os.PathLike[str], path: str | None) -> ImageError:
+    mode = None
+    if exc.errno == errno.EINVAL:  # open_regular's "not a regular file": say which kind
+        with suppress(OSError):
+            mode = os.lstat(source).st_mode
+    if mode is not None and not stat.S_ISREG(mode):
+        what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        return ImageError(Reason.UNREADABLE, f"the path is {what}", path)
+    return ImageError(Reason.UNREADABLE, f"cannot open: {exc.strerror or exc}", path)

@@ -18,7 +18,7 @@ def _process(args: argparse.Namespace) -> int:
     # Imported here so `artd check` and `--help` stay fast.
     from core.checkpoint import CheckpointError
     from core.engine import Engine
-    from daemon.process import EXIT_FATAL, process
+    from daemon.oneshot import EXIT_FATAL, process
 
     try:
         engine = Engine.from_path(

@@ -1,10 +1,12 @@
 """The hot path: claimed files -> decode (processes) -> batches -> engine -> encode + commit.
 
-One thread owns the engine (the device); decoding runs in worker processes (daemon.isolation:
+One thread owns the engine (the device); decoding runs in worker processes (daemon.decoders:
 a decoder that segfaults costs one file, not the service), driven by a thread pool of the
-same size; encoding runs in a thread pool (Pillow releases the GIL). The number of claimed
-files in memory is bounded by ``max_in_flight``: intake simply stops claiming, so a huge
-backlog stays on disk. A file that fails anywhere is quarantined alone; its batch-mates go on.
+same size; encoding runs in a thread pool (Pillow releases the GIL). What the model does to
+an image and how the result is encoded is core.inference's, shared with ``artd process``.
+The number of claimed files in memory is bounded by ``max_in_flight``: intake simply stops
+claiming, so a huge backlog stays on disk. A file that fails anywhere is quarantined alone;
+its batch-mates go on.
 """
 
 from __future__ import annotations
@@ -18,15 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from loguru import logger
 from PIL import Image
 
 from core import imaging
-from core.engine import Engine, InferenceError
-from core.provenance import provenance
-from daemon.batcher import Batcher
-from daemon.isolation import (
+from core.batcher import Batcher
+from core.engine import Engine
+from core.inference import Inference, InferenceError, OutputSettings
+from core.reasons import Reason
+from daemon.decoders import (
     DecoderPool,
     DecoderUnavailableError,
     DecodeSettings,
@@ -45,12 +47,21 @@ DISK_PROBE_S = 0.5  # while retries wait: how often the outbox is checked for ro
 
 @dataclass
 class Decoded:
+    """A claimed file's pixels, waiting in the engine's batcher."""
+
     claim: Claim
     pixels: np.ndarray  # HWC uint8, the model's input size
     input_mtime: float
 
 
 class Pipeline:
+    """The running daemon's work: claims in, outputs committed or files quarantined.
+
+    ``submit`` takes a claim; decoder processes, the engine thread and the encode threads
+    carry it to ``spool.commit`` or ``spool.quarantine`` (module docstring). A disk that
+    refuses writes keeps the claim and pauses intake (``health.paused_reason``) until
+    ``retry_due`` hands it back. ``swap_engine`` switches models between batches."""
+
     def __init__(
         self,
         settings: DaemonSettings,
@@ -62,7 +73,8 @@ class Pipeline:
     ) -> None:
         self.settings = settings
         self.spool = spool
-        self.engine = engine
+        self._output = OutputSettings(settings.size, settings.resize, settings.output_format)
+        self._inference = Inference(engine, self._output)
         self.metrics = metrics
         self.health = health
         self._engine_lock = threading.Lock()
@@ -79,21 +91,20 @@ class Pipeline:
         self._needed_bytes = 0  # the largest write the disk refused (0: it was not ENOSPC)
         self._next_probe = 0.0
         self._thread = threading.Thread(target=self._engine_loop, name="engine", daemon=True)
-        self._settings_digest = {
-            "size": settings.size,
-            "resize": settings.resize,
-            "format": settings.output_format,
-        }
 
     # -- control ---------------------------------------------------------------------------
 
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def engine(self) -> Engine:
+        return self._inference.engine
+
     def swap_engine(self, engine: Engine) -> None:
         """Switch models between batches (the engine thread takes the lock per batch)."""
         with self._engine_lock:
-            old, self.engine = self.engine, engine
+            old, self._inference = self.engine, Inference(engine, self._output)
         logger.info("model switched: {} -> {}", old.version, engine.version)
 
     @property
@@ -112,7 +123,7 @@ class Pipeline:
             self._in_flight += 1
         if claim.attempts > self.settings.max_attempts:
             message = f"processing was interrupted {claim.attempts - 1} times (crash or kill)"
-            self._quarantine(claim, "crashed_repeatedly", message)
+            self._quarantine(claim, Reason.CRASHED_REPEATEDLY, message)
             return
         self._decode.submit(self._decode_one, claim)
 
@@ -177,17 +188,17 @@ class Pipeline:
             self._quarantine(claim, exc.reason, exc.message)
             return
         except OSError as exc:
-            self._quarantine(claim, "unreadable", str(exc))
+            self._quarantine(claim, Reason.UNREADABLE, str(exc))
             return
         except Exception as exc:  # a decoder bug must cost one file, not the service
             logger.exception("decoder failed on {}", claim.rel_path)
-            self._quarantine(claim, "decoder_failed", f"{type(exc).__name__}: {exc}")
+            self._quarantine(claim, Reason.DECODER_FAILED, f"{type(exc).__name__}: {exc}")
             return
         self._ready.put(Decoded(claim, pixels, mtime))
 
     def _engine_loop(self) -> None:
         batcher: Batcher[Decoded] = Batcher(
-            self.engine.max_batch, self.settings.max_delay_ms / 1000
+            self._inference.max_batch, self.settings.max_delay_ms / 1000
         )
         while True:
             wait = batcher.seconds_to_next()
@@ -210,15 +221,11 @@ class Pipeline:
 
     def _run(self, batch: list[Decoded]) -> None:
         with self._engine_lock:
-            engine = self.engine
+            inference = self._inference
             self.health.update(engine_busy_since=time.monotonic())
             started = time.perf_counter()
             try:
-                stacked = torch.from_numpy(np.stack([item.pixels for item in batch]))
-                results = engine.run_batch(stacked)
-            except Exception as exc:  # keep serving; each item is reported on its own
-                logger.exception("model call failed")
-                results = [InferenceError("model_failed", str(exc)[:300])] * len(batch)
+                results = inference.run([item.pixels for item in batch])
             finally:
                 self.health.update(engine_busy_since=None)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
@@ -227,21 +234,20 @@ class Pipeline:
             if isinstance(result, InferenceError):
                 self._quarantine(item.claim, result.reason, result.message)
             else:
-                self._encode.submit(self._commit, item, result, engine)
+                self._encode.submit(self._commit, item, result, inference)
 
-    def _commit(self, item: Decoded, image: Image.Image, engine: Engine) -> None:
+    def _commit(self, item: Decoded, image: Image.Image, inference: Inference) -> None:
         claim = item.claim
         data = b""
         try:
-            meta = provenance(engine.checkpoint, claim.sha256, self._settings_digest)
-            data = imaging.encode(image, self.settings.output_format, metadata=meta)
+            data = inference.encode(image, claim.sha256)
             output = self.spool.commit(claim, data)
         except OSError as exc:
             self._commit_failed(claim, exc, len(data))
             return
         except Exception as exc:
             logger.exception("encoding failed for {}", claim.rel_path)
-            self._quarantine(claim, "encode_failed", f"{type(exc).__name__}: {exc}")
+            self._quarantine(claim, Reason.ENCODE_FAILED, f"{type(exc).__name__}: {exc}")
             return
         self._failures, self._needed_bytes = 0, 0
         self.health.update(last_success=time.time(), paused_reason=None)
@@ -261,7 +267,7 @@ class Pipeline:
             self._finished()
             return
         if exc.errno not in RESOURCE_ERRNOS:
-            self._quarantine(claim, "write_failed", str(exc))
+            self._quarantine(claim, Reason.WRITE_FAILED, str(exc))
             return
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             self._needed_bytes = max(self._needed_bytes, size)
@@ -276,7 +282,7 @@ class Pipeline:
         self._finished()
 
     def _quarantine(self, claim: Claim, reason: str, message: str) -> None:
-        details = {"model": self.engine.version, "settings": self._settings_digest}
+        details = {"model": self.engine.version, "settings": self._output.recorded()}
         try:
             self.spool.quarantine(claim, reason, message, details)
         except OSError as exc:

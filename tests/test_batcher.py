@@ -1,10 +1,10 @@
-"""daemon.batcher's timing rules, with a hand-driven clock."""
+"""core.batcher: the timing rules, with a hand-driven clock, and one-shot batches by shape."""
 
 from __future__ import annotations
 
 import pytest
 
-from daemon.batcher import Batcher
+from core.batcher import Batcher, by_shape
 
 
 class Clock:
@@ -49,3 +49,11 @@ def test_zero_delay_sends_every_item_alone_and_empty_has_no_deadline() -> None:
     assert batcher.due() == [[1]]
     with pytest.raises(ValueError):
         Batcher(max_batch=0, max_delay_s=0.1)
+
+
+def test_by_shape_chunks_each_shape_in_order_and_never_mixes_them() -> None:
+    items = ["a1", "b1", "a2", "a3", "b2", "a4", "c1"]
+    batches = list(by_shape(items, shape=lambda item: item[0], max_batch=3))
+    assert batches[0] == ["a1", "a2", "a3"]  # full: out at once
+    assert sorted(batches[1:]) == [["a4"], ["b1", "b2"], ["c1"]]
+    assert list(by_shape([], shape=len, max_batch=2)) == []

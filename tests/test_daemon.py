@@ -15,7 +15,7 @@ import pytest
 from conftest import seeded_model, textured_image, write_images
 from daemon_harness import Daemon, files_under, outputs, quarantined, settled_count, wait_for
 from PIL import Image
-from test_process import artd
+from test_oneshot import artd
 
 from core.checkpoint import CheckpointMeta, promote, save_checkpoint
 

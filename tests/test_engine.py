@@ -1,7 +1,9 @@
-"""core.engine with real checkpoints and real torch: seed parity, batching, failures."""
+"""core.engine and core.inference with real checkpoints and real torch: seed parity,
+batching, failures, the recorded image space."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +15,14 @@ from torchvision import transforms
 
 from core import imaging
 from core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from core.encoding import read_metadata
 from core.engine import Engine, InferenceError, pick_device
+from core.inference import Inference, OutputSettings
 from core.model import IMAGENET_MEAN, IMAGENET_STD
 
 
 def seed_inference(checkpoint: Path, image_path: Path) -> np.ndarray:
-    """The seed's own inference script (SEED.md), returning what its save_image writes."""
+    """The seed's own inference script (docs/seed.md), returning what its save_image writes."""
     from core.model import ConvDiffusionModel
 
     mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
@@ -117,3 +121,35 @@ def test_compiled_model_matches_eager(pixel_checkpoint: Path) -> None:
         diff = np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int))
         assert diff.max() <= 1
     assert compiled._compiled is not None, "compilation fell back to eager"
+
+
+def test_the_recorded_normalization_drives_the_input(tmp_path: Path) -> None:
+    """Pre-processing comes from the checkpoint's metadata (core.space), not from constants."""
+    mean, std = [0.5, 0.5, 0.5], [0.25, 0.5, 1.0]
+    path = tmp_path / "own-stats.safetensors"
+    meta = CheckpointMeta(normalization={"mean": mean, "std": std})
+    save_checkpoint(path, seeded_model(0).state_dict(), meta)
+    engine = Engine(load_checkpoint(path), device="cpu", precision="fp32")
+    x = imaging.to_tensor(textured_image(32, 24)).unsqueeze(0)
+    normalized = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = seeded_model(0)(normalized)
+    assert torch.allclose(engine.infer(x).cpu(), expected, atol=1e-5)
+
+
+def test_the_inference_step_batches_by_shape_and_encodes_with_provenance(
+    pixel_checkpoint: Path,
+) -> None:
+    """core.inference, the step the daemon and `artd process` share."""
+    engine = Engine.from_path(pixel_checkpoint, device="cpu", precision="fp32", max_batch=2)
+    step = Inference(engine, OutputSettings(64, "fit", "png"))
+    images = [textured_image(64, 48, seed=i) for i in range(3)] + [textured_image(32, 64)]
+    pixels = [imaging.to_uint8_array(image) for image in images]
+    for ours, theirs in zip(step.run_all(pixels), engine.run(images), strict=True):
+        assert np.asarray(ours).tobytes() == np.asarray(theirs).tobytes()
+    [broken] = step.run([np.zeros((8, 12, 4), np.uint8)])  # four channels: the model refuses
+    assert isinstance(broken, InferenceError) and broken.reason == "model_failed"
+    meta = read_metadata(step.encode(images[0], "ab" * 32))
+    assert meta["artd:input_sha256"] == "ab" * 32
+    assert meta["artd:model"] == engine.version
+    assert json.loads(meta["artd:settings"]) == {"size": 64, "resize": "fit", "format": "png"}

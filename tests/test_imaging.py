@@ -1,4 +1,5 @@
-"""core.imaging: safe decode of real (good, broken, hostile) files, resize, tensors, encode."""
+"""core.imaging and core.encoding: safe decode of real (good, broken, hostile) files, resize,
+tensors, encode."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from torchvision import transforms
 from torchvision.utils import save_image
 
 from core import imaging
-from core.imaging import ImageError, decode, encode, load, resize, target_size
+from core.encoding import OUTPUT_FORMATS, encode, read_metadata
+from core.imaging import ImageError, decode, load, resize, target_size
+from core.reasons import DECODE_REASONS
 
 WHITE = (255, 255, 255)
 
@@ -29,7 +32,7 @@ def reason_of(source: object, **kw: object) -> str:
         decode(source, **kw)
     err = info.value
     assert err.message and str(err) == f"{err.reason}: {err.message}"
-    assert err.reason in imaging.REASONS
+    assert err.reason in DECODE_REASONS
     return err.reason
 
 
@@ -414,7 +417,7 @@ def test_tensor_round_trip_is_lossless() -> None:
 METADATA = {"artd:model": "run-7 (a1b2c3)", "artd:source": "été/日本.jpg", "empty": ""}
 
 
-@pytest.mark.parametrize("fmt", sorted(imaging.OUTPUT_FORMATS))
+@pytest.mark.parametrize("fmt", sorted(OUTPUT_FORMATS))
 def test_encode_round_trips_pixels_and_metadata(fmt: str) -> None:
     img = Image.fromarray(samples.pattern())
     data = encode(img, fmt, metadata=METADATA)
@@ -422,8 +425,8 @@ def test_encode_round_trips_pixels_and_metadata(fmt: str) -> None:
     assert back.size == img.size
     tolerance = 0 if fmt == "png" else 12
     assert np.abs(pixels(back) - samples.pattern()).mean() <= tolerance
-    assert imaging.read_metadata(data) == METADATA
-    assert imaging.read_metadata(encode(img, fmt)) == {}
+    assert read_metadata(data) == METADATA
+    assert read_metadata(encode(img, fmt)) == {}
 
 
 def test_metadata_is_stored_where_other_tools_look() -> None:

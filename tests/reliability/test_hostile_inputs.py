@@ -35,8 +35,8 @@ from reliability_kit import (
     wait_until,
 )
 
-from core.imaging import REASONS
-from daemon.isolation import SEGFAULT_MARKER, DecoderPool, DecodeSettings
+from core.reasons import DECODE_REASONS, Reason
+from daemon.decoders import SEGFAULT_MARKER, DecoderPool, DecodeSettings
 
 FUZZ_SECONDS = 240.0 if FULL else 30.0
 RSS_GROWTH_LIMIT_KB = 300_000  # the daemon's own process, over the whole run
@@ -306,7 +306,7 @@ def test_hostile_corpus_fuzzing_and_segfaults_never_stop_the_daemon(
     reasons = {r: sidecar_reason(root, quarantine_rel(r)) for r in held}
     assert not wrong, {r: reasons.get(r) for r in wrong}
     assert all(reasons[f"segfault-{i}.jpg"] == "decoder_crashed" for i in range(2))
-    assert set(reasons.values()) <= REASONS | {"decoder_failed"}, set(reasons.values())
+    assert set(reasons.values()) <= DECODE_REASONS | {Reason.DECODER_FAILED}, set(reasons.values())
     for rel in done:  # each output is a real image made from its own input
         with Image.open(root / "outbox" / output_rel(rel)) as image:
             assert image.text["artd:input_sha256"] == inputs[rel], rel

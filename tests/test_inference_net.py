@@ -1,4 +1,4 @@
-"""core.folded: the BatchNorm-folded inference model against the seed's module, real torch."""
+"""core.inference_net: the BatchNorm-folded network against the seed's module, real torch."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from conftest import seeded_model
 from core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from core.devices import native_reduced_dtype
 from core.engine import Engine
-from core.folded import FoldedModel, _has_fused_ops, stage_dtypes
+from core.inference_net import FoldedModel, _has_fused_ops, stage_dtypes
 from core.model import ConvDiffusionModel
 from core.precision import PRECISIONS
 

@@ -1,5 +1,5 @@
-"""Decoding in worker processes: a decoder that crashes (a segfault in a native library) or
-hangs costs one file, never the daemon.
+"""The decoder process pool: decoding in worker processes, so that a decoder that crashes
+(a segfault in a native library) or hangs costs one file, never the daemon.
 
 Each decode borrows one idle worker, sends it the claimed file's path and the decode settings
 and gets back the HWC uint8 pixels, or the ImageError / OSError the decode raised. A worker
@@ -27,15 +27,15 @@ import signal
 import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from loguru import logger
 
 from core import imaging
+from core.durable import open_regular
 from core.imaging import ImageError, ResizePolicy
-from daemon.spool import open_regular
+from core.reasons import Reason
 
 DECODE_TIMEOUT_S = 120.0  # far beyond any real image at max_pixels: a hang, not slowness
 MAX_TASKS_PER_WORKER = 500  # recycle: decoders fragment memory on odd files
@@ -87,7 +87,7 @@ def _worker_main(conn: Connection) -> None:
 def _decode(request: _Request) -> tuple[Any, ...]:
     path, size, resize, max_pixels, background, test_segfault = request
     try:
-        with open_regular(Path(path)) as handle:
+        with open_regular(path) as handle:
             data = handle.read()
             mtime = os.fstat(handle.fileno()).st_mtime
         if test_segfault and data.startswith(SEGFAULT_MARKER):
@@ -99,7 +99,7 @@ def _decode(request: _Request) -> tuple[Any, ...]:
     except OSError as exc:
         return ("os_error", exc.errno, str(exc))
     except MemoryError:
-        return ("image_error", "too_many_pixels", "the decoder ran out of memory")
+        return ("image_error", Reason.TOO_MANY_PIXELS, "the decoder ran out of memory")
     except Exception as exc:  # a decoder bug: reported for this file, the worker goes on
         return ("failed", f"{type(exc).__name__}: {exc}")
 
@@ -218,7 +218,7 @@ class DecoderPool:
                     outcome = self._run(request)
                 except _WorkerDiedError as second:
                     raise ImageError(
-                        "decoder_crashed",
+                        Reason.DECODER_CRASHED,
                         f"the decoder process died twice on this file ({first}; {second})",
                     ) from second
         kind = outcome[0]

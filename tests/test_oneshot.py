@@ -1,16 +1,20 @@
-"""`artd process` as a real subprocess: outputs, rejects, exit codes, seed parity."""
+"""daemon.oneshot: `artd process` as a real subprocess (outputs, rejects, exit codes, seed
+parity), and its I/O threads' priority with real threads and the real scheduler settings."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 from conftest import ROOT, textured_image, write_images
 from PIL import Image
 from test_engine import seed_inference
+
+from daemon.oneshot import IO_NICENESS, lower_thread_priority
 
 
 def artd(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -81,3 +85,22 @@ def test_seed_parity_through_the_cli(seed_checkpoint: Path, tmp_path: Path) -> N
         ours = np.asarray(Image.open(out / (source.name + ".png"))).astype(int)
         expected = seed_inference(seed_checkpoint, source).astype(int)
         assert np.abs(ours - expected).max() <= 1, source.name
+
+
+def test_io_threads_yield_to_the_engine_thread() -> None:
+    """The I/O pool's threads lower their own priority, and only their own (Linux)."""
+    if sys.platform != "linux":
+        lower_thread_priority()  # a no-op elsewhere; must not raise
+        return
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    seen: list[int] = []
+
+    def worker() -> None:
+        lower_thread_priority()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [min(19, base + IO_NICENESS)]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the main thread is untouched

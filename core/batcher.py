@@ -1,16 +1,20 @@
-"""Shape-grouped dynamic batching: a batch leaves when full or when its oldest item is due.
+"""Shape-grouped batching, the one batcher of the inference path.
 
-Pure bookkeeping with an injectable clock, so its timing rules are testable without threads.
+Only images of one shape stack into one tensor. The daemon batches dynamically: a batch
+leaves when full or when its oldest item is due (:class:`Batcher`). ``artd process`` and
+``Engine.run`` have everything at hand and take :func:`by_shape`'s batches at once. Pure
+bookkeeping with an injectable clock, so its timing rules are testable without threads.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -70,3 +74,31 @@ class Batcher(Generic[T]):
         batches = [group.items for group in self._groups.values()]
         self._groups.clear()
         return batches
+
+
+def by_shape(
+    items: Iterable[T], shape: Callable[[T], Hashable], max_batch: int
+) -> Iterator[list[T]]:
+    """``items`` in batches of one ``shape(item)`` and at most ``max_batch``, nothing waiting:
+    each full batch as soon as it fills, then the partial ones. Within a shape the items
+    keep their order, so the batches are the same whatever the other shapes are."""
+    batcher: Batcher[T] = Batcher(max_batch, max_delay_s=0.0)
+    for item in items:
+        full = batcher.add(shape(item), item)
+        if full:
+            yield full
+    yield from batcher.drain()
+
+
+def map_by_shape(
+    items: Sequence[T],
+    shape: Callable[[T], Hashable],
+    max_batch: int,
+    run: Callable[[list[T]], Sequence[R]],
+) -> list[R]:
+    """``run`` on :func:`by_shape`'s batches of ``items``: one result per item, in order."""
+    results: list[R | None] = [None] * len(items)
+    for batch in by_shape(range(len(items)), lambda i: shape(items[i]), max_batch):
+        for i, result in zip(batch, run([items[i] for i in batch]), strict=True):
+            results[i] = result
+    return results  # type: ignore[return-value]
