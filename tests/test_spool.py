@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 from loguru import logger
 
+from core.reasons import Reason
 from daemon.spool import (
     SIDECAR_SUFFIX,
     TEMP_MARK,
@@ -381,7 +382,8 @@ def test_commit_refuses_to_write_through_a_symlinked_outbox_folder(
 def test_quarantine_moves_the_file_beside_its_reason(spool: Spool) -> None:
     data = b"not really an image"
     claim = take(spool, "sub/q.jpg", data)
-    dest = spool.quarantine(claim, "not_an_image", "cannot identify", {"n": 1, "p": Path("/x")})
+    details = {"n": 1, "p": Path("/x")}
+    dest = spool.quarantine(claim, Reason.NOT_AN_IMAGE, "cannot identify", details)
     assert dest == spool.quarantine_dir / "sub" / "q.jpg"
     assert dest.read_bytes() == data
     sidecar = json.loads((spool.quarantine_dir / "sub" / f"q.jpg{SIDECAR_SUFFIX}").read_text())
@@ -391,7 +393,7 @@ def test_quarantine_moves_the_file_beside_its_reason(spool: Spool) -> None:
     assert sidecar["sha256"] == hashlib.sha256(data).hexdigest()
     assert sidecar["details"] == {"n": 1, "p": "/x"}
     assert datetime.fromisoformat(sidecar["time"]).tzinfo is not None
-    again = spool.quarantine(take(spool, "sub/q.jpg", b"second"), "truncated", "short")
+    again = spool.quarantine(take(spool, "sub/q.jpg", b"second"), Reason.TRUNCATED, "short")
     assert again.name == "q (2).jpg" and again.read_bytes() == b"second"
     assert (again.parent / f"q (2).jpg{SIDECAR_SUFFIX}").exists()
     assert files(spool.outbox) == {} and files(spool.archive) == {}
@@ -406,7 +408,7 @@ def test_swapped_in_symlink_is_moved_never_read(spool: Spool, tmp_path: Path) ->
     # The user swaps in a symlink after the check and before the rename inside claim().
     path.unlink()
     path.symlink_to(secret)
-    assert spool._take(path, PurePosixPath("a.jpg")) is None
+    assert spool._machine.take(path, PurePosixPath("a.jpg")) is None
     moved = spool.quarantine_dir / "a.jpg"
     assert moved.is_symlink()
     sidecar = json.loads((spool.quarantine_dir / f"a.jpg{SIDECAR_SUFFIX}").read_text())
@@ -420,7 +422,7 @@ def test_swapped_in_symlink_is_moved_never_read(spool: Spool, tmp_path: Path) ->
     previous = signal.signal(signal.SIGALRM, hung)
     signal.alarm(10)
     try:
-        assert spool._take(spool.inbox / "p.jpg", PurePosixPath("p.jpg")) is None
+        assert spool._machine.take(spool.inbox / "p.jpg", PurePosixPath("p.jpg")) is None
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
@@ -452,11 +454,11 @@ def test_recover_finishes_a_commit_cut_at_any_step(spool: Spool, crash: str) -> 
         temp.parent.mkdir()
         temp.write_bytes(b"half an out")
     if COMMIT_CRASHES.index(crash) >= COMMIT_CRASHES.index("output_final"):
-        spool._write_output(claim, b"output")
+        spool._machine.write_output(claim, b"output")
     if COMMIT_CRASHES.index(crash) >= COMMIT_CRASHES.index("committed"):
-        record = spool._mark_committed(claim)
+        record = spool._machine.mark_committed(claim)
     if COMMIT_CRASHES.index(crash) >= COMMIT_CRASHES.index("archived"):
-        spool._dispose_original(record)
+        spool._machine.dispose_original(record)
     if crash == "unrecorded":  # record gone, reservations not yet
         (spool.work_dir / f"{claim.id}.json").unlink()
 
@@ -479,9 +481,9 @@ QUARANTINE_CRASHES = ["marked", "sidecar_written", "moved", "unrecorded"]
 @pytest.mark.parametrize("crash", QUARANTINE_CRASHES)
 def test_recover_finishes_a_quarantine_cut_at_any_step(spool: Spool, crash: str) -> None:
     claim = take(spool, "q.jpg", b"bad")
-    record = spool._mark_quarantining(claim, "truncated", "ends early", None)
+    record = spool._machine.mark_quarantining(claim, Reason.TRUNCATED, "ends early", None)
     if crash != "marked":
-        spool._move_to_quarantine(record)
+        spool._machine.move_to_quarantine(record)
     if crash == "sidecar_written":  # undo the rename: sidecar out, file still claimed
         os.rename(spool.quarantine_dir / "q.jpg", claim.work_path)
     if crash == "unrecorded":
@@ -508,7 +510,7 @@ def test_recover_after_a_crash_around_the_claim_rename(spool: Spool) -> None:
     lost = take(spool, "lost.jpg", b"l")
     (spool.work_dir / f"{lost.id}.json").unlink()
     # A reservation whose claim never got a record.
-    assert spool._try_reserve("outbox/ghost.jpg.png", new_claim_id())
+    assert spool._machine.reservations.reserve("outbox/ghost.jpg.png", new_claim_id())
 
     spool = reopen(spool)
     resumed = {c.id: c for c in spool.recover()}
@@ -535,7 +537,7 @@ def test_attempts_count_every_restart(spool: Spool) -> None:
         spool = reopen(spool)
         (claim,) = spool.recover()
         assert claim.attempts == expected
-    spool.quarantine(claim, "crashed_repeatedly", "killed the daemon 3 times")
+    spool.quarantine(claim, Reason.CRASHED_REPEATEDLY, "killed the daemon 3 times")
     assert_settled(spool)
 
 
@@ -627,8 +629,8 @@ def test_adopt_stale_takes_over_a_dead_instance_only(root: Path) -> None:
     dead.prepare()
     waiting = take(dead, "w.jpg", b"w")
     committed = take(dead, "c.jpg", b"c")
-    dead._write_output(committed, b"out-c")
-    dead._mark_committed(committed)
+    dead._machine.write_output(committed, b"out-c")
+    dead._machine.mark_committed(committed)
     dead.close()  # the process is gone: its lock is free
     alive = Spool(root, "alive")
     alive.prepare()

@@ -22,15 +22,12 @@ from pathlib import Path
 import pytest
 from daemon_harness import Daemon, files_under
 
-from daemon.spool import SIDECAR_SUFFIX, TEMP_MARK, _fit_name, _numbered
+from core.reasons import Reason
+from daemon.spool import SIDECAR_SUFFIX, TEMP_MARK
+from daemon.spool.names import fit_name, numbered
 
-# Quarantine reasons the daemon may give (core.imaging.REASONS plus the pipeline's own).
-KNOWN_REASONS = frozenset(
-    {"empty_file", "not_an_image", "unsupported_format", "truncated", "corrupt"}
-    | {"too_many_pixels", "unreadable", "decoder_crashed", "decoder_failed"}
-    | {"not_a_regular_file", "model_failed", "non_finite_output", "encode_failed"}
-    | {"write_failed", "crashed_repeatedly"}
-)
+# Quarantine reasons the daemon may give: every one core.reasons registers.
+KNOWN_REASONS = frozenset(Reason)
 FULL = os.environ.get("RELIABILITY_FULL") == "1"  # `make soak`: longer fuzzing, bigger loops
 
 
@@ -105,15 +102,15 @@ def sidecar_reason(root: Path, rel: str) -> str:
 def output_rel(rel: str, ext: str = ".png") -> str:
     """The spool's naming rule: same relative path plus the extension, cut to NAME_MAX."""
     parent, _, name = rel.rpartition("/")
-    return f"{parent}/" * bool(parent) + _fit_name(name, ext)
+    return f"{parent}/" * bool(parent) + fit_name(name, ext)
 
 
 def quarantine_rel(rel: str, flat: bool = False) -> str:
     """Its quarantine name; ``flat``: the name used when a folder on the way was a symlink."""
     parent, _, name = rel.rpartition("/")
     if flat:
-        return _numbered(rel.replace("/", "__"), 1, reserve=len(SIDECAR_SUFFIX))
-    return f"{parent}/" * bool(parent) + _numbered(name, 1, reserve=len(SIDECAR_SUFFIX))
+        return numbered(rel.replace("/", "__"), 1, reserve=len(SIDECAR_SUFFIX))
+    return f"{parent}/" * bool(parent) + numbered(name, 1, reserve=len(SIDECAR_SUFFIX))
 
 
 def settle_report(root: Path, inputs: list[str], ext: str = ".png") -> dict[str, list[str]]:

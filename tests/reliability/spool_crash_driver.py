@@ -29,6 +29,7 @@ MAX_ATTEMPTS = 10  # far above what three restarts can reach: a quarantine means
 
 
 def _scenario(root: Path) -> None:
+    from core.reasons import Reason
     from daemon.spool import Spool
 
     spool = Spool(root, "crash")
@@ -43,9 +44,9 @@ def _scenario(root: Path) -> None:
         with spool.open_claim(claim) as handle:
             data = handle.read()
         if claim.attempts > MAX_ATTEMPTS:
-            spool.quarantine(claim, "crashed_repeatedly", "interrupted too often")
+            spool.quarantine(claim, Reason.CRASHED_REPEATEDLY, "interrupted too often")
         elif data.startswith(b"BAD"):
-            spool.quarantine(claim, "not_an_image", "the test's bad file")
+            spool.quarantine(claim, Reason.NOT_AN_IMAGE, "the test's bad file")
         else:
             spool.commit(claim, b"OUT:" + hashlib.sha256(data).hexdigest().encode())
     spool.close()

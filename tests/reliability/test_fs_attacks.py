@@ -33,7 +33,8 @@ from reliability_kit import (
     wait_until,
 )
 
-from daemon.spool import Spool, _temp_name
+from daemon.spool import Spool
+from daemon.spool.names import temp_name
 
 
 def jpeg(path: Path, seed: int) -> bytes:
@@ -200,7 +201,7 @@ def test_hard_link_planted_at_the_temp_name_is_replaced_not_written(tmp_path: Pa
         jpeg(spool.inbox / "x.jpg", 1)
         claim = spool.claim(spool.inbox / "x.jpg")
         assert claim is not None
-        temp = spool.outbox / _temp_name(f"{claim.output_rel.name}", claim.id)
+        temp = spool.outbox / temp_name(f"{claim.output_rel.name}", claim.id)
         os.link(victim, temp)  # an attacker who guessed the claim id
         final = spool.commit(claim, b"the output")
         assert final.read_bytes() == b"the output"

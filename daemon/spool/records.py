@@ -1,0 +1,159 @@
+"""Claim records: ``.artd/work/<instance>/<id>.json`` beside each claimed file.
+
+A record is a JSON object, written atomically *before* the move its state announces
+(docs/spool.md). Its ``state`` is one of :class:`State`; the other fields are those of
+:class:`Claim` (``work_name`` for its path) plus, once chosen, ``archive_rel``,
+``quarantine_rel`` and ``error``. Every path in it is relative and checked on reading, so
+a planted record cannot point anywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from loguru import logger
+
+from core import durable
+from daemon.spool.names import ID_LEN, temp_name
+from daemon.spool.steps import fsync_dir, step, write_atomic
+
+Record = dict[str, Any]
+_RELATIVE_FIELDS = ("output_rel", "archive_rel", "quarantine_rel")
+
+
+class State(StrEnum):
+    """A record's state; each is written before the move it announces."""
+
+    CLAIMING = "claiming"  # intent, before the rename out of the inbox (keeps the relative path)
+    CLAIMED = "claimed"  # the file is ours, hashed, its output name reserved
+    COMMITTED = "committed"  # the output is final; archiving the original and clean-up remain
+    QUARANTINING = "quarantining"  # reason and quarantine name fixed; sidecar and move remain
+
+
+_STATES = tuple(State)
+
+
+@dataclass
+class Claim:
+    """A file taken out of the inbox; the record ``<id>.json`` beside it persists these fields."""
+
+    id: str
+    work_path: Path
+    rel_path: PurePosixPath
+    size: int
+    sha256: str
+    attempts: int
+    output_rel: PurePosixPath
+    claimed_at: float
+
+
+def intent(claim_id: str, rel_path: str, work_name: str) -> Record:
+    """The ``claiming`` record of a file about to be (or found) in work/ as ``work_name``."""
+    record: Record = {"id": claim_id, "state": State.CLAIMING, "rel_path": rel_path}
+    return record | {"work_name": work_name, "attempts": 0, "claimed_at": time.time()}
+
+
+def reserved_keys(record: Record) -> Iterator[str]:
+    """The reservation keys a claim record holds: ``<area>/<relative path>``."""
+    for area, field in (("outbox", "output_rel"), ("archive", "archive_rel")):
+        if field in record:
+            yield f"{area}/{record[field]}"
+    if "quarantine_rel" in record:
+        yield f"quarantine/{record['quarantine_rel']}"
+
+
+def held_reservations(work_root: Path) -> dict[str, set[str] | None]:
+    """Claim id -> the reservation keys its record holds, for every instance's records
+    (adoption staging folders included); None where a record cannot be read: keep all."""
+    held: dict[str, set[str] | None] = {}
+    for path in [*work_root.glob("*/*.json"), *work_root.glob("*/.adopt-*/*.json")]:
+        try:
+            held[path.name[:ID_LEN]] = set(reserved_keys(json.loads(path.read_bytes())))
+        except (OSError, ValueError, KeyError, TypeError):
+            held[path.name[:ID_LEN]] = None
+    return held
+
+
+def _safe_rel(value: object) -> PurePosixPath | None:
+    rel = PurePosixPath(str(value))
+    if not isinstance(value, str) or rel.is_absolute() or not rel.parts:
+        return None
+    return None if any(p in ("", ".", "..") for p in rel.parts) else rel
+
+
+class Records:
+    """The records of one instance's work folder."""
+
+    def __init__(self, work_dir: Path, instance: str) -> None:
+        self.work_dir = work_dir
+        self.instance = instance
+
+    def path(self, claim_id: str) -> Path:
+        """Where the record of ``claim_id`` lives."""
+        return self.work_dir / f"{claim_id}.json"
+
+    def write(self, record: Record) -> None:
+        """Write (or replace) ``record`` atomically, stamped with this instance."""
+        record["instance"] = self.instance
+        path = self.path(record["id"])
+        data = json.dumps(record, sort_keys=True).encode()
+        temp = self.work_dir / temp_name(path.name, record["id"])
+        write_atomic(path, data, temp, f"record-{record['state']}")
+
+    def read(self, claim_id: str) -> Record | None:
+        """The record of ``claim_id``; None (logged) if unreadable or not a valid record."""
+        path = self.path(claim_id)
+        try:
+            with durable.open_regular(path) as handle:
+                record = json.loads(handle.read())
+            rels = [record[k] for k in ("rel_path", "work_name")]
+            rels += [record[k] for k in _RELATIVE_FIELDS if k in record]
+            valid = record["id"] == claim_id and all(_safe_rel(r) for r in rels)
+            valid = valid and record["state"] in _STATES
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.error("unreadable claim record {}: {}", path, exc)
+            return None
+        if not valid or len(PurePosixPath(record["work_name"]).parts) != 1:
+            logger.error("claim record {} is not one of ours; ignoring it", path)
+            return None
+        return record
+
+    def remove(self, record: Record) -> None:
+        """Delete the record, durably."""
+        step("record:unlink")
+        self.path(record["id"]).unlink(missing_ok=True)
+        fsync_dir(self.work_dir, "record")
+
+    def of_claim(self, claim: Claim, state: State) -> Record:
+        """The record that persists ``claim`` in ``state``."""
+        return {
+            "id": claim.id,
+            "state": state,
+            "instance": self.instance,
+            "rel_path": str(claim.rel_path),
+            "work_name": claim.work_path.name,
+            "size": claim.size,
+            "sha256": claim.sha256,
+            "attempts": claim.attempts,
+            "output_rel": str(claim.output_rel),
+            "claimed_at": claim.claimed_at,
+        }
+
+    def claim_of(self, record: Record) -> Claim:
+        """The :class:`Claim` a record describes."""
+        return Claim(
+            id=record["id"],
+            work_path=self.work_dir / record["work_name"],
+            rel_path=PurePosixPath(record["rel_path"]),
+            size=int(record["size"]),
+            sha256=record["sha256"],
+            attempts=int(record["attempts"]),
+            output_rel=PurePosixPath(record["output_rel"]),
+            claimed_at=float(record["claimed_at"]),
+        )
