@@ -165,3 +165,39 @@ def test_build_model_refuses_weights_edited_after_loading(saved: Path) -> None:
     ckpt.state_dict.pop("dec3.0.bias")
     with pytest.raises(CheckpointError, match=r"dec3\.0\.bias"):
         build_model(ckpt)
+
+
+def test_objective_defaults_to_reconstruct_for_metadata_written_before_it() -> None:
+    data = CheckpointMeta().to_dict()
+    for key in ("objective", "diffusion", "sampler"):
+        data.pop(key)
+    meta = CheckpointMeta.from_dict(data)
+    assert (meta.objective, meta.diffusion, meta.sampler) == ("reconstruct", None, {})
+
+
+def test_denoise_objective_round_trips_with_its_schedule_and_sampler() -> None:
+    meta = CheckpointMeta(
+        objective="denoise", diffusion={"kind": "cosine"}, sampler={"strength": 0.5, "steps": 25}
+    )
+    back = CheckpointMeta.from_dict(meta.to_dict())
+    assert (back.objective, back.diffusion, back.sampler) == (
+        "denoise",
+        {"kind": "cosine"},
+        {"strength": 0.5, "steps": 25},
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"objective": "paint"}, "objective"),
+        ({"objective": "denoise"}, "diffusion"),
+        ({"diffusion": {"kind": "cosine"}}, "diffusion"),
+        ({"sampler": {"strenght": 0.5}}, "sampler"),
+        ({"sampler": {"steps": float("nan")}}, "sampler"),
+    ],
+)
+def test_bad_objective_fields_name_the_field(changes: dict, named: str) -> None:
+    data = CheckpointMeta().to_dict() | changes
+    with pytest.raises(ValueError, match=named):
+        CheckpointMeta.from_dict(data)

@@ -17,6 +17,7 @@ from core.checkpoint.files import load_checkpoint, resolve_current, save_checkpo
 from core.checkpoint.meta import (
     FORMAT_VERSION,
     IMAGE_SPACES,
+    OBJECTIVES,
     RESIZE_POLICIES,
     Checkpoint,
     CheckpointError,
@@ -31,6 +32,7 @@ __all__ = [
     "FORMAT_VERSION",
     "IMAGE_SPACES",
     "META_KEY",
+    "OBJECTIVES",
     "RESIZE_POLICIES",
     "Checkpoint",
     "CheckpointError",

@@ -26,6 +26,12 @@ FORMAT_VERSION = 1
 ImageSpaceName = Literal["pixel", "seed"]
 IMAGE_SPACES: tuple[str, ...] = ("pixel", "seed")
 RESIZE_POLICIES: tuple[str, ...] = ("fit", "stretch")
+# reconstruct: the seed's (one pass, image -> image; bare seed state_dicts are this).
+# denoise: trained to recover the clean image from a noised one (core.diffusion), served
+# through the multi-step sampler; its ``diffusion`` records the schedule.
+OBJECTIVES: tuple[str, ...] = ("reconstruct", "denoise")
+# Recommended sampler settings a checkpoint may carry (core.diffusion.SamplerSettings' keys).
+SAMPLER_KEYS = frozenset({"strength", "steps", "eta"})
 
 
 class CheckpointError(Exception):
@@ -63,6 +69,11 @@ class CheckpointMeta:
     created: str = field(default_factory=utc_now_iso)
     settings: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    objective: str = "reconstruct"
+    # denoise only: core.diffusion.Schedule.to_dict(); None for one-pass objectives.
+    diffusion: dict[str, Any] | None = None
+    # Recommended sampler settings ({"strength": .., "steps": .., "eta": ..}), may be empty.
+    sampler: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,6 +102,7 @@ class CheckpointMeta:
         settings = data.get("settings", {})
         if not isinstance(settings, dict):
             raise ValueError(f"settings must be an object, got {type(settings).__name__}")
+        objective, diffusion, sampler = _parse_objective(data)
         return cls(
             architecture=architecture,
             image_space=image_space,  # type: ignore[arg-type]
@@ -104,6 +116,9 @@ class CheckpointMeta:
             created=_expect_str(data, "created", default=""),
             settings=dict(settings),
             format_version=version,
+            objective=objective,
+            diffusion=diffusion,
+            sampler=sampler,
         )
 
 
@@ -181,3 +196,23 @@ def _parse_metrics(value: object) -> dict[str, float]:
     if bad:
         raise ValueError(f"metrics must be finite numbers, got {bad!r}")
     return {str(k): float(v) for k, v in value.items()}
+
+
+def _parse_objective(data: dict[str, Any]) -> tuple[str, dict[str, Any] | None, dict[str, float]]:
+    """``objective``, ``diffusion`` and ``sampler``; metadata written before they existed is
+    ``reconstruct`` with neither."""
+    objective = (
+        _expect_choice(data, "objective", OBJECTIVES) if "objective" in data else "reconstruct"
+    )
+    diffusion = data.get("diffusion")
+    if objective == "denoise" and not isinstance(diffusion, dict):
+        raise ValueError(f"diffusion must be an object for a denoise checkpoint, got {diffusion!r}")
+    if objective != "denoise" and diffusion is not None:
+        raise ValueError(f"diffusion is only for denoise checkpoints, got one for {objective!r}")
+    sampler = data.get("sampler", {})
+    if not isinstance(sampler, dict) or not set(sampler) <= SAMPLER_KEYS:
+        raise ValueError(f"sampler must be an object with keys among {sorted(SAMPLER_KEYS)}")
+    bad = {k: v for k, v in sampler.items() if not _is_finite_number(v)}
+    if bad:
+        raise ValueError(f"sampler values must be finite numbers, got {bad!r}")
+    return objective, (dict(diffusion) if diffusion is not None else None), dict(sampler)
