@@ -1,7 +1,10 @@
-"""What every output says about itself: AI-made, by which model, from which input.
+"""What every output says about itself: AI-made, by which model, from which input, how.
 
 The seed's ethics section asks that AI-made art be transparent about being AI-made; the
-daemon and ``artd process`` both embed these fields in the files they write.
+daemon, ``artd process`` and ``artd generate`` all embed these fields in the files they
+write. A denoise checkpoint's outputs also record the sampler settings that made them
+(``artd:sampler``: strength, steps, eta and seed, where a null seed means the noise was
+seeded from the input's content hash and the other settings, core.diffusion.image_seed).
 """
 
 from __future__ import annotations
@@ -11,20 +14,36 @@ from datetime import UTC, datetime
 
 import core
 from core.checkpoint import Checkpoint
+from core.diffusion import SamplerSettings
 
 
 def provenance(
-    checkpoint: Checkpoint, input_sha256: str, settings: dict[str, object]
+    checkpoint: Checkpoint,
+    input_sha256: str,
+    settings: dict[str, object],
+    *,
+    sampler: SamplerSettings | None = None,
+    source: str | None = None,
 ) -> dict[str, str]:
-    """Text fields for the output's metadata (PNG text chunks, JPEG comment, WebP XMP)."""
+    """Text fields for the output's metadata (PNG text chunks, JPEG comment, WebP XMP).
+
+    ``sampler``: the effective settings of a denoise checkpoint (None for reconstruct);
+    ``source``: what the output was made from when it is not an input file (generation
+    from noise records its ``generate:<seed>:<index>`` label and an empty input hash)."""
     meta = checkpoint.meta
-    return {
+    fields = {
         "ai_generated": "true",
         "Software": f"artd {core.__version__}",
         "artd:model": checkpoint.version,
         "artd:model_sha256": checkpoint.sha256,
         "artd:model_epoch": "" if meta.epoch is None else str(meta.epoch),
+        "artd:objective": meta.objective,
         "artd:input_sha256": input_sha256,
         "artd:created": datetime.now(UTC).isoformat(timespec="seconds"),
         "artd:settings": json.dumps(settings, sort_keys=True),
     }
+    if sampler is not None:
+        fields["artd:sampler"] = json.dumps(sampler.to_dict(), sort_keys=True)
+    if source is not None:
+        fields["artd:source"] = source
+    return fields

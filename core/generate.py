@@ -1,0 +1,91 @@
+"""Images from noise: a denoise checkpoint's sampler at strength 1 (``artd generate``).
+
+Image ``index`` of a run with ``seed`` gets the noise seed
+``core.diffusion.image_seed("generate:<seed>:<index>", settings)``, so a run repeats
+pixel for pixel, and image 3 of a run of 8 is image 3 of a run of 4, whatever the batch
+size. The engine's precision, out-of-memory halving and NaN retry apply as for img2img.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from PIL import Image
+
+from core.diffusion import SamplerSettings
+from core.engine import Engine, InferenceError
+from core.model import SIZE_MULTIPLE
+from core.provenance import provenance
+from core.sampling import SamplingSettings, seeds_for
+
+
+def generation_settings(engine: Engine, sampling: SamplingSettings | None) -> SamplerSettings:
+    """The effective settings of a generation run: ``sampling`` over the checkpoint's
+    recommendation, at strength 1. A reconstruct checkpoint raises ValueError."""
+    if engine.objective != "denoise":
+        raise ValueError(
+            f"model {engine.version} is a {engine.objective} checkpoint: it maps an image to "
+            "an image and cannot generate from noise; serve a denoise checkpoint"
+        )
+    given = replace(sampling or SamplingSettings(), strength=1.0)
+    settings = engine.sampler_settings(given)
+    assert settings is not None  # a denoise engine always resolves
+    return settings
+
+
+def label(seed: int, index: int) -> str:
+    """What image ``index`` of a run with ``seed`` is made from (its content hash stand-in)."""
+    return f"generate:{seed}:{index}"
+
+
+def generate(
+    engine: Engine,
+    count: int,
+    width: int,
+    height: int,
+    seed: int,
+    sampling: SamplingSettings | None = None,
+) -> list[Image.Image | InferenceError]:
+    """``count`` images of ``width`` x ``height`` from noise, in index order; an item that
+    fails (out of memory at a single image, NaN even in fp32) is its InferenceError.
+
+    ``sampling``'s strength is ignored (always 1); its seed, if set, is recorded in the
+    settings and hashed into every image's noise seed along with ``seed``. Raises
+    ValueError for a reconstruct checkpoint, a count below 1 or a size that is not a
+    positive multiple of 8."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be an integer >= 1, got {count!r}")
+    for name, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < SIZE_MULTIPLE:
+            raise ValueError(f"{name} must be an integer >= {SIZE_MULTIPLE}, got {value!r}")
+        if value % SIZE_MULTIPLE:
+            raise ValueError(f"{name} must be a multiple of {SIZE_MULTIPLE}, got {value}")
+    settings = generation_settings(engine, sampling)
+    given = SamplingSettings(**settings.to_dict())  # type: ignore[arg-type]
+    seeds = seeds_for((label(seed, i) for i in range(count)), settings)
+    results: list[Image.Image | InferenceError] = []
+    for start in range(0, count, engine.max_batch):
+        part = seeds[start : start + engine.max_batch]
+        blank = torch.zeros(len(part), 3, height, width)  # at strength 1 only its shape counts
+        results.extend(engine.run_batch(blank, part, given))
+    return results
+
+
+def generated_provenance(
+    engine: Engine,
+    seed: int,
+    index: int,
+    sampling: SamplingSettings | None = None,
+    settings: dict[str, object] | None = None,
+) -> dict[str, str]:
+    """The metadata of image ``index`` of a run with ``seed`` (core.provenance, with the
+    sampler settings and ``artd:source`` = its label; there is no input file to hash).
+    ``settings``: the output settings as recorded (e.g. size and format)."""
+    return provenance(
+        engine.checkpoint,
+        "",
+        settings or {},
+        sampler=generation_settings(engine, sampling),
+        source=label(seed, index),
+    )

@@ -1,0 +1,176 @@
+"""Samplers: how a checkpoint's network turns a batch of pixels into a batch of pixels.
+
+The engine (core.engine) calls its sampler on each batch as ``sampler(pixels, network,
+seeds, settings)``, where ``network`` is the model in the engine's chosen precision and
+memory layout. Which sampler a checkpoint gets is :func:`sampler_for`'s choice, from the
+``objective`` its metadata records:
+
+- ``reconstruct`` (the seed's, and every checkpoint before issue 12): :class:`SinglePass`,
+  one network pass on the normalised pixels. It takes no seeds and no sampler settings.
+- ``denoise``: :class:`DiffusionSampler`, SDEdit img2img through ``core.diffusion.sample``
+  with one network call per step for the whole batch. The checkpoint contract: pixel image
+  space with mean = std = 0.5, so the space's normalisation is ``core.diffusion.to_model``
+  (the sampler feeds the network x_t as is) and its output, the Sigmoid, is the predicted
+  clean image in 0..1.
+
+What the user asks for is a :class:`SamplingSettings` (any field may be left unset); the
+checkpoint's recommended settings fill the rest (:meth:`SamplingSettings.resolve`). Each
+image's noise seed is ``core.diffusion.image_seed(input sha256, settings)``: the same file
+with the same settings gives the same output whatever else shares its batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from core.diffusion import SamplerSettings, Schedule, image_seed, sample
+from core.space import ImageSpace
+
+if TYPE_CHECKING:
+    from core.checkpoint import CheckpointMeta
+
+# The network as the engine runs it: the sampler's input for it in, raw output out.
+Network = Callable[[torch.Tensor], torch.Tensor]
+# The settings a denoise checkpoint is served with when it recommends none.
+DEFAULT_SAMPLER = SamplerSettings(strength=0.5, steps=25, eta=1.0)
+# A denoise checkpoint's image space: ImageSpace.normalize(p) == core.diffusion.to_model(p).
+DENOISE_NORMALIZATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+
+
+class SinglePass(nn.Module):
+    """The sampler of every reconstruct checkpoint: normalise, one network pass, to pixels.
+
+    A module so that ``.to(device)`` moves the image space's statistics with the engine."""
+
+    objective = "reconstruct"
+
+    def __init__(self, space: ImageSpace) -> None:
+        super().__init__()
+        self.space = space
+
+    def forward(
+        self,
+        pixels: torch.Tensor,
+        network: Network,
+        seeds: Sequence[int] | None = None,
+        settings: SamplerSettings | None = None,
+    ) -> torch.Tensor:
+        """0..1 NCHW pixels in, 0..1 NCHW pixels out; ``seeds`` and ``settings`` are unused."""
+        return self.space.to_pixels(network(self.space.normalize(pixels)))
+
+
+class DiffusionSampler(nn.Module):
+    """SDEdit img2img on a denoise checkpoint (core.diffusion.sample), the batch stepping
+    together: one ``network`` call per step. ``recommended`` is what the checkpoint is
+    served with unless the user overrides it."""
+
+    objective = "denoise"
+
+    def __init__(self, space: ImageSpace, schedule: Schedule, recommended: SamplerSettings) -> None:
+        super().__init__()
+        self.space = space
+        self.schedule = schedule
+        self.recommended = recommended
+
+    def forward(
+        self,
+        pixels: torch.Tensor,
+        network: Network,
+        seeds: Sequence[int] | None = None,
+        settings: SamplerSettings | None = None,
+    ) -> torch.Tensor:
+        """0..1 NCHW pixels and one noise seed per image in, 0..1 NCHW pixels out."""
+        if seeds is None or settings is None:
+            raise ValueError("a denoise checkpoint needs one seed per image and sampler settings")
+        # The network maps a NaN input to finite values (oneDNN's ReLU), so a step's NaN would
+        # vanish by the last step: remember it per image, on the device (no host sync).
+        broken = torch.zeros(len(pixels), dtype=torch.bool, device=pixels.device)
+
+        def denoise(x: torch.Tensor) -> torch.Tensor:
+            out = self.space.to_pixels(network(x))
+            broken.logical_or_(~torch.isfinite(out).all(dim=(1, 2, 3)))
+            return out
+
+        result = sample(denoise, pixels, seeds, settings, self.schedule)
+        return result.masked_fill_(broken.view(-1, 1, 1, 1), float("nan"))
+
+
+Sampler = SinglePass | DiffusionSampler
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The sampler settings a user asked for; ``None`` leaves a field to the checkpoint's
+    recommendation, then to :data:`DEFAULT_SAMPLER`. Invalid values raise ValueError naming
+    the field (``strength``, ``steps``, ``eta`` or ``seed``), as core.diffusion words it."""
+
+    strength: float | None = None
+    steps: int | None = None
+    eta: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self.resolve(DEFAULT_SAMPLER)  # validates every set field
+
+    @property
+    def is_set(self) -> bool:
+        """Whether any field was given."""
+        return any(value is not None for value in dataclasses.asdict(self).values())
+
+    def given(self) -> dict[str, object]:
+        """Only the fields that were set."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def resolve(self, recommended: SamplerSettings) -> SamplerSettings:
+        """The effective settings: the given fields over ``recommended``."""
+        return dataclasses.replace(recommended, **self.given())  # type: ignore[arg-type]
+
+
+def recommended_settings(meta: CheckpointMeta) -> SamplerSettings:
+    """A denoise checkpoint's recommended ``sampler`` over :data:`DEFAULT_SAMPLER`; a bad
+    recommendation raises ValueError naming it."""
+    values = dict(meta.sampler)
+    if "steps" in values and float(values["steps"]).is_integer():
+        values["steps"] = int(values["steps"])  # JSON may carry 25 as 25.0
+    try:
+        return dataclasses.replace(DEFAULT_SAMPLER, **values)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the checkpoint's recommended sampler {meta.sampler}: {exc}") from exc
+
+
+def sampler_for(meta: CheckpointMeta) -> Sampler:
+    """The sampler a checkpoint's metadata calls for (module docstring)."""
+    space = ImageSpace.of(meta)
+    if meta.objective != "denoise":
+        return SinglePass(space)
+    if meta.image_space != "pixel" or meta.normalization != DENOISE_NORMALIZATION:
+        raise ValueError(
+            "a denoise checkpoint must record image_space 'pixel' and normalization "
+            f"{DENOISE_NORMALIZATION}, got {meta.image_space!r} and {meta.normalization}"
+        )
+    if meta.diffusion is None:
+        raise ValueError("a denoise checkpoint must record its diffusion schedule")
+    return DiffusionSampler(space, Schedule.from_dict(meta.diffusion), recommended_settings(meta))
+
+
+def seeds_for(sha256s: Iterable[str], settings: SamplerSettings) -> list[int]:
+    """One noise seed per input, from its content hash and the effective settings."""
+    recorded: Mapping[str, object] = settings.to_dict()
+    return [image_seed(sha256, recorded) for sha256 in sha256s]
+
+
+def content_seeds(batch: torch.Tensor, settings: SamplerSettings) -> list[int]:
+    """:func:`seeds_for` with each item's own bytes hashed, for callers that have no file
+    hash: a uint8 HWC item hashes as the decoded array it was stacked from."""
+    items = batch.detach().cpu()
+    return seeds_for(
+        (hashlib.sha256(item.contiguous().numpy().tobytes()).hexdigest() for item in items),
+        settings,
+    )
