@@ -4,22 +4,33 @@ The images stand in for an art collection where the internet is not available: t
 benchmarks and the shipped default model all use them, and anyone can regenerate the exact
 same data set from the command that made it (``python -m core.procedural --help``).
 
-Each image layers a colour field (gradients, plasma, Voronoi cells or stripes), shapes drawn
-in a random palette and grain, so that a reconstruction network sees edges, flat areas and
-fine texture, the three things that separate a good autoencoder from a blurry one.
+Each image of the procedural styles (:data:`STYLES`) layers a colour field (gradients, plasma,
+Voronoi cells or stripes), shapes drawn in a random palette and grain, so that a
+reconstruction network sees edges, flat areas and fine texture, the three things that
+separate a good autoencoder from a blurry one. The art styles (:data:`ART_STYLES`: engraving,
+brushstrokes, watercolour, pointillism, woodcut; ``core.art_styles``) render a scene in one
+medium: a collection a denoiser learns a manner from. A data set is one style, or a mix that
+cycles through several: ``--style engraving`` or ``--style engraving,woodcut`` (``art`` names
+all five art styles, ``procedural`` the four procedural ones, the default).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from core import art_styles
+
 STYLES = ("plasma", "cells", "stripes", "gradient")
+ART_STYLES = tuple(art_styles.STYLES)
+ALL_STYLES = STYLES + ART_STYLES
+# Names for groups of styles on the command line.
+STYLE_GROUPS = {"procedural": STYLES, "art": ART_STYLES}
 FORMATS = {"jpg": ("JPEG", ".jpg"), "png": ("PNG", ".png")}
 
 
@@ -138,6 +149,28 @@ def generate(seed: int, width: int, height: int | None = None, style: str | None
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
+def render(style: str, seed: int, width: int, height: int | None = None) -> Image.Image:
+    """One image of any style in :data:`ALL_STYLES` (procedural or art)."""
+    if style in ART_STYLES:
+        return art_styles.render(style, seed, width, height)
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; choose from: {', '.join(ALL_STYLES)}")
+    return generate(seed, width, height, style)
+
+
+def parse_styles(text: str) -> tuple[str, ...]:
+    """``engraving`` or ``engraving,woodcut`` or ``art``: the styles a data set cycles
+    through; raises ValueError naming the unknown ones."""
+    names: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        names.extend(STYLE_GROUPS.get(part, (part,)))
+    unknown = [n for n in names if n not in ALL_STYLES]
+    if not names or unknown:
+        choices = ", ".join((*ALL_STYLES, *STYLE_GROUPS))
+        raise ValueError(f"unknown style(s) {unknown or text!r}; choose from: {choices}")
+    return tuple(names)
+
+
 def write_dataset(
     out: Path,
     count: int,
@@ -147,23 +180,25 @@ def write_dataset(
     fmt: str = "jpg",
     classes: bool = True,
     vary_aspect: bool = False,
+    styles: Sequence[str] = STYLES,
 ) -> list[Path]:
     """Write ``count`` images into ``out`` (style sub-folders when ``classes``, like the Kaggle
-    set) and return their paths. Image ``i`` uses seed ``seed * 1_000_003 + i``."""
+    set) and return their paths. Image ``i`` has style ``styles[i % len(styles)]`` and seed
+    ``seed * 1_000_003 + i``."""
     pil_format, ext = FORMATS[fmt]
     out = Path(out)
     paths = []
     for i in range(count):
         image_seed = seed * 1_000_003 + i
         rng = np.random.default_rng(image_seed + 7)
-        style = STYLES[i % len(STYLES)]
+        style = styles[i % len(styles)]
         width = height = size
         if vary_aspect:
             ratio = rng.uniform(0.6, 1.6)
             width, height = (size, max(8, round(size / ratio)))
             if rng.random() < 0.5:
                 width, height = height, width
-        img = generate(image_seed, width, height, style)
+        img = render(style, image_seed, width, height)
         folder = out / style if classes else out
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{style}-{i:05d}{ext}"
@@ -183,7 +218,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=sorted(FORMATS), default="jpg")
     parser.add_argument("--flat", action="store_true", help="no style sub-folders")
     parser.add_argument("--vary-aspect", action="store_true", help="mix portrait and landscape")
+    parser.add_argument(
+        "--style",
+        default="procedural",
+        help="a style or a comma list to cycle through: "
+        + ", ".join(ALL_STYLES)
+        + "; 'art' = the five art styles, 'procedural' = the four procedural ones (default)",
+    )
     args = parser.parse_args(argv)
+    try:
+        styles = parse_styles(args.style)
+    except ValueError as exc:
+        parser.error(f"--style: {exc}")
     paths = write_dataset(
         args.out,
         args.count,
@@ -192,8 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         fmt=args.format,
         classes=not args.flat,
         vary_aspect=args.vary_aspect,
+        styles=styles,
     )
-    print(f"wrote {len(paths)} images to {args.out}")
+    print(f"wrote {len(paths)} images ({', '.join(dict.fromkeys(styles))}) to {args.out}")
     return 0
 
 

@@ -7,11 +7,17 @@ seed's: 150 epochs, batch 32, Adam 1e-3, StepLR(30, 0.1), 128 px stretch, MSE + 
 perceptual loss; unlike the seed, output and target are compared in pixel space (defect 1 in
 docs/seed.md).
 
+``--objective denoise`` trains the same network as a diffusion denoiser instead (issue 12):
+each image noised to a random level, the clean image as the target, the schedule and the
+recommended sampler recorded in every checkpoint (``core.training.objective``). The promotion
+gate never compares checkpoints of different objectives (``core.training.gate``).
+
 Several GPUs or hosts: ``torchrun --nproc_per_node=N -m core.train ...`` (DDP; NCCL on GPU,
 gloo on CPU; ``core.training.distributed``). Each process takes ``batch_size`` images per
 step, so the global batch is ``batch_size x N``; ``lr`` is used as given. Only rank 0
 validates and writes files. Exit status: 0 done, 1 failed, 2 bad settings, 3 trained but the
-gate kept the served model (under torchrun, rank 0's 3 makes torchrun report a failure).
+gate kept the served model, also when that model has another objective (under torchrun, rank
+0's 3 makes torchrun report a failure).
 """
 
 from __future__ import annotations
@@ -37,10 +43,18 @@ from core.config import SettingsError
 from core.data import PreparedData
 from core.losses import PerceptualLoss, TrainingLoss, resolve_vgg_features
 from core.training.distributed import Dist, main_first, setup
-from core.training.evaluate import batch_to_device, evaluate
+from core.training.evaluate import batch_to_device, device_pixels, evaluate
 from core.training.gate import EXIT_NOT_PROMOTED, promotion_gate
 from core.training.learner import Learner, build_learner
 from core.training.loaders import Data, load_data
+from core.training.objective import (
+    Figure,
+    TrainingNoise,
+    denoise_samples,
+    objective_meta,
+    schedule_for,
+    training_noise,
+)
 from core.training.run_folder import RunFolder
 from core.training.settings import TrainSettings, parse_settings
 from core.training.state import find_resume_state, load_training_state
@@ -63,14 +77,16 @@ def train(s: TrainSettings, d: Dist, closing: contextlib.ExitStack) -> int:
 
     data = load_data(s, d, run)
     learner = build_learner(s, d, state, channels_last)
+    noise = training_noise(s.objective, s.seed, d.rank, d.device)
     logger.info(
-        "training {} epochs from {} on {} x{} ({}), global batch {}, {} train / {} val images",
-        s.epochs, learner.start_epoch, d.device, d.world_size, learner.amp_dtype or torch.float32,
+        "training {} ({}) epochs from {} on {} x{} ({}), global batch {}, {} train / {} val images",
+        s.epochs, s.objective, learner.start_epoch, d.device, d.world_size,
+        learner.amp_dtype or torch.float32,
         s.batch_size * d.world_size, len(data.train_set), len(data.val_set),
     )  # fmt: skip
 
     for epoch in range(learner.start_epoch, s.epochs):
-        result = train_epoch(s, d, learner, data, loss_fn, epoch)
+        result = train_epoch(s, d, learner, data, loss_fn, epoch, noise)
         if d.is_main:
             end_epoch(s, learner, data, loss_fn, run, epoch + 1, result)
         d.barrier()
@@ -117,6 +133,12 @@ def load_resume(s: TrainSettings) -> tuple[Path | None, dict[str, Any] | None]:
     before, now = state.get("settings", {}), s.as_json()
     changed = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
     changed.pop("resume", None)
+    trained = before.get("objective", "reconstruct")  # states from before objectives
+    if trained != s.objective:
+        raise SettingsError(
+            f"--resume: the run trains {trained}, not {s.objective}; "
+            "start a new run to change the objective"
+        )
     if changed:
         logger.warning("resume: settings changed since the run started: {}", changed)
     return path, state
@@ -151,17 +173,26 @@ class EpochResult:
 
 
 def train_epoch(
-    s: TrainSettings, d: Dist, learner: Learner, data: Data, loss_fn: TrainingLoss, epoch: int
+    s: TrainSettings,
+    d: Dist,
+    learner: Learner,
+    data: Data,
+    loss_fn: TrainingLoss,
+    epoch: int,
+    noise: TrainingNoise | None,
 ) -> EpochResult:
-    """One pass over this rank's share of the training set, then one scheduler step."""
+    """One pass over this rank's share of the training set, then one scheduler step;
+    ``noise`` (denoise runs) is re-seeded for the epoch like the sampler's shuffle."""
     learner.model.train()
     data.sampler.set_epoch(epoch)
+    if noise is not None:
+        noise.start_epoch(epoch)
     lr = learner.optimizer.param_groups[0]["lr"]
     started = time.perf_counter()
     show_bar = d.is_main and sys.stderr.isatty()
     sums = torch.zeros(4, dtype=torch.float64, device=d.device)  # loss, mse, perceptual, n
     for step, batch in enumerate(progress(data.loader, show_bar, f"epoch {epoch + 1}")):
-        parts, n = train_step(learner, batch, loss_fn)
+        parts, n = train_step(learner, batch, loss_fn, noise)
         sums[:3] += parts * n
         sums[3] += n
         if not show_bar and d.is_main and (step + 1) % s.log_every == 0:
@@ -174,10 +205,17 @@ def train_epoch(
 
 
 def train_step(
-    learner: Learner, batch: torch.Tensor, loss_fn: TrainingLoss
+    learner: Learner, batch: torch.Tensor, loss_fn: TrainingLoss, noise: TrainingNoise | None
 ) -> tuple[torch.Tensor, int]:
-    """One optimizer step; returns (loss, mse, perceptual) as float64 and the batch's size."""
-    inputs, target = batch_to_device(batch, learner.device, learner.space, learner.channels_last)
+    """One optimizer step; returns (loss, mse, perceptual) as float64 and the batch's size.
+    With ``noise`` (denoise) the input is the noised batch and the target the clean one."""
+    if noise is None:
+        inputs, target = batch_to_device(
+            batch, learner.device, learner.space, learner.channels_last
+        )
+    else:
+        target = device_pixels(batch, learner.device, learner.channels_last)
+        inputs = noise.noised(target)
     amp = learner.amp_dtype
     with torch.autocast(learner.device.type, dtype=amp, enabled=amp is not None):
         output = learner.model(inputs)
@@ -213,9 +251,10 @@ def end_epoch(
 ) -> None:
     """Rank 0, after epoch ``done``: validate, then write metrics, checkpoints, pictures and,
     last, the resume state (a crash before it redoes the epoch, never skips it)."""
+    figure = Figure(learner.space, schedule_for(s.objective))
     val = evaluate(
         learner.raw, data.val_batches, loss_fn, learner.device,
-        space=learner.space, channels_last=learner.channels_last,
+        figure=figure, channels_last=learner.channels_last,
     )  # fmt: skip
     row = result.row(done, val)
     run.log_metrics(row)
@@ -234,7 +273,7 @@ def end_epoch(
         run.save_epoch(weights, meta, s.keep_last)
     if done % s.sample_every == 0 or done == s.epochs:
         run.plot_losses()
-        save_samples(learner, data, run, done)
+        save_samples(s, learner, data, run, done)
     run.save_state(learner.state(done, weights, s))
 
 
@@ -246,8 +285,8 @@ def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def checkpoint_meta(
     s: TrainSettings, epoch: int, metrics: dict[str, float], data: PreparedData
 ) -> CheckpointMeta:
-    """What a checkpoint records; its ``normalization`` defaults to ImageNet's, the
-    statistics :func:`train` normalises with."""
+    """What a checkpoint records: ImageNet's ``normalization`` (reconstruct, the statistics
+    :func:`train` normalises with) or the denoise contract, schedule and sampler."""
     return CheckpointMeta(
         image_space="pixel",
         train_size=s.image_size,
@@ -257,18 +296,29 @@ def checkpoint_meta(
         metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
         dataset_hash=data.dataset_hash(),
         settings=s.as_json(),
+        **objective_meta(s.objective, s.sample_strength, s.sample_steps, s.sample_eta),
     )
 
 
 @torch.no_grad()
-def save_samples(learner: Learner, data: Data, run: RunFolder, epoch: int) -> None:
-    """The sample grid: the first validation images and what the network makes of them."""
+def save_samples(
+    s: TrainSettings, learner: Learner, data: Data, run: RunFolder, epoch: int
+) -> None:
+    """The sample grid: the first validation images and what the network makes of them
+    (denoise: sampled at a few strengths, plus a row from pure noise)."""
     if not len(data.sample_batch):
         return
     learner.raw.eval()
     space = learner.space
     inputs, target = batch_to_device(data.sample_batch, learner.device, space, False)
-    run.save_samples(epoch, target, space.to_pixels(learner.raw(inputs)))
+    schedule = schedule_for(s.objective)
+    if schedule is None:
+        run.save_samples(epoch, target, space.to_pixels(learner.raw(inputs)))
+        return
+    images, columns = denoise_samples(
+        learner.raw, space, schedule, target, data.sample_keys, s.sample_steps, s.sample_eta
+    )
+    run.save_sample_grid(epoch, images, columns)
 
 
 def gate(
@@ -280,8 +330,9 @@ def gate(
         logger.error("gate: no best checkpoint (no validation images?); nothing promoted")
         return EXIT_NOT_PROMOTED
     result = promotion_gate(
-        s.promote, best, data.val_batches, loss_fn, learner.device, s.promote_tolerance
-    )
+        s.promote, best, data.val_batches, loss_fn, learner.device, s.promote_tolerance,
+        across_objectives=s.promote_across_objectives,
+    )  # fmt: skip
     run.write_json("gate.json", result.to_dict())
     return 0 if result.promoted else EXIT_NOT_PROMOTED
 
@@ -321,7 +372,7 @@ def _expected(exc: Exception) -> bool:
     from core.checkpoint import CheckpointError
     from core.losses import VGGWeightsError
 
-    return isinstance(exc, VGGWeightsError | CheckpointError | FileNotFoundError)
+    return isinstance(exc, VGGWeightsError | CheckpointError | FileNotFoundError | SettingsError)
 
 
 if __name__ == "__main__":

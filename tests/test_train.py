@@ -123,6 +123,8 @@ def test_end_to_end_run_writes_exactly_the_expected_files(data_dir, tmp_path, vg
 
     ckpt = load_checkpoint(run / "checkpoints" / "epoch-002.safetensors")
     assert ckpt.meta.image_space == "pixel" and ckpt.meta.epoch == 2
+    assert ckpt.meta.objective == "reconstruct" and ckpt.meta.diffusion is None
+    assert ckpt.meta.sampler == {} and ckpt.meta.normalization["std"] == [0.229, 0.224, 0.225]
     assert ckpt.meta.train_size == 32 and ckpt.meta.resize == "stretch"
     assert ckpt.meta.dataset_hash == hashlib.sha256(manifest_bytes).hexdigest()
     assert ckpt.meta.settings["perceptual_weight"] == 1.0
@@ -189,6 +191,11 @@ def test_resume_matches_an_uninterrupted_run_and_retention_holds(data_dir, tmp_p
     every_epoch = ["--checkpoint-every", "1", "--keep-last", "2"]
     assert main(args(data_dir, straight, "--epochs", "3", *every_epoch, *common)) == 0
     assert main(args(data_dir, resumed, "--epochs", "2", *common)) == 0
+    # A state saved before objectives existed resumes as the reconstruct run it is.
+    state_file = only_run(resumed) / "last.pt"
+    state = torch.load(state_file, weights_only=True)
+    del state["settings"]["objective"]
+    torch.save(state, state_file)
     assert main(args(data_dir, resumed, "--epochs", "3", "--resume", "latest", *common)) == 0
 
     a, b = only_run(straight), only_run(resumed)

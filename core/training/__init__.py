@@ -7,6 +7,7 @@
 - ``run_folder``: everything a run leaves on disk; silent on ranks other than 0.
 - ``state``: the resume state (``last.pt``), RNGs included.
 - ``pictures``: the loss curves and sample grids, as PNG.
+- ``objective``: reconstruct or denoise: inputs, validation figure, metadata, denoise samples.
 - ``evaluate``: batches onto the device in a checkpoint's image space; validation metrics.
 - ``gate``: the promotion gate that guards the served model.
 """

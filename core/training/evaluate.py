@@ -2,17 +2,23 @@
 
 A batch from the training cache is uint8 NHWC; the network gets it normalised the way its
 image space says (``core.space``) and the loss compares 0..1 pixels, whatever the space.
+Validation batches come with their images' keys (content hashes): a denoise checkpoint's
+figure noises each image with noise seeded by its key (``core.training.objective.Figure``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
 from core.losses import TrainingLoss
 from core.space import ImageSpace, imagenet, uint8_to_pixels
+from core.training.objective import Figure
+
+# One validation batch: uint8 NHWC pixels and each image's key (its content hash).
+KeyedBatch = tuple[torch.Tensor, Sequence[str]]
 
 
 def batch_to_device(
@@ -20,43 +26,40 @@ def batch_to_device(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 NHWC from the cache -> (the network's input, 0..1 pixel target), NCHW.
 
-    ``space`` must be on ``device``. Permuting NHWC gives channels_last strides for free."""
-    pixels = uint8_to_pixels(batch.to(device, non_blocking=True), channels_last=channels_last)
+    ``space`` must be on ``device``."""
+    pixels = device_pixels(batch, device, channels_last)
     return space.normalize(pixels), pixels
+
+
+def device_pixels(batch: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 NHWC from the cache -> 0..1 NCHW pixels on ``device`` (permuting NHWC gives
+    channels_last strides for free)."""
+    return uint8_to_pixels(batch.to(device, non_blocking=True), channels_last=channels_last)
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    batches: Iterable[torch.Tensor],
+    batches: Iterable[KeyedBatch],
     loss_fn: TrainingLoss,
     device: torch.device,
     *,
-    space: ImageSpace | None = None,
+    figure: Figure | None = None,
     channels_last: bool = False,
 ) -> dict[str, float]:
     """Mean ``val_loss``, ``val_mse``, ``val_perceptual`` and per-image ``val_psnr`` (fp32),
-    with the model seeing images in ``space`` (default: pixel space, ImageNet statistics,
-    what the trainer trains); ``{}`` when there are no batches."""
+    with the model fed as ``figure`` says (default: pixel space, ImageNet statistics, what
+    the reconstruct trainer trains; a denoise figure averages over its levels); ``{}`` when
+    there are no batches."""
     was_training = model.training
     model.eval()
-    space = (space if space is not None else imagenet()).to(device)
+    figure = (figure if figure is not None else Figure(imagenet())).to(device)
     sums = torch.zeros(5, dtype=torch.float64, device=device)
-    for batch in batches:
-        inputs, target = batch_to_device(batch, device, space, channels_last)
-        output = space.to_pixels(model(inputs).float())
-        loss, mse, perceptual = loss_fn(output, target)
-        per_image_mse = (output - target).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-        n = target.shape[0]
-        sums += torch.stack(
-            [
-                loss.double() * n,
-                mse.double() * n,
-                perceptual.double() * n,
-                (-10 * torch.log10(per_image_mse)).sum().double(),
-                torch.tensor(n, dtype=torch.float64, device=device),
-            ]
-        )
+    for batch, keys in batches:
+        pixels = device_pixels(batch, device, channels_last)
+        for inputs in figure.inputs(pixels, keys):
+            output = figure.space.to_pixels(model(inputs).float())
+            sums += _sums(output, pixels, loss_fn)
     model.train(was_training)
     loss, mse, perceptual, psnr, count = sums.tolist()
     if count == 0:
@@ -67,3 +70,19 @@ def evaluate(
         "val_perceptual": perceptual / count,
         "val_psnr": psnr / count,
     }
+
+
+def _sums(output: torch.Tensor, target: torch.Tensor, loss_fn: TrainingLoss) -> torch.Tensor:
+    """One batch's (loss, mse, perceptual, PSNR) summed over images, and the image count."""
+    loss, mse, perceptual = loss_fn(output, target)
+    per_image_mse = (output - target).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    n = target.shape[0]
+    return torch.stack(
+        [
+            loss.double() * n,
+            mse.double() * n,
+            perceptual.double() * n,
+            (-10 * torch.log10(per_image_mse)).sum().double(),
+            torch.tensor(n, dtype=torch.float64, device=target.device),
+        ]
+    )

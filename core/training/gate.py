@@ -6,6 +6,15 @@ validation split with the same loss, each in the image space its metadata record
 post-processing), and moves the pointer (atomically, via ``core.checkpoint.promote``) only
 when the new loss is at most ``served x (1 + tolerance)``.
 
+Two checkpoints of different objectives (``reconstruct``, ``denoise``) are never compared:
+their figures measure different things. The gate then keeps the served model, says so in
+``gate.json`` and the log, and the trainer exits 3. To switch the served model's objective on
+purpose, run the trainer with ``--promote-across-objectives`` (the candidate is promoted
+without a comparison), or promote the run's best checkpoint by hand::
+
+    python -c "from core.checkpoint import promote; promote('checkpoints/current',
+               'checkpoints/run-.../checkpoints/best.safetensors')"
+
 The pointer is a symlink into the run folder, so a run must be kept while it is served.
 """
 
@@ -22,8 +31,8 @@ from loguru import logger
 
 from core.checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, promote
 from core.losses import TrainingLoss
-from core.space import ImageSpace
-from core.training.evaluate import evaluate
+from core.training.evaluate import KeyedBatch, evaluate
+from core.training.objective import Figure
 
 # The trainer's exit status when it trained but the gate kept the served model.
 EXIT_NOT_PROMOTED = 3
@@ -39,6 +48,8 @@ class GateResult:
     candidate_loss: float
     served: str | None = None
     served_loss: float | None = None
+    candidate_objective: str = "reconstruct"
+    served_objective: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,29 +57,32 @@ class GateResult:
 
 def val_loss(
     checkpoint: Checkpoint,
-    batches: list[torch.Tensor],
+    batches: list[KeyedBatch],
     loss_fn: TrainingLoss,
     device: torch.device,
 ) -> float:
-    """A checkpoint's validation loss, its network seeing images in its recorded space."""
+    """A checkpoint's validation loss, its network fed as its metadata says (its image space;
+    for denoise its schedule, at the fixed validation levels and noise)."""
     model = build_model(checkpoint).to(device)
-    space = ImageSpace.of(checkpoint.meta)
-    return evaluate(model, batches, loss_fn, device, space=space)["val_loss"]
+    return evaluate(model, batches, loss_fn, device, figure=Figure.of(checkpoint.meta))["val_loss"]
 
 
 def promotion_gate(
     pointer: Path,
     candidate: Path,
-    val_batches: Iterable[torch.Tensor],
+    val_batches: Iterable[KeyedBatch],
     loss_fn: TrainingLoss,
     device: torch.device,
     tolerance: float,
+    *,
+    across_objectives: bool = False,
 ) -> GateResult:
-    """Evaluate candidate and served model; promote the candidate when it is not worse."""
+    """Evaluate candidate and served model; promote the candidate when it is not worse.
+    A served model of another objective is kept unless ``across_objectives``."""
     batches = list(val_batches)
     new = load_checkpoint(candidate)
     new_loss = val_loss(new, batches, loss_fn, device)
-    result = GateResult(False, "", str(candidate), new_loss)
+    result = GateResult(False, "", str(candidate), new_loss, candidate_objective=new.meta.objective)
     served = _served(pointer)
     if served is None:
         result.promoted, result.reason = True, "nothing usable is served yet"
@@ -76,15 +90,11 @@ def promotion_gate(
         result.promoted, result.reason = True, "already served"
         return result
     else:
-        result.served = served.version
-        result.served_loss = val_loss(served, batches, loss_fn, device)
-        limit = result.served_loss * (1 + tolerance)
-        result.promoted = math.isfinite(new_loss) and new_loss <= limit
-        comparison = "<=" if result.promoted else ">"
-        result.reason = (
-            f"new val loss {new_loss:.6g} {comparison} served {result.served_loss:.6g} "
-            f"x (1 + {tolerance}) = {limit:.6g}"
-        )
+        result.served, result.served_objective = served.version, served.meta.objective
+        if served.meta.objective != new.meta.objective:
+            _across(result, across_objectives)
+        else:
+            _compare(result, val_loss(served, batches, loss_fn, device), tolerance)
     if result.promoted:
         pointer.parent.mkdir(parents=True, exist_ok=True)
         promote(pointer, candidate)
@@ -92,6 +102,32 @@ def promotion_gate(
     else:
         logger.warning("gate: kept {} ({})", served.version if served else pointer, result.reason)
     return result
+
+
+def _compare(result: GateResult, served_loss: float, tolerance: float) -> None:
+    """Same objective: promote when the candidate's loss is within the tolerance."""
+    result.served_loss = served_loss
+    limit = served_loss * (1 + tolerance)
+    new_loss = result.candidate_loss
+    result.promoted = math.isfinite(new_loss) and new_loss <= limit
+    comparison = "<=" if result.promoted else ">"
+    result.reason = (
+        f"new val loss {new_loss:.6g} {comparison} served {served_loss:.6g} "
+        f"x (1 + {tolerance}) = {limit:.6g}"
+    )
+
+
+def _across(result: GateResult, allowed: bool) -> None:
+    """Different objectives: their losses are not comparable, so none is compared."""
+    change = f"served {result.served_objective}, candidate {result.candidate_objective}"
+    result.promoted = allowed
+    if allowed:
+        result.reason = f"objectives differ ({change}); promoted by --promote-across-objectives"
+    else:
+        result.reason = (
+            f"objectives differ ({change}): not compared, not promoted; promote by hand "
+            "(core.checkpoint.promote) or train with --promote-across-objectives"
+        )
 
 
 def _served(pointer: Path) -> Checkpoint | None:

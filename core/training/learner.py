@@ -17,8 +17,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from core.devices import native_reduced_dtype
 from core.model import ConvDiffusionModel
-from core.space import ImageSpace, imagenet
+from core.space import ImageSpace
 from core.training.distributed import Dist
+from core.training.objective import space_for
 from core.training.settings import TrainSettings
 from core.training.state import rng_state, set_rng_state
 
@@ -46,7 +47,7 @@ class Learner:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
-    space: ImageSpace  # pixel space, ImageNet statistics (recorded in every checkpoint)
+    space: ImageSpace  # pixel space, the objective's statistics (recorded in every checkpoint)
     channels_last: bool
     start_epoch: int
     best_val_loss: float
@@ -89,7 +90,7 @@ def build_learner(
         )
     amp_dtype = autocast_dtype(s.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    space = imagenet().to(device)
+    space = space_for(s.objective).to(device)
     return Learner(
         device, raw, model, optimizer, scheduler, scaler, amp_dtype, space, channels_last,
         start_epoch, best_val_loss,

@@ -3,10 +3,13 @@
 ``core.data`` scans, decodes once into a memory-mapped cache and splits; this module runs that
 on rank 0 only, hands the result to the other ranks and builds each rank's loader: a
 ``DistributedSampler`` shuffled by (seed, epoch), so a resumed epoch sees the same order.
+Validation batches carry each image's content hash (:class:`ValBatches`), the key of the
+fixed noise a denoise figure uses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +22,23 @@ from core.training.settings import TrainSettings
 
 
 @dataclass
+class ValBatches:
+    """The validation split in order, batch by batch, as (uint8 NHWC pixels, content hashes)."""
+
+    loader: DataLoader
+    keys: Sequence[str]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Sequence[str]]]:
+        start = 0
+        for batch in self.loader:
+            yield batch, self.keys[start : start + len(batch)]
+            start += len(batch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+@dataclass
 class Data:
     """The prepared data set and the loaders over its two splits."""
 
@@ -27,8 +47,9 @@ class Data:
     val_set: CachedImages
     sampler: DistributedSampler
     loader: DataLoader
-    val_batches: DataLoader
+    val_batches: ValBatches
     sample_batch: torch.Tensor  # the first ``sample_count`` validation images, uint8 NHWC
+    sample_keys: Sequence[str]  # their content hashes
 
 
 def load_data(s: TrainSettings, d: Dist, run: RunFolder) -> Data:
@@ -58,6 +79,12 @@ def load_data(s: TrainSettings, d: Dist, run: RunFolder) -> Data:
         persistent_workers=s.num_workers > 0,
         generator=torch.Generator().manual_seed(s.seed),  # keeps the global RNG untouched
     )
-    val_batches = DataLoader(val_set, batch_size=s.batch_size, collate_fn=CachedImages.collate_fn)
-    sample_batch = val_set.__getitems__(list(range(min(s.sample_count, len(val_set)))))
-    return Data(prepared, train_set, val_set, sampler, loader, val_batches, sample_batch)
+    val_keys = [e.sha256 for e in prepared.entries if e.split == "val"]  # slots("val") order
+    val_batches = ValBatches(
+        DataLoader(val_set, batch_size=s.batch_size, collate_fn=CachedImages.collate_fn), val_keys
+    )
+    shown = min(s.sample_count, len(val_set))
+    sample_batch = val_set.__getitems__(list(range(shown)))
+    return Data(
+        prepared, train_set, val_set, sampler, loader, val_batches, sample_batch, val_keys[:shown]
+    )

@@ -1,4 +1,5 @@
-"""The two pictures a run draws: the loss curves (``loss.png``) and the sample grids.
+"""The two pictures a run draws: the loss curves (``loss.png``) and the sample grids
+(``input | output`` rows for reconstruct; for denoise, see core.training.objective).
 
 Both are returned as PNG bytes for the run folder to write atomically; matplotlib is
 imported only when a plot is drawn (it costs about a second) and always with the Agg
@@ -52,5 +53,10 @@ def loss_plot_png(rows: list[dict[str, float]], title: str) -> bytes:
 def sample_grid(inputs: torch.Tensor, outputs: torch.Tensor) -> tuple[bytes, torch.Tensor]:
     """Rows of ``input | output`` (0..1 pixels, NCHW): the grid as PNG and as a CHW tensor."""
     pairs = torch.stack([inputs.float().cpu(), outputs.float().cpu()], dim=1).flatten(0, 1)
-    grid = make_grid(pairs, nrow=2, padding=2, pad_value=1.0)
+    return image_grid(pairs, 2)
+
+
+def image_grid(images: torch.Tensor, columns: int) -> tuple[bytes, torch.Tensor]:
+    """0..1 NCHW images laid out row by row, ``columns`` to a row: PNG and CHW tensor."""
+    grid = make_grid(images.float().cpu(), nrow=columns, padding=2, pad_value=1.0)
     return imaging.encode(imaging.from_tensor(grid), "png"), grid

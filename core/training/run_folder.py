@@ -27,7 +27,7 @@ from loguru import logger
 from core.checkpoint import CheckpointMeta, save_checkpoint
 from core.data import PreparedData
 from core.durable import write_atomic
-from core.training.pictures import loss_plot_png, sample_grid
+from core.training.pictures import image_grid, loss_plot_png, sample_grid
 from core.training.state import LAST_STATE, save_training_state
 
 BEST = "best.safetensors"
@@ -148,7 +148,14 @@ class RunFolder:
     @_main_only
     def save_samples(self, epoch: int, inputs: torch.Tensor, outputs: torch.Tensor) -> None:
         """``samples/epoch-NNN.png``: rows of ``input | output`` (also to TensorBoard)."""
-        png, grid = sample_grid(inputs, outputs)
+        self._write_grid(epoch, *sample_grid(inputs, outputs))
+
+    @_main_only
+    def save_sample_grid(self, epoch: int, images: torch.Tensor, columns: int) -> None:
+        """``samples/epoch-NNN.png``: ``images`` row by row, ``columns`` to a row."""
+        self._write_grid(epoch, *image_grid(images, columns))
+
+    def _write_grid(self, epoch: int, png: bytes, grid: torch.Tensor) -> None:
         write_atomic(self.path / "samples" / f"epoch-{epoch:03d}.png", png)
         if self._tensorboard is not None:
             self._tensorboard.add_image("samples", grid, epoch)

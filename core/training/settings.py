@@ -8,6 +8,11 @@ trainer before it touches data.
 Under ``torchrun`` every process uses ``batch_size``: the global batch is
 ``batch_size x world size``. The learning rate is not rescaled for you; when you change the
 global batch, scale ``lr`` yourself (linearly is the usual first guess for Adam at these sizes).
+
+``objective`` picks what the network learns: ``reconstruct`` (the seed's: the image itself) or
+``denoise`` (the clean image from a noised one, ``core.diffusion``; see
+``core.training.objective``). The ``sample_*`` settings are the img2img sampler a denoise
+checkpoint recommends (its ``meta.sampler``), also used for the run's sample grids.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ class TrainSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ARTD_TRAIN_", extra="forbid")
 
     data: Path = Field(description="folder of training images (flat or class sub-folders)")
+    objective: Literal["reconstruct", "denoise"] = Field(
+        "reconstruct", description="reconstruct (the seed's recipe) or denoise (diffusion)"
+    )
     out: Path = Field(Path("checkpoints"), description="where run-<timestamp>/ folders go")
     epochs: int = Field(150, ge=1, description="epochs to train (total, also when resuming)")
     batch_size: int = Field(32, ge=1, description="images per step per process")
@@ -64,6 +72,16 @@ class TrainSettings(BaseSettings):
     promote: Path | None = Field(None, description="pointer to move on success, e.g. current")
     promote_tolerance: float = Field(
         0.02, ge=0, description="promote when new val loss <= served val loss x (1 + this)"
+    )
+    promote_across_objectives: bool = Field(
+        False, description="let the gate replace a served model of another objective"
+    )
+    sample_strength: float = Field(
+        0.5, ge=0, le=1, description="denoise: recommended img2img strength (meta.sampler)"
+    )
+    sample_steps: int = Field(25, ge=1, description="denoise: recommended sampling steps")
+    sample_eta: float = Field(
+        1.0, ge=0, le=1, description="denoise: recommended eta (1 = DDPM noise, 0 = DDIM)"
     )
     tensorboard: bool = Field(True, description="write TensorBoard scalars if it is installed")
 

@@ -1,0 +1,179 @@
+"""What a run trains the network to do, and how its validation figure and samples are made.
+
+``reconstruct`` (the seed's): the input is the image, normalised with ImageNet's statistics;
+the target is the image. ``denoise`` (issue 12, ``core.diffusion``): the input is the image
+noised to a random level t, ``x_t = noised(pixels, t, noise, schedule)``; the target is the
+clean image, which the network's Sigmoid predicts in 0..1. Its checkpoints record
+``normalization`` mean = std = 0.5, so ``ImageSpace.normalize(p) == to_model(p) == 2p - 1``
+and serving feeds the network ``x_t`` exactly as training did.
+
+Randomness of a denoise run (:class:`TrainingNoise`): levels and noise come from generators
+of their own, re-seeded at the start of every epoch from (seed, rank, epoch), the way the
+``DistributedSampler`` shuffles by (seed, epoch). The resume state (``last.pt``) is saved at an
+epoch's end with the settings and the epoch, so a resumed run draws exactly the noise an
+uninterrupted one would, on every rank, without saving each rank's generator.
+
+The validation figure (:class:`Figure`) is deterministic: every validation image is judged
+at the fixed levels :data:`VAL_LEVELS`, with noise from ``core.diffusion.seeded_noise`` seeded
+by the image's content hash and the level, so two nights (and the gate's two checkpoints)
+see the same noisy inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from core.checkpoint import CheckpointMeta
+from core.diffusion import (
+    SamplerSettings,
+    Schedule,
+    image_seed,
+    noised,
+    sample,
+    sample_levels,
+    seeded_noise,
+)
+from core.space import ImageSpace, imagenet
+
+# The levels every validation image is judged at (denoise), and the sample grids' strengths.
+VAL_LEVELS = (0.25, 0.5, 0.75)
+SAMPLE_STRENGTHS = (0.3, 0.5, 0.7)
+# Model space is [-1, 1]: x = (p - 0.5) / 0.5 (the contract core.inference serves by).
+DENOISE_NORMALIZATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+
+
+def schedule_for(objective: str) -> Schedule | None:
+    """The noise schedule a run of ``objective`` trains with (None: no noise)."""
+    return Schedule() if objective == "denoise" else None
+
+
+def space_for(objective: str) -> ImageSpace:
+    """How the network sees images: ImageNet statistics (reconstruct) or 2p - 1 (denoise)."""
+    if objective == "denoise":
+        return ImageSpace(DENOISE_NORMALIZATION["mean"], DENOISE_NORMALIZATION["std"])
+    return imagenet()
+
+
+def objective_meta(objective: str, strength: float, steps: int, eta: float) -> dict[str, object]:
+    """The checkpoint metadata fields that depend on the objective: ``objective``,
+    ``normalization``, ``diffusion`` (the schedule) and ``sampler`` (the recommendation)."""
+    schedule = schedule_for(objective)
+    if schedule is None:
+        return {"objective": objective}
+    return {
+        "objective": objective,
+        "normalization": {k: list(v) for k, v in DENOISE_NORMALIZATION.items()},
+        "diffusion": schedule.to_dict(),
+        "sampler": {"strength": strength, "steps": steps, "eta": eta},
+    }
+
+
+def _seed(label: str, **values: object) -> int:
+    """A stable seed for one purpose (``core.diffusion.image_seed`` over a label)."""
+    return image_seed(label, values)
+
+
+class TrainingNoise:
+    """A denoise run's levels and noise, re-seeded per epoch from (seed, rank, epoch).
+
+    Levels are drawn on the CPU (``core.diffusion.sample_levels``); the noise on the training
+    device, from a generator there (no host-to-device copy per step)."""
+
+    def __init__(self, schedule: Schedule, seed: int, rank: int, device: torch.device) -> None:
+        self.schedule = schedule
+        self.seed, self.rank, self.device = seed, rank, device
+        self._levels = torch.Generator()
+        self._noise = torch.Generator(device=device)
+        self.start_epoch(0)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Re-seed both generators for ``epoch`` (0-based)."""
+        where = {"seed": self.seed, "rank": self.rank, "epoch": epoch}
+        self._levels.manual_seed(_seed("train-levels", **where))
+        self._noise.manual_seed(_seed("train-noise", **where))
+
+    def noised(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The network's input for a batch of 0..1 pixels: each image at its own level."""
+        t = sample_levels(pixels.shape[0], self._levels)
+        noise = torch.randn(
+            pixels.shape, generator=self._noise, device=pixels.device, dtype=pixels.dtype
+        )
+        return noised(pixels, t, noise, self.schedule)
+
+
+def training_noise(
+    objective: str, seed: int, rank: int, device: torch.device
+) -> TrainingNoise | None:
+    """The run's :class:`TrainingNoise`, or None for a one-pass objective."""
+    schedule = schedule_for(objective)
+    return None if schedule is None else TrainingNoise(schedule, seed, rank, device)
+
+
+@dataclass(frozen=True)
+class Figure:
+    """How a checkpoint's validation figure feeds its network: through its image space, and
+    for denoise at each of :data:`VAL_LEVELS` with noise seeded by image and level."""
+
+    space: ImageSpace
+    schedule: Schedule | None = None
+
+    @classmethod
+    def of(cls, meta: CheckpointMeta) -> Figure:
+        """The figure a checkpoint's metadata calls for (its space, objective, schedule)."""
+        schedule = Schedule.from_dict(meta.diffusion) if meta.objective == "denoise" else None
+        return cls(ImageSpace.of(meta), schedule)
+
+    def to(self, device: torch.device) -> Figure:
+        return Figure(self.space.to(device), self.schedule)
+
+    def inputs(self, pixels: torch.Tensor, keys: Sequence[str]) -> Iterator[torch.Tensor]:
+        """The network inputs for one batch of 0..1 pixels whose images are ``keys`` (content
+        hashes): one for reconstruct, one per validation level for denoise."""
+        if self.schedule is None:
+            yield self.space.normalize(pixels)
+            return
+        if len(keys) != pixels.shape[0]:
+            raise ValueError(f"need one key per image: {len(keys)} keys, {pixels.shape[0]} images")
+        for level in VAL_LEVELS:
+            seeds = [_seed("validation", image=key, level=level) for key in keys]
+            noise = seeded_noise(seeds, pixels.shape[1:], pixels.device).to(pixels.dtype)
+            yield noised(pixels, level, noise, self.schedule)
+
+
+@torch.no_grad()
+def denoise_samples(
+    model: nn.Module,
+    space: ImageSpace,
+    schedule: Schedule,
+    pixels: torch.Tensor,
+    keys: Sequence[str],
+    steps: int,
+    eta: float,
+) -> tuple[torch.Tensor, int]:
+    """The denoise sample grid's images, row by row: each held-out image, then it sampled at
+    :data:`SAMPLE_STRENGTHS` (``core.diffusion.sample``, fixed seeds), then one row from pure
+    noise (strength 1). Returns the (rows x columns, 3, H, W) pixels and the column count."""
+
+    def denoise(x: torch.Tensor) -> torch.Tensor:
+        return space.to_pixels(model(x))
+
+    def run(images: torch.Tensor, seeds: list[int], strength: float) -> torch.Tensor:
+        settings = SamplerSettings(strength=strength, steps=steps, eta=eta)
+        return sample(denoise, images, seeds, settings, schedule)
+
+    was_training = model.training
+    model.eval()
+    try:
+        seeds = [_seed("samples", image=key) for key in keys]
+        columns = [pixels, *(run(pixels, seeds, s) for s in SAMPLE_STRENGTHS)]
+        width = len(columns)
+        blank = pixels.new_zeros((width, *pixels.shape[1:]))
+        from_noise = run(blank, [_seed("samples-from-noise", index=i) for i in range(width)], 1.0)
+    finally:
+        model.train(was_training)
+    rows = torch.stack(columns, dim=1).flatten(0, 1)
+    return torch.cat([rows, from_noise]), width
