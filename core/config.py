@@ -13,7 +13,7 @@ import re
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 from pydantic import ValidationError
 from pydantic_settings import (
@@ -38,6 +38,23 @@ class SettingsError(Exception):
     """Settings that cannot be used; the message names every bad setting."""
 
 
+class FlagNames:
+    """Mixin for a settings class whose flags differ from its field names.
+
+    ``cli_flags`` maps a field to its flag (``artd process`` says ``--format`` for the
+    ``output_format`` it shares with the daemon's ``ARTD_OUTPUT_FORMAT``); others are
+    ``--field-name``. Error messages use the same names.
+    """
+
+    cli_flags: ClassVar[dict[str, str]] = {}
+
+
+def flag_for(cls: type[BaseSettings], name: str) -> str:
+    """The command-line flag of field ``name`` of ``cls``."""
+    overrides: dict[str, str] = getattr(cls, "cli_flags", {})
+    return overrides.get(name, "--" + name.replace("_", "-"))
+
+
 def add_settings_flags(
     parser: argparse.ArgumentParser, cls: type[BaseSettings], *, skip: Sequence[str] = ()
 ) -> None:
@@ -50,8 +67,10 @@ def add_settings_flags(
     for name, field in cls.model_fields.items():
         if name in skip:
             continue
-        flag = "--" + name.replace("_", "-")
-        default = "" if field.is_required() else f" (default: {field.default})"
+        flag = flag_for(cls, name)
+        # A computed default (the daemon's instance name) is the host's, not worth printing.
+        shown = not field.is_required() and field.default_factory is None
+        default = f" (default: {field.default})" if shown else ""
         help_text = (field.description or "") + default
         if field.annotation is bool:
             parser.add_argument(
@@ -59,8 +78,10 @@ def add_settings_flags(
             )
             continue
         choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+        # Choices show as {a,b,c}; anything else by its flag's name.
+        metavar = None if choices else flag.lstrip("-").replace("-", "_").upper()
         parser.add_argument(
-            flag, dest=name, default=None, choices=choices, metavar=name.upper(), help=help_text
+            flag, dest=name, default=None, choices=choices, metavar=metavar, help=help_text
         )
 
 
@@ -72,6 +93,16 @@ def settings_from_args(
     given = dict(args)
     config_file = given.pop("config", None)
     return load_settings(cls, given, config_file, other_prefixes=other_prefixes)
+
+
+def settings_from_flags(cls: type[S], args: dict[str, Any]) -> S:
+    """``cls`` from flag values alone (``None``: not given), for a class that reads no
+    environment (``artd process``); errors as :func:`load_settings` words them."""
+    given = {key: value for key, value in args.items() if value is not None}
+    try:
+        return cls(**given)
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc, cls, None)) from None
 
 
 def load_settings(
@@ -146,16 +177,19 @@ class _DictSource(TomlConfigSettingsSource):
 
 
 def describe_errors(exc: ValidationError, cls: type[BaseSettings], config_file: Path | None) -> str:
+    """Every error of ``exc``, each naming its setting as flag, env var and TOML key."""
     prefix = str(cls.model_config.get("env_prefix", "")).upper()
     lines = []
     for error in exc.errors():
         field = str(error["loc"][0]) if error["loc"] else "?"
-        names = f"{field} (--{field.replace('_', '-')}, {prefix}{field.upper()}"
-        names += f", {config_file} key {field})" if config_file else ")"
         if error["type"] == "extra_forbidden":
             lines.append(
                 f"unknown setting {field!r}" + (f" in {config_file}" if config_file else "")
             )
-        else:
-            lines.append(f"{names}: {error['msg']} (got {error.get('input')!r})")
+            continue
+        # A class without a prefix reads no environment: its env var is no name of it.
+        names = [flag_for(cls, field)] + ([prefix + field.upper()] if prefix else [])
+        if config_file:
+            names.append(f"{config_file} key {field}")
+        lines.append(f"{field} ({', '.join(names)}): {error['msg']} (got {error.get('input')!r})")
     return "invalid settings:\n  " + "\n  ".join(lines)

@@ -1,91 +1,172 @@
-"""The ``artd`` command: ``process`` (one-shot), ``run`` (the daemon), ``check`` (settings)."""
+"""The ``artd`` command: ``process`` (one-shot), ``run`` (the daemon), ``check`` (settings).
+
+``python -m daemon`` is ``artd run``. Each command's flags are generated from its settings
+class (core.config.add_settings_flags); the settings, the model and the service are imported
+only once a command is chosen, so ``artd --help`` never loads torch.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 import core
-from core import imaging
-from core.precision import PRECISIONS
+from core.config import SettingsError, add_settings_flags, settings_from_args, settings_from_flags
 from daemon import logs
 
+if TYPE_CHECKING:
+    from daemon.settings import DaemonSettings
 
-def _process(args: argparse.Namespace) -> int:
-    # Imported here so `artd check` and `--help` stay fast.
+EXIT_OK, EXIT_FATAL = 0, 1
+DAEMON_DESCRIPTION = "Every setting is also an ARTD_<NAME> env var or a key of --config FILE.toml."
+
+
+# --- artd process --------------------------------------------------------------------------
+
+
+def process_parser() -> argparse.ArgumentParser:
+    from daemon.settings import ProcessSettings
+
+    parser = argparse.ArgumentParser(
+        prog="artd process", description="Run files or folders through the model once."
+    )
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    add_settings_flags(parser, ProcessSettings)
+    return parser
+
+
+def run_process(argv: list[str]) -> int:
+    """``artd process PATH... --out DIR``: its exit status (core of it: daemon.oneshot)."""
     from core.checkpoint import CheckpointError
-    from core.engine import Engine
-    from daemon.oneshot import EXIT_FATAL, process
+    from daemon.oneshot import process
+    from daemon.settings import ProcessSettings
 
+    args = vars(process_parser().parse_args(argv))
+    paths, out = args.pop("paths"), args.pop("out")
     try:
-        engine = Engine.from_path(
-            args.checkpoint,
-            device=args.device,
-            precision=args.precision,
-            max_batch=args.batch,
-            compile=args.compile,
-        )
+        settings = settings_from_flags(ProcessSettings, args)
+    except SettingsError as exc:
+        logger.error("{}", exc)
+        return EXIT_FATAL
+    try:
+        engine = settings.load_engine()
     except (CheckpointError, ValueError, RuntimeError) as exc:
         logger.error("cannot load the model: {}", exc)
         return EXIT_FATAL
-    try:
-        imaging.target_size(args.size, args.size, args.size, args.resize)
-    except ValueError as exc:
-        logger.error("--size: {}", exc)
-        return EXIT_FATAL
     report = process(
-        args.paths,
-        args.out,
+        paths,
+        out,
         engine,
-        size=args.size,
-        resize=args.resize,
-        fmt=args.format,
-        workers=args.workers,
+        size=settings.size,
+        resize=settings.resize,
+        fmt=settings.output_format,
+        workers=settings.workers,
     )
     logger.info("{} written, {} rejected", len(report.written), len(report.rejected))
     return report.exit_code
 
 
+# --- artd run / artd check -----------------------------------------------------------------
+
+
+def daemon_parser(prog: str = "artd run") -> argparse.ArgumentParser:
+    from daemon.settings import DaemonSettings
+
+    parser = argparse.ArgumentParser(prog=prog, description=DAEMON_DESCRIPTION)
+    parser.add_argument("--config", type=Path, default=None, help="TOML file of settings")
+    add_settings_flags(parser, DaemonSettings)
+    return parser
+
+
+def resolve(argv: list[str], prog: str = "artd run") -> DaemonSettings:
+    """The daemon's settings from ``argv``, ``ARTD_*`` and ``--config``; raises SettingsError."""
+    from daemon.settings import DaemonSettings
+
+    args = vars(daemon_parser(prog).parse_args(argv))
+    return settings_from_args(DaemonSettings, args, other_prefixes=("ARTD_TRAIN_",))
+
+
+def check(settings: DaemonSettings) -> int:
+    """Settings, folders and model, as ExecStartPre and support requests need them."""
+    from core.checkpoint import CheckpointError
+    from daemon.spool import Spool, SpoolError
+
+    problems: list[str] = []
+    spool = Spool(settings.root, settings.instance, output_ext=settings.output_extension)
+    try:
+        spool.prepare_folders()
+    except SpoolError as exc:
+        problems.append(str(exc))
+    try:
+        engine = settings.load_engine()
+        model = {
+            "version": engine.version,
+            "device": str(engine.device),
+            "precision": engine.precision,
+        }
+    except (CheckpointError, ValueError, RuntimeError, OSError) as exc:
+        problems.append(f"model: {exc}")
+        model = {}
+    report: dict[str, Any] = {
+        "settings": json.loads(settings.model_dump_json()),
+        "model": model,
+        "problems": problems,
+    }
+    print(json.dumps(report, indent=2))
+    return EXIT_FATAL if problems else EXIT_OK
+
+
+def run_daemon(argv: list[str], *, check_only: bool = False) -> int:
+    """``artd run`` (the service until SIGTERM) or ``artd check``: the exit status."""
+    try:
+        settings = resolve(argv, "artd check" if check_only else "artd run")
+    except SettingsError as exc:
+        logger.error("{}", exc)
+        return EXIT_FATAL
+    logs.configure(settings)
+    if check_only:
+        return check(settings)
+    from daemon.service import Service
+
+    return Service(settings).run()
+
+
+# --- artd ----------------------------------------------------------------------------------
+
+COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
+    "process": ("run files or folders through the model once", run_process),
+    "run": ("run the hot-folder daemon", run_daemon),
+    "check": ("validate settings, folders and the model", lambda a: run_daemon(a, check_only=True)),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="artd", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"artd {core.__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    proc = commands.add_parser("process", help="run files or folders through the model once")
-    proc.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    proc.add_argument("--out", type=Path, required=True, metavar="DIR")
-    proc.add_argument("--checkpoint", type=Path, default=core.DEFAULT_CHECKPOINT)
-    proc.add_argument("--size", type=int, default=256, help="longer side (fit) or side (stretch)")
-    proc.add_argument("--resize", choices=["fit", "stretch"], default="fit")
-    proc.add_argument("--format", choices=sorted(imaging.OUTPUT_FORMATS), default="png")
-    proc.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    proc.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS])
-    proc.add_argument("--batch", type=int, default=None, help="largest micro-batch")
-    proc.add_argument("--workers", type=int, default=None, help="decode/encode threads")
-    proc.add_argument(
-        "--compile", action="store_true", help="torch.compile the model (10-15 s per shape)"
+    """The top level: ``--help``, ``--version`` and the command names; each command parses
+    its own flags (``artd COMMAND --help``)."""
+    parser = argparse.ArgumentParser(
+        prog="artd", description="A folder-watching art generator; see artd COMMAND --help."
     )
-    proc.set_defaults(handler=_process)
-
-    for name, help_text in (("run", "run the hot-folder daemon"), ("check", "validate settings")):
-        sub = commands.add_parser(name, help=help_text, add_help=False)
-        sub.add_argument("rest", nargs=argparse.REMAINDER)
-        sub.set_defaults(handler=None)
+    parser.add_argument("--version", action="version", version=f"artd {core.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, _) in COMMANDS.items():
+        commands.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    logs.configure()
-    if argv and argv[0] in ("run", "check"):
-        from daemon.__main__ import main as daemon_main
-
-        return daemon_main(argv[1:], check_only=argv[0] == "check")
-    args = build_parser().parse_args(argv)
-    return args.handler(args)
+    logs.configure()  # from ARTD_LOG_*, until a command's own settings say more
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]][1](argv[1:])
+    build_parser().parse_args(argv)  # --help, --version, or a usage error: exits
+    return EXIT_FATAL
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The daemon's lifecycle: start, the intake loop, heartbeats, hot reload, drain on SIGTERM."""
+"""The daemon's lifecycle: bootstrap, the claim loop, heartbeats, hot reload, drain on SIGTERM."""
 
 from __future__ import annotations
 
@@ -7,19 +7,21 @@ import signal
 import threading
 import time
 from collections import deque
+from http.server import ThreadingHTTPServer
 
 from loguru import logger
 
 from core.checkpoint import CheckpointError
 from core.engine import Engine
 from daemon import systemd
+from daemon.decoders import DecoderPool
 from daemon.http import serve
+from daemon.intake import Intake
 from daemon.metrics import Health, Metrics
 from daemon.pipeline import Pipeline, decoder_pool
 from daemon.reload import ModelWatcher, identity
 from daemon.settings import DaemonSettings
 from daemon.spool import Claim, Spool, SpoolError
-from daemon.watcher import Intake
 
 EXIT_OK, EXIT_FATAL, EXIT_STUCK = 0, 1, 70
 HOUSEKEEPING_S = 5.0
@@ -27,22 +29,30 @@ DECODER_START_S = 120.0
 CLAIM_RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)  # probes of a disk that refused claims
 
 
-def load_engine(settings: DaemonSettings, path: os.PathLike[str] | str | None = None) -> Engine:
-    return Engine.from_path(
-        path or settings.checkpoint,
-        device=settings.device,
-        precision=settings.precision,
-        max_batch=settings.max_batch or None,
-        compile=settings.compile,
-    )
-
-
 class Service:
+    """One daemon instance from start to exit: ``run()`` is its whole life.
+
+    The steps are named as huey's Consumer and rq's Worker name theirs: :meth:`bootstrap`
+    (the spool's folders, the decoder processes, the model), then one ``_start_*`` method per
+    worker thread (the pipeline, the inbox intake, the checkpoint watcher, the HTTP server),
+    :meth:`work` (the claim loop with its heartbeats, until a stop is requested) and
+    :meth:`shutdown` (drain in-flight files within ``drain_seconds``, stop every thread).
+    A SIGTERM or SIGINT at any point after ``run()`` begins is a clean drain.
+    """
+
+    spool: Spool
+    decoder: DecoderPool
+    pipeline: Pipeline
+    intake: Intake
+    model_watcher: ModelWatcher
+
     def __init__(self, settings: DaemonSettings) -> None:
         self.settings = settings
         self.stop_requested = threading.Event()
         self.metrics = Metrics()
         self.health = Health(stuck_after_s=settings.stuck_seconds)
+        self.backlog: deque[Claim] = deque()  # claims to (re)submit before new inbox files
+        self.server: ThreadingHTTPServer | None = None
         # Set while the disk refuses claims (full, read-only, failing): intake waits, then probes.
         self._claim_problem: str | None = None
         self._claim_failures = 0
@@ -53,84 +63,119 @@ class Service:
             logger.info("received {}; draining", signal.Signals(signum).name)
         self.stop_requested.set()
 
+    # ----- the lifecycle -----
+
     def run(self) -> int:
-        s = self.settings
+        """Start, work until a stop is requested, drain; the process's exit status."""
         # From here on a stop request (systemd, Ctrl-C, a test) is a clean drain, even one
         # that lands while the model is still loading or the inbox is first scanned.
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
-        spool = Spool(
+        engine = self.bootstrap()
+        if engine is None:
+            return EXIT_FATAL
+        self._start_pipeline(engine)
+        self._resume_claimed()
+        self.intake = self._create_intake()
+        self.model_watcher = self._create_model_watcher()
+        try:
+            self._start_http()
+            self.intake.start()
+            self.model_watcher.start()
+            logger.info("watching {} as instance {!r}", self.spool.inbox, self.settings.instance)
+            systemd.notify("READY=1\nSTATUS=watching the inbox")
+            self.work()
+        finally:
+            self.shutdown()
+        return EXIT_OK
+
+    def bootstrap(self) -> Engine | None:
+        """The spool's folders, the decoder processes and the model; None when one fails."""
+        s = self.settings
+        self.spool = Spool(
             s.root, s.instance, output_ext=s.output_extension, keep_originals=s.keep_originals
         )
-        decoder = decoder_pool(s)
+        self.decoder = decoder_pool(s)
         try:
-            spool.prepare()
-            decoder.start()  # its forkserver imports the decoder while the model loads
-            engine = load_engine(s)
+            self.spool.prepare()
+            self.decoder.start()  # its forkserver imports the decoder while the model loads
+            engine = s.load_engine()
         except (SpoolError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
             logger.error("cannot start: {}", exc)
-            decoder.close()
-            return EXIT_FATAL
+            self.decoder.close()
+            return None
         self.health.update(model_version=engine.version)
         self.metrics.model_info.info(_model_labels(engine))
         self.metrics.up.set(1)
+        return engine
 
-        pipeline = Pipeline(s, spool, engine, self.metrics, self.health, decoder=decoder)
-        pipeline.start()
+    def _start_pipeline(self, engine: Engine) -> None:
+        self.pipeline = Pipeline(
+            self.settings, self.spool, engine, self.metrics, self.health, decoder=self.decoder
+        )
+        self.pipeline.start()
+
+    def _resume_claimed(self) -> None:
         # Resume nothing before files can be decoded: a start killed this early must not count
         # as an attempt against the files it would have resumed (max_attempts).
-        if not decoder.wait_ready(DECODER_START_S):
+        if not self.decoder.wait_ready(DECODER_START_S):
             logger.warning("decoder workers slow to start; resuming anyway")
-        backlog: deque[Claim] = deque(spool.recover())
-        backlog.extend(spool.adopt_stale())
-        if backlog:
-            logger.info("resuming {} claimed file(s) from an earlier run", len(backlog))
+        self.backlog.extend(self.spool.recover())
+        self.backlog.extend(self.spool.adopt_stale())
+        if self.backlog:
+            logger.info("resuming {} claimed file(s) from an earlier run", len(self.backlog))
 
-        intake = Intake(
-            spool.inbox,
-            is_candidate=spool.is_candidate,
-            scan=spool.scan_inbox,
+    def _create_intake(self) -> Intake:
+        s = self.settings
+        return Intake(
+            self.spool.inbox,
+            is_candidate=self.spool.is_candidate,
+            scan=self.spool.scan_inbox,
             settle_seconds=s.settle_seconds,
             rescan_seconds=s.rescan_seconds,
             polling=s.polling,
         )
-        watcher = ModelWatcher(
+
+    def _create_model_watcher(self) -> ModelWatcher:
+        s = self.settings
+        return ModelWatcher(
             s.checkpoint,
-            lambda path: load_engine(s, path),
-            on_new=lambda new: self._switch(pipeline, new),
+            s.load_engine,
+            on_new=self._switch,
             on_error=self._reload_failed,
             interval_s=s.reload_seconds,
             current=identity(s.checkpoint),
         )
-        server = None
-        try:
-            if s.http_port:
-                server = serve(s.http_host, s.http_port, self.metrics, self.health)
-            intake.start()
-            watcher.start()
-            logger.info("watching {} as instance {!r}", spool.inbox, s.instance)
-            systemd.notify("READY=1\nSTATUS=watching the inbox")
-            self._loop(spool, intake, pipeline, backlog)
-        finally:
-            systemd.notify("STOPPING=1")
-            intake.stop()
-            watcher.stop()
-            drained = pipeline.stop(s.drain_seconds)
-            if server is not None:
-                server.shutdown()
-            spool.close()
-            self.metrics.up.set(0)
-            logger.info(
-                "stopped{}; unfinished files stay claimed for the next start",
-                "" if drained else " (drain timed out)",
-            )
-        return EXIT_OK
 
-    def _loop(
-        self, spool: Spool, intake: Intake, pipeline: Pipeline, backlog: deque[Claim]
-    ) -> None:
+    def _start_http(self) -> None:
+        if self.settings.http_port:
+            self.server = serve(
+                self.settings.http_host, self.settings.http_port, self.metrics, self.health
+            )
+
+    def shutdown(self) -> None:
+        """Stop taking files, drain the pipeline, stop every thread; claims left unfinished
+        stay claimed for the next start."""
+        systemd.notify("STOPPING=1")
+        self.intake.stop()
+        self.model_watcher.stop()
+        drained = self.pipeline.stop(self.settings.drain_seconds)
+        if self.server is not None:
+            self.server.shutdown()
+        self.spool.close()
+        self.metrics.up.set(0)
+        logger.info(
+            "stopped{}; unfinished files stay claimed for the next start",
+            "" if drained else " (drain timed out)",
+        )
+
+    # ----- the claim loop -----
+
+    def work(self) -> None:
+        """Feed the pipeline (resumed claims first, then settled inbox files) until stopped."""
         heartbeat_every = systemd.watchdog_interval() or HOUSEKEEPING_S
         next_housekeeping = 0.0
+        pipeline, backlog = self.pipeline, self.backlog
         while not self.stop_requested.is_set():
             backlog.extend(pipeline.retry_due())
             while backlog and pipeline.free_slots:
@@ -138,23 +183,22 @@ class Service:
             # A disk that refused writes pauses intake until a retried commit succeeds.
             paused = self.health.paused_reason is not None
             if not paused and pipeline.free_slots and time.monotonic() >= self._claims_resume_at:
-                self._claim_new(spool, intake, pipeline, backlog)
+                self._claim_new()
             now = time.monotonic()
             if now >= next_housekeeping:
                 next_housekeeping = now + min(heartbeat_every, HOUSEKEEPING_S)
-                self._housekeeping(spool, intake)
-            intake.wait(0.05 if backlog else 0.25)
+                self._housekeeping()
+            self.intake.wait(0.05 if backlog else 0.25)
 
-    def _claim_new(
-        self, spool: Spool, intake: Intake, pipeline: Pipeline, backlog: deque[Claim]
-    ) -> None:
-        paths = intake.take(pipeline.free_slots)
+    def _claim_new(self) -> None:
+        spool, pipeline = self.spool, self.pipeline
+        paths = self.intake.take(pipeline.free_slots)
         if not paths and self._claim_problem is not None:
             # No new file to try a claim on, but one the disk refused halfway may wait in
             # work/ (renamed, not yet recorded): probe the disk itself and recover it as soon
             # as writes work again, rather than only when the next file arrives.
             if spool.can_write(spool.work_dir):
-                self._claims_resumed(spool, backlog)
+                self._claims_resumed()
             else:
                 self._claim_refused(None)
             return
@@ -165,7 +209,7 @@ class Service:
                 self._claim_refused(exc)  # the disk, not the file: the rescan finds it again
                 return
             if self._claim_problem is not None:
-                self._claims_resumed(spool, backlog)
+                self._claims_resumed()
             if claim is not None:
                 pipeline.submit(claim)
 
@@ -181,13 +225,14 @@ class Service:
         self._claim_problem = f"intake paused: cannot claim inputs ({exc.strerror})"
         self.health.update(folders_problem=self._claim_problem)
 
-    def _claims_resumed(self, spool: Spool, backlog: deque[Claim]) -> None:
+    def _claims_resumed(self) -> None:
         logger.info("claims succeed again; intake resumed")
         self._claim_problem, self._claim_failures = None, 0
-        self.health.update(folders_problem=_folders_problem(spool))
-        backlog.extend(spool.recover())  # claims the refused disk left half-recorded
+        self.health.update(folders_problem=_folders_problem(self.spool))
+        self.backlog.extend(self.spool.recover())  # claims the refused disk left half-recorded
 
-    def _housekeeping(self, spool: Spool, intake: Intake) -> None:
+    def _housekeeping(self) -> None:
+        spool = self.spool
         if self._engine_stuck():
             logger.critical("a model call has run over {}s; exiting", self.settings.stuck_seconds)
             systemd.notify("STATUS=engine stuck; exiting")
@@ -199,15 +244,15 @@ class Service:
         self.health.update(folders_problem=self._claim_problem or _folders_problem(spool))
         # A folder still being copied in may be empty for a moment: wait well past settling.
         spool.remove_empty_dirs(older_than=max(5.0, 4 * self.settings.settle_seconds))
-        if intake.healthy:
+        if self.intake.healthy:
             systemd.notify("WATCHDOG=1")
 
     def _engine_stuck(self) -> bool:
         busy = self.health.engine_busy_since
         return busy is not None and time.monotonic() - busy > self.settings.stuck_seconds
 
-    def _switch(self, pipeline: Pipeline, engine: Engine) -> None:
-        pipeline.swap_engine(engine)
+    def _switch(self, engine: Engine) -> None:
+        self.pipeline.swap_engine(engine)
         self.metrics.model_info.info(_model_labels(engine))
         self.metrics.reloads.labels(result="ok").inc()
         self.health.update(model_version=engine.version, reload_error=None)

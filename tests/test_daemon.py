@@ -7,12 +7,14 @@ import os
 import random
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import seeded_model, textured_image, write_images
+from conftest import ROOT, seeded_model, textured_image, write_images
 from daemon_harness import Daemon, files_under, outputs, quarantined, settled_count, wait_for
 from PIL import Image
 from test_oneshot import artd
@@ -279,3 +281,21 @@ def test_check_prints_config_and_bad_settings_name_the_setting(
 def test_cli_flags_are_accepted(flag: str, pixel_checkpoint: Path, tmp_path: Path) -> None:
     env = {"ARTD_ROOT": str(tmp_path / "r"), "ARTD_CHECKPOINT": str(pixel_checkpoint)}
     assert artd("check", flag, env=env).returncode == 0
+
+
+def test_artd_help_and_version_do_not_load_torch() -> None:
+    # Each command's settings are imported once it is chosen: the top level stays instant.
+    code = (
+        "import contextlib, sys\n"
+        "from daemon.cli import main\n"
+        "for argv in (['--help'], ['--version']):\n"
+        "    with contextlib.suppress(SystemExit):\n"
+        "        main(argv)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
+    assert "process" in done.stdout and "check" in done.stdout

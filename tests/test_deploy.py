@@ -2,7 +2,7 @@
 
 What runs here: ``systemd-analyze verify`` and ``systemd-analyze security --offline=yes`` on
 the units, ``docker-compose config -q`` on the compose file, and the real settings loaders
-(``daemon.__main__.resolve``, ``core.train_settings.parse_settings``) on every env var and
+(``daemon.cli.resolve``, ``core.training.settings.parse_settings``) on every env var and
 flag the files set. Nothing here starts a container or a unit.
 
 Stand-ins, so that ``verify`` can check the ExecStart binaries: the units are rendered into a
@@ -26,9 +26,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from core.train_gate import EXIT_NOT_PROMOTED
-from core.train_settings import TrainSettings, parse_settings
-from daemon.__main__ import resolve
+from core.training.gate import EXIT_NOT_PROMOTED
+from core.training.settings import TrainSettings, parse_settings
+from daemon.cli import resolve
 from daemon.metrics import Metrics
 from daemon.settings import DaemonSettings
 

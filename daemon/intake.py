@@ -3,7 +3,7 @@
 A watchdog observer gives low latency (a file closed after writing is ready at once); a
 periodic rescan is the source of truth (inotify drops events on overflow and sees nothing on
 network shares). Settled means: closed after writing (or renamed into the inbox) and unchanged
-since, or size and mtime unchanged for `settle_seconds`. See DESIGN.md, "inbox".
+since, or size and mtime unchanged for `settle_seconds`. See docs/spool.md, "Settling".
 """
 
 from __future__ import annotations
@@ -30,40 +30,24 @@ from watchdog.events import (
     FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
-    FileSystemEventHandler,
 )
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
+
+from daemon.inbox_observer import (
+    Forwarder,
+    dir_identity,
+    observer_alive,
+    start_observer,
+    stop_observer,
+)
 
 MAX_TRACKED = 100_000  # beyond this, new paths wait for a later rescan (memory stays bounded)
 EVENT_QUEUE_SIZE = 100_000  # a full queue means lost events: a rescan follows
 HEALTH_CHECK_SECONDS = 0.5
 EVENTS_PER_TICK = 1_000
 _STOP = object()
-# Opens, reads and attribute changes are left out: they say nothing about completeness.
-_WANTED_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent,
-    FileModifiedEvent,
-    FileClosedEvent,
-    FileMovedEvent,
-    FileDeletedEvent,
-    DirCreatedEvent,
-    DirMovedEvent,
-    DirDeletedEvent,
-]
 
 _Stat = tuple[int, int]  # size, mtime_ns
-
-# watchdog holds every event queued behind an unpaired IN_MOVED_FROM for this long (0.5 s by
-# default) hoping for its IN_MOVED_TO. Every claim is a rename out of the inbox, so the default
-# would delay close events by up to half a second; the kernel queues both halves of a rename
-# together, and an unpaired half means the same to us (forget the source, track the target).
-MOVE_PAIRING_SECONDS = 0.02
-with contextlib.suppress(Exception):  # not on Linux: no inotify
-    from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
-
-    InotifyMoveEventGrouper.delay = MOVE_PAIRING_SECONDS
 
 
 @dataclass(slots=True)
@@ -82,37 +66,6 @@ def _stat(path: Path) -> _Stat | None:
     except OSError:
         return None
     return (st.st_size, st.st_mtime_ns)
-
-
-def _dir_identity(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
-
-
-def _make_observer(polling: bool) -> BaseObserver:
-    if polling:
-        return PollingObserver()
-    if Observer.__name__ == "InotifyObserver":
-        # Full events turn `mv` from outside the inbox into a move (complete), not a create.
-        return Observer(generate_full_events=True)  # type: ignore[call-arg]
-    return Observer()
-
-
-class _Forwarder(FileSystemEventHandler):
-    """Runs on watchdog's thread, so it only queues: the intake thread does the work."""
-
-    def __init__(self, events: queue.Queue[object], lost: threading.Event) -> None:
-        self._events = events
-        self._lost = lost
-
-    def dispatch(self, event: FileSystemEvent) -> None:
-        try:
-            self._events.put_nowait(event)
-        except queue.Full:
-            self._lost.set()
 
 
 class Intake:
@@ -148,7 +101,7 @@ class Intake:
 
         self._events: queue.Queue[object] = queue.Queue(EVENT_QUEUE_SIZE)
         self._events_lost = threading.Event()
-        self._forwarder = _Forwarder(self._events, self._events_lost)
+        self._forwarder = Forwarder(self._events, self._events_lost)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._observer: BaseObserver | None = None
@@ -223,7 +176,7 @@ class Intake:
     def healthy(self) -> bool:
         observer = self._observer
         thread_ok = self._thread is not None and self._thread.is_alive()
-        return thread_ok and observer is not None and self._observer_alive(observer)
+        return thread_ok and observer is not None and observer_alive(observer)
 
     # ----- the intake thread -----
 
@@ -428,26 +381,12 @@ class Intake:
 
     # ----- the observer -----
 
-    @staticmethod
-    def _observer_alive(observer: BaseObserver) -> bool:
-        # Emitters stop on their own when the watched folder is deleted; the observer does not.
-        emitters = list(observer.emitters)
-        return observer.is_alive() and bool(emitters) and all(e.is_alive() for e in emitters)
-
     def _start_observer(self) -> bool:
-        identity = _dir_identity(self.inbox)
+        identity = dir_identity(self.inbox)
         if identity is None:
             return False
-        observer = _make_observer(self._polling)
-        try:
-            observer.schedule(
-                self._forwarder, os.fspath(self.inbox), recursive=True, event_filter=_WANTED_EVENTS
-            )
-            observer.start()
-        except OSError as exc:
-            logger.warning("cannot watch {}: {}", self.inbox, exc)
-            with contextlib.suppress(Exception):
-                observer.stop()
+        observer = start_observer(self.inbox, self._forwarder, polling=self._polling)
+        if observer is None:
             return False
         self._observer, self._watched = observer, identity
         return True
@@ -455,15 +394,13 @@ class Intake:
     def _stop_observer(self) -> None:
         observer, self._observer = self._observer, None
         if observer is not None:
-            with contextlib.suppress(Exception):
-                observer.stop()
-                observer.join(timeout=5.0)
+            stop_observer(observer)
 
     def _check_observer(self) -> None:
         self._next_health = time.monotonic() + HEALTH_CHECK_SECONDS
         observer = self._observer
-        identity = _dir_identity(self.inbox)
-        if observer is not None and self._observer_alive(observer) and identity == self._watched:
+        identity = dir_identity(self.inbox)
+        if observer is not None and observer_alive(observer) and identity == self._watched:
             return
         first = observer is None and self.observer_restarts == 0 and self._watched is None
         self._stop_observer()

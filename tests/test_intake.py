@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import daemon.watcher as watcher
-from daemon.watcher import Intake
+import daemon.intake as intake_mod
+from daemon.intake import Intake
 
 SETTLE = 0.4
 TEMP_SUFFIXES = (".part", ".tmp", ".crdownload")
@@ -211,7 +211,7 @@ def test_files_present_at_start_settle_by_time(make_intake, consumer, inbox):
 
 
 def test_rescan_finds_files_while_the_observer_is_dead(make_intake, consumer, inbox, monkeypatch):
-    monkeypatch.setattr(watcher, "HEALTH_CHECK_SECONDS", 60.0)  # keep it dead: only scans remain
+    monkeypatch.setattr(intake_mod, "HEALTH_CHECK_SECONDS", 60.0)  # keep it dead: only scans remain
     intake = make_intake(rescan_seconds=0.3)
     intake.start()
     got = consumer(intake)
@@ -331,7 +331,7 @@ def test_500_files_each_handed_out_exactly_once(make_intake, consumer, inbox):
 
 
 def test_tracker_is_bounded_and_rescan_finds_the_rest(make_intake, consumer, inbox, monkeypatch):
-    monkeypatch.setattr(watcher, "MAX_TRACKED", 5)
+    monkeypatch.setattr(intake_mod, "MAX_TRACKED", 5)
     intake = make_intake(settle_seconds=0.2, rescan_seconds=0.3)
     intake.start()
     names = {f"{i:02d}.jpg" for i in range(30)}
