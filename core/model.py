@@ -11,9 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from core.shapes import SIZE_MULTIPLE
+
+__all__ = ["ARCHITECTURE", "IMAGENET_MEAN", "IMAGENET_STD", "SIZE_MULTIPLE", "ConvDiffusionModel"]
+
 ARCHITECTURE = "ConvDiffusionModel"
-# Three 2x poolings: height and width fed to the network must be multiples of this.
-SIZE_MULTIPLE = 8
 # The seed normalizes inputs with ImageNet statistics; VGG's perceptual loss expects them too.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

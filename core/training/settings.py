@@ -26,7 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.config import add_settings_flags, check_device, settings_from_args
 from core.imaging import DEFAULT_MAX_PIXELS
-from core.model import SIZE_MULTIPLE
+from core.shapes import check_size
 
 
 class TrainSettings(BaseSettings):
@@ -88,9 +88,7 @@ class TrainSettings(BaseSettings):
     @field_validator("image_size")
     @classmethod
     def _multiple_of_eight(cls, value: int) -> int:
-        if value <= 0 or value % SIZE_MULTIPLE:
-            raise ValueError(f"must be a positive multiple of {SIZE_MULTIPLE}")
-        return value
+        return check_size(value)
 
     @field_validator("device")
     @classmethod
