@@ -1,4 +1,5 @@
-"""The ``artd`` command: ``process`` (one-shot), ``run`` (the daemon), ``check`` (settings).
+"""The ``artd`` command: ``process`` (one-shot), ``generate`` (images from noise), ``run``
+(the daemon), ``check`` (settings).
 
 ``python -m daemon`` is ``artd run``. Each command's flags are generated from its settings
 class (core.config.add_settings_flags); the settings, the model and the service are imported
@@ -8,7 +9,9 @@ only once a command is chosen, so ``artd --help`` never loads torch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -44,11 +47,13 @@ def process_parser() -> argparse.ArgumentParser:
 
 def run_process(argv: list[str]) -> int:
     """``artd process PATH... --out DIR``: its exit status (core of it: daemon.oneshot)."""
-    from core.checkpoint import CheckpointError
-    from daemon.oneshot import process
     from daemon.settings import ProcessSettings
 
     args = vars(process_parser().parse_args(argv))
+    # Imported after parsing so that --help and flag errors do not wait for torch.
+    from core.checkpoint import CheckpointError
+    from daemon.oneshot import process
+
     paths, out = args.pop("paths"), args.pop("out")
     try:
         settings = settings_from_flags(ProcessSettings, args)
@@ -68,8 +73,71 @@ def run_process(argv: list[str]) -> int:
         resize=settings.resize,
         fmt=settings.output_format,
         workers=settings.workers,
+        sampling=settings.sampling(),
     )
     logger.info("{} written, {} rejected", len(report.written), len(report.rejected))
+    return report.exit_code
+
+
+# --- artd generate -------------------------------------------------------------------------
+
+
+def generate_parser() -> argparse.ArgumentParser:
+    from daemon.settings import GenerateSettings
+
+    parser = argparse.ArgumentParser(
+        prog="artd generate",
+        description=(
+            "Make images from noise with a denoise checkpoint: DIR/<seed>-<index>.<ext>, "
+            "never overwriting a file. The same --seed and settings repeat a run exactly."
+        ),
+    )
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    add_settings_flags(parser, GenerateSettings)
+    return parser
+
+
+def run_generate(argv: list[str]) -> int:
+    """``artd generate --count N --size WxH [--seed S] --out DIR``: its exit status."""
+    from daemon.settings import GenerateSettings
+
+    args = vars(generate_parser().parse_args(argv))
+    from core.checkpoint import CheckpointError
+    from daemon.oneshot import GenerateRefused, generate_files
+
+    out = args.pop("out")
+    try:
+        settings = settings_from_flags(GenerateSettings, args)
+    except SettingsError as exc:
+        logger.error("{}", exc)
+        return EXIT_FATAL
+    if settings.strength is not None:
+        logger.warning("generation is always strength 1: ignoring --strength {}", settings.strength)
+    seed = settings.seed if settings.seed is not None else secrets.randbelow(2**32)
+    try:
+        engine = settings.load_engine()
+    except (CheckpointError, ValueError, RuntimeError) as exc:
+        logger.error("cannot load the model: {}", exc)
+        return EXIT_FATAL
+    # The run's seed names the files and labels each image; the sampler's own seed stays unset.
+    sampling = dataclasses.replace(settings.sampling(), strength=None, seed=None)
+    try:
+        report = generate_files(
+            engine,
+            out,
+            count=settings.count,
+            width=settings.width,
+            height=settings.height,
+            seed=seed,
+            fmt=settings.output_format,
+            sampling=sampling,
+        )
+    except GenerateRefused as exc:
+        logger.error("{}", exc)
+        return EXIT_FATAL
+    for path in report.written:
+        print(path)
+    logger.info("{} written, {} failed (seed {})", len(report.written), len(report.rejected), seed)
     return report.exit_code
 
 
@@ -106,10 +174,13 @@ def check(settings: DaemonSettings) -> int:
         problems.append(str(exc))
     try:
         engine = settings.load_engine()
+        sampler = engine.sampler_settings(settings.sampling())
         model = {
             "version": engine.version,
+            "objective": engine.objective,
             "device": str(engine.device),
             "precision": engine.precision,
+            "sampler": None if sampler is None else sampler.to_dict(),
         }
     except (CheckpointError, ValueError, RuntimeError, OSError) as exc:
         problems.append(f"model: {exc}")
@@ -142,6 +213,7 @@ def run_daemon(argv: list[str], *, check_only: bool = False) -> int:
 
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "process": ("run files or folders through the model once", run_process),
+    "generate": ("make images from noise with a denoise model", run_generate),
     "run": ("run the hot-folder daemon", run_daemon),
     "check": ("validate settings, folders and the model", lambda a: run_daemon(a, check_only=True)),
 }

@@ -1,9 +1,16 @@
-"""``artd process``: run files or folders through a checkpoint once and write the outputs.
+"""``artd process`` and ``artd generate``: run a checkpoint once and write the outputs.
 
-The inference step is the daemon's (core.inference); only the files' way in and out
-differs. Decoding and encoding run in a thread pool (Pillow releases the GIL) while the
-engine works on the previous chunk, so the model is rarely idle. Bad inputs are reported
-and skipped; the rest are still processed. Outputs are written durably (core.durable).
+``process``: files or folders through the model. The inference step is the daemon's
+(core.inference); only the files' way in and out differs. A denoise checkpoint's noise is
+seeded from each input file's content hash, so the same file gives the same pixels on every
+run. Decoding and encoding run in a thread pool (Pillow releases the GIL) while the engine
+works on the previous chunk, so the model is rarely idle. Bad inputs are reported and
+skipped; the rest are still processed.
+
+``generate``: images from noise (core.generate), named ``<seed>-<index>.<ext>``; a name
+that already exists is never overwritten: the run is refused before the model starts.
+
+Outputs are written durably (core.durable).
 """
 
 from __future__ import annotations
@@ -25,9 +32,11 @@ from tqdm import tqdm
 
 from core import imaging
 from core.durable import write_atomic
+from core.encoding import OUTPUT_FORMATS, encode
 from core.engine import Engine
 from core.inference import Inference, InferenceError, OutputSettings
 from core.reasons import Reason
+from core.sampling import SamplingSettings
 
 EXIT_OK, EXIT_FATAL, EXIT_SOME_REJECTED = 0, 1, 2
 # Files decoded ahead of the engine; bounds memory however many inputs there are.
@@ -119,9 +128,11 @@ def process(
     fmt: str,
     workers: int | None = None,
     progress: bool | None = None,
+    sampling: SamplingSettings | None = None,
 ) -> Report:
-    """Process every input under ``paths`` into ``out``; never raises for a bad input."""
-    inference = Inference(engine, OutputSettings(size, resize, fmt))
+    """Process every input under ``paths`` into ``out``; never raises for a bad input.
+    ``sampling``: the sampler settings asked for (unset fields: the checkpoint's)."""
+    inference = Inference(engine, OutputSettings(size, resize, fmt), sampling)
     report = Report()
     jobs: list[Job] = []
     for item in collect(paths, out, inference.output.extension):
@@ -156,7 +167,7 @@ def _run(
         upcoming = jobs[start + CHUNK : start + 2 * CHUNK]
         decoded = [pool.submit(_decode, job, settings) for job in upcoming]
         report.rejected.extend(failed)
-        results = inference.run_all([job.pixels for job in ready])
+        results = inference.run_all([job.pixels for job in ready], [job.sha256 for job in ready])
         for job, result in zip(ready, results, strict=True):
             job.pixels = None
             if isinstance(result, InferenceError):
@@ -166,6 +177,75 @@ def _run(
         bar.update(len(ready) + len(failed))
         writes = _drain(writes, report, wait=False)
     _drain(writes, report, wait=True)
+
+
+class GenerateRefused(Exception):
+    """``artd generate`` cannot start: a reconstruct checkpoint, or an output name taken."""
+
+
+def generated_name(seed: int, index: int, extension: str) -> str:
+    """Image ``index`` of the run with ``seed``: ``<seed>-<index, 4 digits>.<ext>``."""
+    return f"{seed}-{index:04d}{extension}"
+
+
+def generate_files(
+    engine: Engine,
+    out: Path,
+    *,
+    count: int,
+    width: int,
+    height: int,
+    seed: int,
+    fmt: str,
+    sampling: SamplingSettings | None = None,
+) -> Report:
+    """``count`` images from noise into ``out`` (module docstring), each with its provenance.
+
+    Raises GenerateRefused before any model work when the checkpoint cannot generate or an
+    output name exists; an image the model fails on, or one whose write fails, is reported
+    in the Report and the rest are still written."""
+    from core.generate import generate, generated_provenance, generation_settings
+
+    try:
+        generation_settings(engine, sampling)
+    except ValueError as exc:
+        raise GenerateRefused(str(exc)) from None
+    targets = [out / generated_name(seed, i, OUTPUT_FORMATS[fmt]) for i in range(count)]
+    taken = [path for path in targets if path.exists() or path.is_symlink()]
+    if taken:
+        more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+        raise GenerateRefused(
+            f"{taken[0]} already exists{more}: artd generate never overwrites a file; "
+            "choose another --seed or --out"
+        )
+    logger.info(
+        "generating {} image(s) of {}x{} with seed {} (--seed {} repeats this run)",
+        count,
+        width,
+        height,
+        seed,
+        seed,
+    )
+    results = generate(engine, count, width, height, seed, sampling)
+    out.mkdir(parents=True, exist_ok=True)
+    recorded: dict[str, object] = {"width": width, "height": height, "format": fmt}
+    report = Report()
+    for index, (target, result) in enumerate(zip(targets, results, strict=True)):
+        if isinstance(result, InferenceError):
+            report.rejected.append((target, result.reason, result.message))
+            continue
+        meta = generated_provenance(engine, seed, index, sampling, recorded)
+        try:
+            if target.exists() or target.is_symlink():  # written by someone else meanwhile
+                raise FileExistsError(f"{target} appeared during the run; not overwritten")
+            write_atomic(target, encode(result, fmt, metadata=meta))
+        except OSError as exc:
+            report.rejected.append((target, Reason.WRITE_FAILED, str(exc)))
+            continue
+        report.written.append(target)
+    for target, reason, message in report.rejected:
+        logger.warning("not written {}: {} ({})", target, reason, message)
+    return report
 
 
 def _decode(job: Job, settings: OutputSettings) -> Job:

@@ -3,7 +3,9 @@
 One thread owns the engine (the device); decoding runs in worker processes (daemon.decoders:
 a decoder that segfaults costs one file, not the service), driven by a thread pool of the
 same size; encoding runs in a thread pool (Pillow releases the GIL). What the model does to
-an image and how the result is encoded is core.inference's, shared with ``artd process``.
+an image and how the result is encoded is core.inference's, shared with ``artd process``;
+a denoise checkpoint's noise is seeded from each claimed file's content hash, so the same
+file dropped twice gives the same pixels, whatever shares its batch.
 The number of claimed files in memory is bounded by ``max_in_flight``: intake simply stops
 claiming, so a huge backlog stays on disk. A file that fails anywhere is quarantined alone;
 its batch-mates go on.
@@ -74,7 +76,9 @@ class Pipeline:
         self.settings = settings
         self.spool = spool
         self._output = OutputSettings(settings.size, settings.resize, settings.output_format)
-        self._inference = Inference(engine, self._output)
+        # What the operator asked of the sampler; every engine, hot-reloaded ones too, gets it.
+        self._sampling = settings.sampling()
+        self._inference = Inference(engine, self._output, self._sampling)
         self.metrics = metrics
         self.health = health
         self._engine_lock = threading.Lock()
@@ -104,7 +108,7 @@ class Pipeline:
     def swap_engine(self, engine: Engine) -> None:
         """Switch models between batches (the engine thread takes the lock per batch)."""
         with self._engine_lock:
-            old, self._inference = self.engine, Inference(engine, self._output)
+            old, self._inference = self.engine, Inference(engine, self._output, self._sampling)
         logger.info("model switched: {} -> {}", old.version, engine.version)
 
     @property
@@ -225,7 +229,9 @@ class Pipeline:
             self.health.update(engine_busy_since=time.monotonic())
             started = time.perf_counter()
             try:
-                results = inference.run([item.pixels for item in batch])
+                results = inference.run(
+                    [item.pixels for item in batch], [item.claim.sha256 for item in batch]
+                )
             finally:
                 self.health.update(engine_busy_since=None)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)

@@ -3,8 +3,9 @@
 The daemon's come from ``ARTD_*`` env vars, ``--config FILE.toml`` and CLI flags; every
 field of ``DaemonSettings`` is a setting an operator may set, and the unit files, the compose
 file and docs/operations.md are checked against that list by the tests. ``artd process`` reads
-its flags only. What both commands set (the model, its device, the images written) is
-defined once, in ``RenderSettings``.
+its flags only. What both commands set (the model, its device, the sampler, the images
+written) is defined once, in ``RenderSettings``; ``artd generate`` (``GenerateSettings``)
+shares its model and sampler half, ``ModelSettings``.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 import core
 from core.config import FlagNames, check_device
 from core.imaging import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
-from core.model import SIZE_MULTIPLE
 from core.precision import PRECISIONS
+from core.shapes import SIZE_MULTIPLE, check_size
 from daemon.logs import LogSettings
 
 if TYPE_CHECKING:
     from core.engine import Engine
+    from core.sampling import SamplingSettings
 
 _INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
@@ -36,9 +38,18 @@ def _default_instance() -> str:
     return name if _INSTANCE_NAME.match(name) else "artd"
 
 
-class RenderSettings(BaseSettings):
-    """The model, where it runs and the images it writes: shared by the daemon and
-    ``artd process``, so that their names, defaults and checks cannot drift apart."""
+# A seed is hashed into each image's noise seed (core.diffusion.image_seed): any size works,
+# this bound keeps it a 64-bit signed integer everywhere it is recorded.
+MAX_SEED = 2**63 - 1
+MAX_STEPS = 1000
+
+
+class ModelSettings(BaseSettings):
+    """The model, where it runs and how its sampler is driven: shared by the daemon,
+    ``artd process`` and ``artd generate``. The sampler settings (``strength``, ``steps``,
+    ``eta``, ``seed``) are read by a denoise checkpoint; unset, each is the checkpoint's
+    recommendation (else core.sampling.DEFAULT_SAMPLER); a reconstruct checkpoint ignores
+    them and says so in one log line."""
 
     checkpoint: Path = Field(
         core.DEFAULT_CHECKPOINT, description="model file, or a `current` pointer to follow"
@@ -51,16 +62,32 @@ class RenderSettings(BaseSettings):
     compile: bool = Field(
         False, description="torch.compile the model: faster, 10-15 s per new input shape"
     )
-    size: int = Field(256, ge=SIZE_MULTIPLE, le=8192, description="output's longer side (px)")
-    resize: Literal["fit", "stretch"] = "fit"
-    output_format: Literal[tuple(OUTPUT_FORMATS)] = "png"  # type: ignore[valid-type]
-
-    @field_validator("size")
-    @classmethod
-    def _size_multiple(cls, value: int) -> int:
-        if value % SIZE_MULTIPLE:
-            raise ValueError(f"must be a multiple of {SIZE_MULTIPLE}")
-        return value
+    strength: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="denoise models: how far from the input, 0..1 (unset: the model's choice)",
+    )
+    steps: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_STEPS,
+        description="denoise models: sampling steps at strength 1 (unset: the model's choice)",
+    )
+    eta: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="denoise models: 0 deterministic steps .. 1 DDPM noise (unset: the model's)",
+    )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="denoise models: re-rolls every output (unset: from each input's content)",
+    )
 
     @field_validator("device")
     @classmethod
@@ -68,14 +95,18 @@ class RenderSettings(BaseSettings):
         return check_device(value)
 
     @model_validator(mode="after")
-    def _checkpoint_absolute(self) -> RenderSettings:
+    def _checkpoint_absolute(self) -> ModelSettings:
         # Resolved once at start: the daemon never changes directory, but logs should be clear.
         self.checkpoint = self.checkpoint.expanduser().absolute()
         return self
 
-    @property
-    def output_extension(self) -> str:
-        return OUTPUT_FORMATS[self.output_format]
+    def sampling(self) -> SamplingSettings:
+        """The sampler settings as core.sampling takes them (None fields: the model's)."""
+        from core.sampling import SamplingSettings  # here: building flags needs no torch
+
+        return SamplingSettings(
+            strength=self.strength, steps=self.steps, eta=self.eta, seed=self.seed
+        )
 
     def load_engine(self, path: os.PathLike[str] | str | None = None) -> Engine:
         """The model at ``path`` (default: ``checkpoint``) on these settings' device."""
@@ -88,6 +119,24 @@ class RenderSettings(BaseSettings):
             max_batch=self.max_batch or None,
             compile=self.compile,
         )
+
+
+class RenderSettings(ModelSettings):
+    """The model and the images it writes from inputs: shared by the daemon and
+    ``artd process``, so that their names, defaults and checks cannot drift apart."""
+
+    size: int = Field(256, ge=SIZE_MULTIPLE, le=8192, description="output's longer side (px)")
+    resize: Literal["fit", "stretch"] = "fit"
+    output_format: Literal[tuple(OUTPUT_FORMATS)] = "png"  # type: ignore[valid-type]
+
+    @field_validator("size")
+    @classmethod
+    def _size_multiple(cls, value: int) -> int:
+        return check_size(value)
+
+    @property
+    def output_extension(self) -> str:
+        return OUTPUT_FORMATS[self.output_format]
 
 
 class DaemonSettings(LogSettings, RenderSettings):
@@ -169,3 +218,62 @@ class ProcessSettings(FlagNames, RenderSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Without a prefix, env vars named SIZE or DEVICE would silently become settings.
         return (init_settings,)
+
+
+_WXH = re.compile(r"(\d{1,5})x(\d{1,5})")
+MAX_GENERATE_SIDE = 4096
+MAX_GENERATE_COUNT = 10_000
+
+
+class GenerateSettings(FlagNames, ModelSettings):
+    """``artd generate``'s settings: flags only, as ``artd process``. ``seed`` is the run's:
+    image ``i`` is made from ``generate:<seed>:<i>`` (core.generate), so a run repeats;
+    ``strength`` is accepted and ignored (generation is always strength 1)."""
+
+    model_config = SettingsConfigDict(extra="forbid", validate_default=True)
+    cli_flags: ClassVar[dict[str, str]] = {"output_format": "--format", "max_batch": "--batch"}
+
+    count: int = Field(1, ge=1, le=MAX_GENERATE_COUNT, description="images to make")
+    size: str = Field("256x256", description="WIDTHxHEIGHT, each a multiple of 8 (px)")
+    output_format: Literal[tuple(OUTPUT_FORMATS)] = "png"  # type: ignore[valid-type]
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="the run's seed (unset: a random one, logged)"
+    )
+    strength: float | None = Field(
+        None, ge=0.0, le=1.0, allow_inf_nan=False, description="ignored: generation is strength 1"
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _wxh(cls, value: str) -> str:
+        match = _WXH.fullmatch(value.strip().lower())
+        if match is None:
+            raise ValueError("must be WIDTHxHEIGHT in pixels, e.g. 256x192")
+        for side in map(int, match.groups()):
+            check_size(side)
+            if side > MAX_GENERATE_SIDE:
+                raise ValueError(f"each side must be at most {MAX_GENERATE_SIDE}")
+        return "x".join(match.groups())
+
+    @property
+    def width(self) -> int:
+        return int(self.size.split("x")[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.size.split("x")[1])
+
+    @property
+    def output_extension(self) -> str:
+        return OUTPUT_FORMATS[self.output_format]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # flags only (see ProcessSettings)

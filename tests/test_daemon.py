@@ -13,13 +13,16 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT, seeded_model, textured_image, write_images
 from daemon_harness import Daemon, files_under, outputs, quarantined, settled_count, wait_for
 from PIL import Image
 from test_oneshot import artd
+from test_sampling_commands import pixels, sampler_of, save_denoise_checkpoint
 
 from core.checkpoint import CheckpointMeta, promote, save_checkpoint
+from core.encoding import read_metadata
 
 
 def jpeg_bytes(seed: int, size: tuple[int, int] = (96, 64)) -> bytes:
@@ -235,6 +238,43 @@ def test_hot_reload_switches_to_good_and_refuses_corrupt(tmp_path: Path) -> None
         assert daemon.stop() == 0
 
 
+def test_sampler_settings_reach_a_hot_reloaded_denoise_model(tmp_path: Path) -> None:
+    """ARTD_STRENGTH/ARTD_STEPS: ignored, with one log line, by a reconstruct model; served
+    by the denoise model promoted next; the same bytes dropped twice give the same pixels."""
+    models = tmp_path / "models"
+    models.mkdir()
+    plain = models / "plain.safetensors"
+    save_checkpoint(plain, seeded_model(0).state_dict(), CheckpointMeta(epoch=1))
+    denoise = save_denoise_checkpoint(models / "denoise.safetensors")
+    current = models / "current"
+    promote(current, plain)
+    root = tmp_path / "root"
+    with Daemon(root, current, strength=0.3, steps=4) as daemon:
+        inbox = root / "inbox"
+        (inbox / "x.jpg").write_bytes(jpeg_bytes(1))
+        wait_for(lambda: outputs(root) == ["x.jpg.png"], 30, "the reconstruct output")
+        first = read_metadata((root / "outbox" / "x.jpg.png").read_bytes())
+        assert first["artd:objective"] == "reconstruct" and "artd:sampler" not in first
+        assert "ignoring the sampler settings" in daemon.log
+        promote(current, denoise)
+        wait_for(lambda: "denoise.safetensors" in daemon.health()[1]["model"], 30, "switch")
+        same = jpeg_bytes(2)
+        (inbox / "y.jpg").write_bytes(same)
+        (inbox / "z.jpg").write_bytes(same)
+        (inbox / "w.jpg").write_bytes(jpeg_bytes(3))
+        names = ["w.jpg.png", "x.jpg.png", "y.jpg.png", "z.jpg.png"]
+        wait_for(lambda: outputs(root) == names, 60, "the denoise outputs")
+        assert not quarantined(root)
+        assert daemon.stop() == 0
+    outbox = root / "outbox"
+    for name in names[:1] + names[2:]:
+        meta = read_metadata((outbox / name).read_bytes())
+        assert meta["artd:objective"] == "denoise", name
+        assert sampler_of(outbox / name) == {"strength": 0.3, "steps": 4, "eta": 1.0, "seed": None}
+    assert np.array_equal(pixels(outbox / "y.jpg.png"), pixels(outbox / "z.jpg.png"))
+    assert pixels(outbox / "y.jpg.png").shape == (40, 64, 3)
+
+
 def test_sigterm_under_load_exits_quickly_and_restart_finishes(
     pixel_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -299,3 +339,4 @@ def test_artd_help_and_version_do_not_load_torch() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False"
     assert "process" in done.stdout and "check" in done.stdout
+    assert "generate" in done.stdout
