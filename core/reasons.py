@@ -59,7 +59,8 @@ DESCRIPTIONS: dict[Reason, str] = {
     Reason.MODEL_FAILED: "The model failed on this image.",
     Reason.NON_FINITE_OUTPUT: "The model produced an invalid (NaN or infinite) result.",
     Reason.OUT_OF_MEMORY: "The image is too large for the device's memory, even alone.",
-    Reason.CRASHED_REPEATEDLY: "Processing this file was interrupted several times.",
+    Reason.CRASHED_REPEATEDLY: "Processing stopped several times while this file was alone "
+    "in the model.",
     Reason.ENCODE_FAILED: "The result could not be encoded in the output format.",
     Reason.WRITE_FAILED: "The result could not be written to the outbox.",
     Reason.DUPLICATE_OUTPUT: "Another input would write the same output file.",

@@ -8,7 +8,9 @@ a denoise checkpoint's noise is seeded from each claimed file's content hash, so
 file dropped twice gives the same pixels, whatever shares its batch.
 The number of claimed files in memory is bounded by ``max_in_flight``: intake simply stops
 claiming, so a huge backlog stays on disk. A file that fails anywhere is quarantined alone;
-its batch-mates go on.
+its batch-mates go on. A *suspect* (a claim a restart found unfinished) runs alone: its own
+batch, no encode still running, its ``solo`` marker on disk while the model has it; only
+``max_attempts`` deaths of the process in that window quarantine it (docs/spool.md).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from __future__ import annotations
 import errno
 import os
 import queue
+import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +48,10 @@ from daemon.spool import Claim, DisposeError, Spool
 RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM}
 RETRY_DELAYS_S = (2.0, 5.0, 15.0, 30.0, 60.0)
 DISK_PROBE_S = 0.5  # while retries wait: how often the outbox is checked for room again
+ENCODE_DRAIN_S = 30.0  # a suspect waits this long at most for the encodes in progress
+# Test-only (docs/reliability.md): the process SIGKILLs itself when the input with this
+# SHA-256 is in the model. Read once at import; unset, a batch costs one ``is None`` test.
+_POISON_SHA256 = os.environ.get("_ARTD_POISON_SHA256") or None
 
 
 @dataclass
@@ -86,6 +93,7 @@ class Pipeline:
         self._decode = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
         self._decoder = decoder or decoder_pool(settings)
         self._encode = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="encode")
+        self._encoding: set[Future[None]] = set()  # what a suspect waits for before the model
         self._in_flight = 0
         self._count_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -125,8 +133,11 @@ class Pipeline:
         """Take a claimed file into the pipeline."""
         with self._count_lock:
             self._in_flight += 1
-        if claim.attempts > self.settings.max_attempts:
-            message = f"processing was interrupted {claim.attempts - 1} times (crash or kill)"
+        if claim.solo_crashes >= self.settings.max_attempts:
+            message = (
+                f"the process died {claim.solo_crashes} times while this file was alone in "
+                f"the model (crash, hang or kill; interrupted {claim.interrupted} times in all)"
+            )
             self._quarantine(claim, Reason.CRASHED_REPEATEDLY, message)
             return
         self._decode.submit(self._decode_one, claim)
@@ -212,7 +223,9 @@ class Pipeline:
                 item = None
             if self._stopping.is_set():
                 return  # decoded-but-not-run items stay claimed for the next start
-            if item is not None:
+            if item is not None and item.claim.suspect:
+                self._run_solo(item)
+            elif item is not None:
                 full = batcher.add(item.pixels.shape, item)
                 if full:
                     self._run(full)
@@ -223,24 +236,51 @@ class Pipeline:
             for stage, depth in depths.items():
                 self.metrics.queue_depth.labels(stage=stage).set(depth)
 
-    def _run(self, batch: list[Decoded]) -> None:
+    def _run_solo(self, item: Decoded) -> None:
+        """A suspect alone: its own batch, after the encodes in progress, marked ``solo`` on
+        disk while the model has it, so that only a death in that window counts against it."""
+        claim = item.claim
+        wait(self._encoding.copy(), timeout=ENCODE_DRAIN_S)  # copy(): atomic, unlike list()
+        try:
+            self.spool.mark_solo(claim)
+        except OSError as exc:  # unmarked, a crash would not count: do not run it so
+            logger.error("{}: cannot record its solo run ({}); retrying later", claim.rel_path, exc)
+            self.spool.release(claim)
+            self._retry_later(claim, RETRY_DELAYS_S[1])
+            self._finished()
+            return
+        self._run([item], solo=True)
+
+    def _clear_solo(self, claim: Claim) -> None:
+        try:
+            self.spool.clear_solo(claim)
+        except OSError as exc:  # its commit or quarantine record replaces the marker anyway
+            logger.error("{}: cannot clear its solo marker: {}", claim.rel_path, exc)
+
+    def _run(self, batch: list[Decoded], solo: bool = False) -> None:
         with self._engine_lock:
             inference = self._inference
             self.health.update(engine_busy_since=time.monotonic())
             started = time.perf_counter()
             try:
+                if _POISON_SHA256 is not None:
+                    _die_on_poison(batch)
                 results = inference.run(
                     [item.pixels for item in batch], [item.claim.sha256 for item in batch]
                 )
             finally:
                 self.health.update(engine_busy_since=None)
+                if solo:
+                    self._clear_solo(batch[0].claim)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(batch))
         for item, result in zip(batch, results, strict=True):
             if isinstance(result, InferenceError):
                 self._quarantine(item.claim, result.reason, result.message)
             else:
-                self._encode.submit(self._commit, item, result, inference)
+                future = self._encode.submit(self._commit, item, result, inference)
+                self._encoding.add(future)
+                future.add_done_callback(self._encoding.discard)
 
     def _commit(self, item: Decoded, image: Image.Image, inference: Inference) -> None:
         claim = item.claim
@@ -314,6 +354,13 @@ class Pipeline:
             "batching": batching,
             "retry": len(self._retry),
         }
+
+
+def _die_on_poison(batch: list[Decoded]) -> None:
+    """The test-only poison hook: SIGKILL this process if the poison input is in ``batch``."""
+    if any(item.claim.sha256 == _POISON_SHA256 for item in batch):
+        logger.warning("_ARTD_POISON_SHA256: the poison input is in the model; dying")
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def decoder_pool(settings: DaemonSettings) -> DecoderPool:

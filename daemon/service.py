@@ -116,8 +116,8 @@ class Service:
         self.pipeline.start()
 
     def _resume_claimed(self) -> None:
-        # Resume nothing before files can be decoded: a start killed this early must not count
-        # as an attempt against the files it would have resumed (max_attempts).
+        # Resume nothing before files can be decoded: a start killed this early would only
+        # make more suspects (interrupted files that then run alone; docs/spool.md).
         if not self.decoder.wait_ready(DECODER_START_S):
             logger.warning("decoder workers slow to start; resuming anyway")
         self.backlog.extend(self.spool.recover())

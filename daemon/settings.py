@@ -159,7 +159,12 @@ class DaemonSettings(LogSettings, RenderSettings):
     settle_seconds: float = Field(2.0, ge=0.0, description="quiet time before a file is taken")
     rescan_seconds: float = Field(10.0, ge=0.5, description="full inbox scan interval")
     polling: bool = Field(False, description="poll instead of inotify (SMB/NFS shares)")
-    max_attempts: int = Field(3, ge=1, description="restarts a file may cause before quarantine")
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="deaths of the process while a file was alone in the model (after an "
+        "interruption it is retried alone) before it is quarantined as crashed_repeatedly",
+    )
 
     # Images.
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decoded size limit (bombs)")

@@ -464,10 +464,12 @@ def test_recover_finishes_a_commit_cut_at_any_step(spool: Spool, crash: str) -> 
 
     spool = reopen(spool)
     resumed = spool.recover()
-    finished = COMMIT_CRASHES.index(crash) >= COMMIT_CRASHES.index("committed")
+    # Once the output is renamed into place the claim is done, record closed or not.
+    finished = COMMIT_CRASHES.index(crash) >= COMMIT_CRASHES.index("output_final")
     assert [c.id for c in resumed] == ([] if finished else [claim.id])
     for again in resumed:
         assert again.attempts == 2 and again.output_rel == claim.output_rel
+        assert (again.interrupted, again.solo_crashes, again.suspect) == (1, 0, True)
         spool.commit(again, b"output")
     assert files(spool.outbox) == {"sub/a.jpg.png": b"output"}
     assert files(spool.archive) == {"sub/a.jpg": b"original"}
@@ -531,14 +533,66 @@ def test_recover_after_a_crash_around_the_claim_rename(spool: Spool) -> None:
     assert_settled(spool)
 
 
-def test_attempts_count_every_restart(spool: Spool) -> None:
+def test_attempts_count_every_restart_solo_crashes_only_the_marked_ones(spool: Spool) -> None:
     claim = take(spool, "crashy.jpg")
-    for expected in (2, 3, 4):
+    assert (claim.attempts, claim.interrupted, claim.solo_crashes) == (1, 0, 0)
+    assert not claim.suspect
+    for expected, solo in ((2, False), (3, True), (4, False), (5, True)):
+        if solo:
+            assert spool.mark_solo(claim)
         spool = reopen(spool)
-        (claim,) = spool.recover()
-        assert claim.attempts == expected
-    spool.quarantine(claim, Reason.CRASHED_REPEATEDLY, "killed the daemon 3 times")
+        (again,) = spool.recover()
+        assert (again.attempts, again.interrupted) == (expected, expected - 1)
+        assert again.solo_crashes == claim.solo_crashes + solo and again.suspect
+        claim = again
+    assert claim.solo_crashes == 2
+    # Marked, then cleared once the model is done: a death after that is not its fault.
+    assert spool.mark_solo(claim) and spool.clear_solo(claim)
+    spool = reopen(spool)
+    (claim,) = spool.recover()
+    assert (claim.interrupted, claim.solo_crashes) == (5, 2)
+    spool.quarantine(claim, Reason.CRASHED_REPEATEDLY, "killed the daemon alone 3 times")
+    sidecar = json.loads((spool.quarantine_dir / f"crashy.jpg{SIDECAR_SUFFIX}").read_text())
+    assert (sidecar["attempts"], sidecar["interrupted"], sidecar["solo_crashes"]) == (6, 5, 2)
     assert_settled(spool)
+
+
+def test_records_without_the_crash_counts_load_as_attempts(spool: Spool) -> None:
+    claim = take(spool, "old.jpg")
+    record = json.loads((spool.work_dir / f"{claim.id}.json").read_text())
+    for field in ("interrupted", "solo_crashes"):
+        del record[field]
+    (spool.work_dir / f"{claim.id}.json").write_text(json.dumps(record | {"attempts": 3}))
+    spool = reopen(spool)
+    (old,) = spool.recover()
+    assert (old.attempts, old.interrupted, old.solo_crashes) == (4, 3, 0)
+    spool.commit(old, b"out")
+    assert_settled(spool)
+
+
+def test_solo_marker_is_not_written_over_a_committed_record(spool: Spool) -> None:
+    claim = take(spool, "a.jpg", b"a")
+    spool._machine.write_output(claim, b"out")
+    spool._machine.mark_committed(claim)
+    assert not spool.mark_solo(claim)  # a retried archiving: the record stays committed
+    assert json.loads((spool.work_dir / f"{claim.id}.json").read_text())["state"] == "committed"
+    spool = reopen(spool)
+    assert spool.recover() == []
+    assert files(spool.outbox) == {"a.jpg.png": b"out"}
+    assert_settled(spool)
+
+
+def test_an_output_under_a_name_reserved_by_another_claim_is_not_taken_for_ours(
+    spool: Spool,
+) -> None:
+    claim = take(spool, "a.jpg", b"a")
+    (spool.outbox / "a.jpg.png").write_bytes(b"someone else's")
+    key = "outbox/a.jpg.png"
+    spool._machine.reservations.release(key)
+    assert spool._machine.reservations.reserve(key, new_claim_id())  # another claim's name
+    spool = reopen(spool)
+    (again,) = spool.recover()  # not finished as committed: resumed, output not trusted
+    assert again.id == claim.id and again.interrupted == 1 and files(spool.archive) == {}
 
 
 def test_release_keeps_the_claim_for_a_retry_and_for_the_next_start(spool: Spool) -> None:

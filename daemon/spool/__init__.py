@@ -9,15 +9,17 @@ filesystem, so a ``kill -9`` anywhere leaves a state that ``recover()`` finishes
 
 The public API is :class:`Spool`, one per instance name (``prepare()``/``close()`` or
 ``with``): ``scan_inbox()``, ``is_candidate()``, ``claim()``, ``open_claim()``,
-``commit()``, ``quarantine()``, ``release()``, ``recover()``, ``adopt_stale()``,
-``heartbeat()``, ``remove_empty_dirs()``, ``can_write()``; a :class:`Claim` is what it hands
-out. Nothing here follows a symlink and nothing outside ``root`` is read, moved or written.
+``commit()``, ``quarantine()``, ``release()``, ``mark_solo()``, ``clear_solo()``,
+``recover()``, ``adopt_stale()``, ``heartbeat()``, ``remove_empty_dirs()``, ``can_write()``;
+a :class:`Claim` is what it hands out (``suspect`` once a restart found it unfinished).
+Nothing here follows a symlink and nothing outside ``root`` is read, moved or written.
 
 The modules, one concern each:
 
 - ``spool``: the :class:`Spool` facade, the instance lock and the inbox scan;
 - ``machine``: claim -> commit | quarantine, each state recorded before its move;
-- ``recovery``: ``recover()``, adoption of dead instances' work, sweeps;
+- ``recovery``: ``recover()`` (a published output finishes its claim before any
+  interruption is counted), adoption of dead instances' work, sweeps;
 - ``records``: the claim records and their :class:`State`;
 - ``reservations``: output, archive and quarantine names reserved across instances;
 - ``names``: which inbox names are never taken, claim ids, temporary names, name fitting;

@@ -37,8 +37,16 @@ from daemon.spool.names import (
     temp_name,
     work_suffix,
 )
-from daemon.spool.records import Claim, Record, Records, State, intent, reserved_keys
-from daemon.spool.reservations import Reservations, taken_with_sidecar
+from daemon.spool.records import (
+    Claim,
+    Record,
+    Records,
+    State,
+    crash_counts,
+    intent,
+    reserved_keys,
+)
+from daemon.spool.reservations import Reservations, owner, taken_with_sidecar
 from daemon.spool.steps import fsync_dir, move_into, step, write_atomic
 
 _REPORTED_MAX = 10_000
@@ -129,6 +137,7 @@ class Machine:
             rel = PurePosixPath(record["rel_path"])
             record["output_rel"] = str(self.reserve_output(rel, record["id"]))
         record.update(state=State.CLAIMED, size=0, sha256="", attempts=attempts)
+        record.update(interrupted=0, solo_crashes=0)
         problem: tuple[Reason, str] | None = None
         if stat.S_ISREG(mode):
             try:
@@ -163,11 +172,11 @@ class Machine:
     def commit(self, claim: Claim, data: bytes) -> Path:
         """Publish ``data`` as the claim's output, then archive (or delete) the original."""
         final = self.write_output(claim, data)
-        record = self.mark_committed(claim)
         try:
+            record = self.mark_committed(claim)
             self.dispose_original(record)
             self.drop(record)
-        except OSError as exc:
+        except OSError as exc:  # published: never quarantine it now
             raise DisposeError(exc.errno, f"{final.name} is published; {exc}") from exc
         return final
 
@@ -191,6 +200,38 @@ class Machine:
         self.records.write(record)
         return record
 
+    def output_published(self, record: Record) -> bool:
+        """Whether this claim's output is final: a regular file stands at ``output_rel``
+        and the outbox reservation of that name is this claim's. No one else writes a name
+        that is reserved, and a name is reserved only while nothing stands there, so such a
+        file is the output of this claim, renamed into place before its record said so."""
+        rel = PurePosixPath(record["output_rel"])
+        found = owner(self.reservations.path(f"outbox/{rel}"))
+        if found is None or found[1] != record["id"]:
+            return False  # adopted claims keep the dead instance's name in the reservation
+        try:
+            folder = open_folder(self.layout.outbox, rel.parent, create=False)
+        except OSError:
+            return False
+        try:
+            mode = os.stat(rel.name, dir_fd=folder, follow_symlinks=False).st_mode
+        except OSError:
+            return False
+        finally:
+            os.close(folder)
+        return stat.S_ISREG(mode)
+
+    def finish_published(self, record: Record) -> None:
+        """A ``claimed`` record whose output is published: committed, archived, dropped."""
+        logger.warning(
+            "{}: its output {} was published before the interruption; finishing the commit",
+            record["rel_path"],
+            record["output_rel"],
+        )
+        committed = self.mark_committed(self.records.claim_of(record))
+        self.dispose_original(committed)
+        self.drop(committed)
+
     def dispose_original(self, record: Record) -> None:
         """Move the original to archive/ (or delete it); nothing to do if already done."""
         work = self.layout.work / record["work_name"]
@@ -206,6 +247,31 @@ class Machine:
             step("archive:unlink")
             os.unlink(work)
         fsync_dir(self.layout.work, "work")
+
+    # --- suspects ------------------------------------------------------------------------
+
+    def mark_solo(self, claim: Claim) -> bool:
+        """Record that the suspect ``claim`` enters the model alone (step ``record-solo``):
+        a restart that finds the marker counts a solo crash. False (nothing written) when
+        the claim is no longer ``claimed`` (committed already, a retry of its archiving)."""
+        return self._set_solo(claim, True, "record-solo")
+
+    def clear_solo(self, claim: Claim) -> bool:
+        """The model is done with it: clear the marker again (step ``record-unsolo``)."""
+        return self._set_solo(claim, False, "record-unsolo")
+
+    def _set_solo(self, claim: Claim, solo: bool, prefix: str) -> bool:
+        record = self.records.read(claim.id)
+        if record is None or record["state"] != State.CLAIMED:
+            return False
+        if bool(record.get("solo")) == solo:
+            return True
+        if solo:
+            record["solo"] = True
+        else:
+            record.pop("solo", None)
+        self.records.write(record, prefix)
+        return True
 
     # --- quarantining -------------------------------------------------------------------
 
@@ -244,6 +310,7 @@ class Machine:
             sidecar = dict(record["error"], instance=self.instance, claim=record["id"])
             sidecar["original_path"] = record["rel_path"]
             sidecar |= {k: record[k] for k in ("size", "sha256", "attempts")}
+            sidecar["interrupted"], sidecar["solo_crashes"] = crash_counts(record)
             sidecar_name = f"{rel.name}{SIDECAR_SUFFIX}"
             data = json.dumps(sidecar, indent=2, sort_keys=True).encode() + b"\n"
             temp = Path(temp_name(sidecar_name, record["id"]))

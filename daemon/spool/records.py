@@ -3,8 +3,10 @@
 A record is a JSON object, written atomically *before* the move its state announces
 (docs/spool.md). Its ``state`` is one of :class:`State`; the other fields are those of
 :class:`Claim` (``work_name`` for its path) plus, once chosen, ``archive_rel``,
-``quarantine_rel`` and ``error``. Every path in it is relative and checked on reading, so
-a planted record cannot point anywhere else.
+``quarantine_rel`` and ``error``, and ``solo`` while a suspect is alone in the model. Every
+path in it is relative and checked on reading, so a planted record cannot point anywhere
+else. Records written before ``interrupted`` and ``solo_crashes`` existed load with
+``attempts - 1`` interruptions and no solo crash.
 """
 
 from __future__ import annotations
@@ -51,12 +53,27 @@ class Claim:
     attempts: int
     output_rel: PurePosixPath
     claimed_at: float
+    # Restarts that found this claim unfinished, and those of them that happened while it
+    # was alone in the model (its ``solo`` marker set): only these can blame the file.
+    interrupted: int = 0
+    solo_crashes: int = 0
+
+    @property
+    def suspect(self) -> bool:
+        """Interrupted before: processed alone (own batch, alone in the model) from now on."""
+        return self.interrupted > 0
 
 
 def intent(claim_id: str, rel_path: str, work_name: str) -> Record:
     """The ``claiming`` record of a file about to be (or found) in work/ as ``work_name``."""
     record: Record = {"id": claim_id, "state": State.CLAIMING, "rel_path": rel_path}
     return record | {"work_name": work_name, "attempts": 0, "claimed_at": time.time()}
+
+
+def crash_counts(record: Record) -> tuple[int, int]:
+    """``(interrupted, solo_crashes)`` of a record; older records only had ``attempts``."""
+    interrupted = record.get("interrupted", max(0, int(record["attempts"]) - 1))
+    return int(interrupted), int(record.get("solo_crashes", 0))
 
 
 def reserved_keys(record: Record) -> Iterator[str]:
@@ -98,13 +115,14 @@ class Records:
         """Where the record of ``claim_id`` lives."""
         return self.work_dir / f"{claim_id}.json"
 
-    def write(self, record: Record) -> None:
-        """Write (or replace) ``record`` atomically, stamped with this instance."""
+    def write(self, record: Record, prefix: str | None = None) -> None:
+        """Write (or replace) ``record`` atomically, stamped with this instance; its steps
+        are named ``prefix`` (default ``record-<state>``)."""
         record["instance"] = self.instance
         path = self.path(record["id"])
         data = json.dumps(record, sort_keys=True).encode()
         temp = self.work_dir / temp_name(path.name, record["id"])
-        write_atomic(path, data, temp, f"record-{record['state']}")
+        write_atomic(path, data, temp, prefix or f"record-{record['state']}")
 
     def read(self, claim_id: str) -> Record | None:
         """The record of ``claim_id``; None (logged) if unreadable or not a valid record."""
@@ -141,12 +159,15 @@ class Records:
             "size": claim.size,
             "sha256": claim.sha256,
             "attempts": claim.attempts,
+            "interrupted": claim.interrupted,
+            "solo_crashes": claim.solo_crashes,
             "output_rel": str(claim.output_rel),
             "claimed_at": claim.claimed_at,
         }
 
     def claim_of(self, record: Record) -> Claim:
         """The :class:`Claim` a record describes."""
+        interrupted, solo_crashes = crash_counts(record)
         return Claim(
             id=record["id"],
             work_path=self.work_dir / record["work_name"],
@@ -156,4 +177,6 @@ class Records:
             attempts=int(record["attempts"]),
             output_rel=PurePosixPath(record["output_rel"]),
             claimed_at=float(record["claimed_at"]),
+            interrupted=interrupted,
+            solo_crashes=solo_crashes,
         )

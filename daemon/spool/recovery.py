@@ -21,7 +21,14 @@ from daemon.spool.names import (
     temp_name,
     temp_owner,
 )
-from daemon.spool.records import Claim, Record, State, held_reservations, intent
+from daemon.spool.records import (
+    Claim,
+    Record,
+    State,
+    crash_counts,
+    held_reservations,
+    intent,
+)
 from daemon.spool.steps import fsync_dir, step
 
 STALE_TEMP_SECONDS = 3600.0
@@ -36,7 +43,8 @@ class Recovery:
         self.layout = machine.layout
 
     def recover(self) -> list[Claim]:
-        """Finish or resume this instance's leftovers; the resumed ones have attempts + 1."""
+        """Finish or resume this instance's leftovers; each resumed claim is charged one
+        interruption, and a solo crash if its ``solo`` marker was set (:func:`interrupted`)."""
         self._merge_adopted()
         claims = self._recover_work(only=None)
         self._sweep_reservations(owners={self.machine.instance})
@@ -184,6 +192,9 @@ class Recovery:
             output_rel = PurePosixPath(record["output_rel"])
             temp = temp_name(output_rel.name, claim_id)
             unlink_inside(self.layout.outbox / output_rel.parent / temp)
+        if state == State.CLAIMED and machine.output_published(record):
+            machine.finish_published(record)  # before any weighing: it is done
+            return None
         if not os.path.lexists(self.layout.work / record["work_name"]):
             if state != State.CLAIMING:  # claiming: the rename never happened; the inbox has it
                 logger.error("claim {} lost its file {}; dropping it", claim_id, record["rel_path"])
@@ -195,8 +206,7 @@ class Recovery:
         output_rel = PurePosixPath(record["output_rel"])
         if not machine.reservations.reserve(f"outbox/{output_rel}", claim_id):
             logger.warning("output {} of claim {} is reserved by another", output_rel, claim_id)
-        record["attempts"] = int(record["attempts"]) + 1
-        machine.records.write(record)
+        machine.records.write(interrupted(record))
         return machine.records.claim_of(record)
 
     # --- sweeps -------------------------------------------------------------------------
@@ -223,3 +233,20 @@ class Recovery:
                     if claim_id not in self.machine.active and (claim_id in ours or stale):
                         step("sweep:unlink")
                         path.unlink(missing_ok=True)
+
+
+def interrupted(record: Record) -> Record:
+    """A ``claimed`` record found by a restart: one more attempt and interruption, and one
+    more solo crash when the process died while the claim was alone in the model."""
+    was_interrupted, solo_crashes = crash_counts(record)
+    solo = bool(record.pop("solo", False))
+    record["attempts"] = int(record["attempts"]) + 1
+    record["interrupted"] = was_interrupted + 1
+    record["solo_crashes"] = solo_crashes + solo
+    if solo:
+        logger.warning(
+            "{} was alone in the model when the process died ({} time(s) now)",
+            record["rel_path"],
+            record["solo_crashes"],
+        )
+    return record

@@ -1,16 +1,20 @@
 """Drives the real Spool through the crash-point loop: ``python spool_crash_driver.py PLAN.json``.
 
-For every crash point N of the plan it copies the template inbox into a fresh root and forks
+For every crash point N of the plan it copies the template root into a fresh root and forks
 three children, each of which imports ``daemon.spool`` *after* setting its environment (the
 hook reads it at import, as in the daemon):
 
-1. ``_ARTD_CRASHPOINT=N``: claim everything, then commit or quarantine each file, the way
-   the daemon does; it SIGKILLs itself at its N-th filesystem step;
+1. ``_ARTD_CRASHPOINT=N``: recover, claim everything, then commit or quarantine each file,
+   the way the daemon does (a suspect, a claim found by a restart, is marked ``solo`` around
+   its "model" step); it SIGKILLs itself at its N-th filesystem step;
 2. ``_ARTD_CRASHPOINT=K`` (small): restart; killed again, usually inside ``recover()``;
 3. no crash point: restart and finish.
 
 The parent (imports nothing of the spool) forks cheaply; the test checks every root.
 Results (exit status and the step each child died at) go to ``PLAN.json``'s ``report`` path.
+
+A plan with ``"prepare": K`` instead turns its template (an ``inbox/``) into a root with K
+files claimed by a process that then died, so every start of the loop begins with suspects.
 """
 
 from __future__ import annotations
@@ -41,15 +45,29 @@ def _scenario(root: Path) -> None:
         if claim is not None:
             claims.append(claim)
     for claim in claims:
+        if claim.suspect:
+            spool.mark_solo(claim)
         with spool.open_claim(claim) as handle:
-            data = handle.read()
-        if claim.attempts > MAX_ATTEMPTS:
+            data = handle.read()  # the "model"
+        if claim.suspect:
+            spool.clear_solo(claim)
+        if claim.solo_crashes >= MAX_ATTEMPTS:
             spool.quarantine(claim, Reason.CRASHED_REPEATEDLY, "interrupted too often")
         elif data.startswith(b"BAD"):
             spool.quarantine(claim, Reason.NOT_AN_IMAGE, "the test's bad file")
         else:
             spool.commit(claim, b"OUT:" + hashlib.sha256(data).hexdigest().encode())
     spool.close()
+
+
+def _prepare(root: Path, count: int) -> None:
+    from daemon.spool import Spool
+
+    spool = Spool(root, "crash")
+    spool.prepare()
+    for path in list(spool.scan_inbox())[:count]:
+        assert spool.claim(path) is not None
+    os.kill(os.getpid(), signal.SIGKILL)  # died with them claimed
 
 
 def _mark(text: str) -> None:
@@ -59,8 +77,9 @@ def _mark(text: str) -> None:
             handle.write(f"-- {text}\n")
 
 
-def _child(root: Path, crash_at: int | None, trace: Path) -> tuple[int, str]:
-    """Run the scenario in a forked child; (exit status or -signal, the last step traced)."""
+def _child(root: Path, crash_at: int | None, trace: Path, prepare: int = 0) -> tuple[int, str]:
+    """Run the scenario (or ``_prepare``) in a forked child; (exit status or -signal, the
+    last step traced)."""
     pid = os.fork()
     if pid == 0:
         code = 0
@@ -69,7 +88,10 @@ def _child(root: Path, crash_at: int | None, trace: Path) -> tuple[int, str]:
             if crash_at is not None:
                 os.environ["_ARTD_CRASHPOINT"] = str(crash_at)
             os.environ["_ARTD_CRASHPOINT_TRACE"] = str(trace)
-            _scenario(root)
+            if prepare:
+                _prepare(root, prepare)
+            else:
+                _scenario(root)
         except BaseException as exc:  # reported through the exit status and the trace
             with open(trace, "a") as handle:
                 handle.write(f"!! {type(exc).__name__}: {exc}\n")
@@ -85,10 +107,14 @@ def _child(root: Path, crash_at: int | None, trace: Path) -> tuple[int, str]:
 def main(plan_path: str) -> int:
     plan = json.loads(Path(plan_path).read_text())
     template, base = Path(plan["template"]), Path(plan["base"])
+    if plan.get("prepare"):
+        code, _ = _child(template, None, base / "prepare.trace", plan["prepare"])
+        Path(plan["report"]).write_text(json.dumps({"prepare": code}))
+        return 0
     results = {}
     for n in plan["points"]:
         root = base / f"n{n:04d}"
-        shutil.copytree(template, root / "inbox", symlinks=True)
+        shutil.copytree(template, root, symlinks=True)
         runs = []
         for phase, crash_at in (("crash", n), ("recovery", 1 + n % 7), ("finish", None)):
             trace = base / f"n{n:04d}-{phase}.trace"

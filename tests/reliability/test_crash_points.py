@@ -3,7 +3,9 @@
 Two levels. The exhaustive loop runs the real ``Spool`` in a small forking driver (no torch,
 so a run costs milliseconds) and kills it at *every* step N of processing six files, then
 again early in the restart (inside ``recover()`` itself), then lets a third start finish.
-The daemon-level chain kills the real daemon (``python -m daemon``) at chosen steps counted
+Every run of the loop starts from a root where a dead process left three files claimed:
+they are suspects, so the solo marker's writes around their "model" step are crash points
+too. The daemon-level chain kills the real daemon (``python -m daemon``) at chosen steps counted
 from its start, recovery included, several times over one root. After both, every input has
 exactly one output or quarantine entry and nothing is left half-done.
 """
@@ -36,23 +38,30 @@ from daemon.spool import TEMP_MARK
 DRIVER = Path(__file__).with_name("spool_crash_driver.py")
 GOOD = ["a.jpg", "same.jpg", "same.png", "sub/c.jpg"]
 BAD = ["bad1.jpg", "sub/deep/bad2.gif"]
+SUSPECTS = 3  # claimed by a process that died before the loop: a.jpg, bad1.jpg, same.jpg
 
 
 def make_template(folder: Path) -> dict[str, bytes]:
+    """A root whose inbox holds the six files, three of them claimed by a dead process."""
     contents = {}
     for i, rel in enumerate(GOOD + BAD):
         data = (b"BAD" if rel in BAD else b"IMG") + hashlib.sha256(rel.encode()).digest() * (i + 1)
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(data)
+        (folder / "inbox" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / "inbox" / rel).write_bytes(data)
         contents[rel] = data
+    assert run_driver(folder.parent, folder, [], prepare=SUSPECTS) == {"prepare": -9}
+    assert len(list((folder / ".artd" / "work" / "crash").glob("*.json"))) == SUSPECTS
     return contents
 
 
-def run_driver(base: Path, template: Path, points: list[int]) -> dict[str, list[list]]:
-    plan = base / f"plan-{points[0]}.json"
-    report = base / f"report-{points[0]}.json"
+def run_driver(
+    base: Path, template: Path, points: list[int], prepare: int = 0
+) -> dict[str, list[list]]:
+    tag = points[0] if points else "prepare"
+    plan = base / f"plan-{tag}.json"
+    report = base / f"report-{tag}.json"
     spec = {"template": str(template), "base": str(base), "points": points, "report": str(report)}
-    plan.write_text(json.dumps(spec))
+    plan.write_text(json.dumps(spec | {"prepare": prepare}))
     subprocess.run([sys.executable, str(DRIVER), str(plan)], check=True, timeout=600)
     return json.loads(report.read_text())
 
@@ -104,6 +113,7 @@ def test_spool_survives_a_kill_at_every_step_and_inside_recovery(
             if line[0].isdigit()
         ]
         assert len(steps) > 100, steps  # six files take well over a hundred steps
+        assert {"record-solo:rename", "record-unsolo:rename"} <= set(steps)  # the suspects
 
         loop_base = base / "loop"
         loop_base.mkdir()
