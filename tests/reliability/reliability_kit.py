@@ -295,9 +295,19 @@ def unmount(path: Path) -> None:
 def read_only(path: Path) -> Iterator[None]:
     """``path`` read-only for every new write, even while files are open for writing there
     (a plain ``remount,ro`` is refused then): a read-only bind mount stacked on top of it."""
-    for args in (("--bind", str(path), str(path)), ("-o", "remount,bind,ro", str(path))):
-        done = _run("mount", *args)
-        assert done.returncode == 0, done.stderr
+    done = _run("mount", "--bind", str(path), str(path))
+    assert done.returncode == 0, done.stderr
+    # The kernel refuses to make a mount read-only while a file is open for writing through
+    # it (EBUSY, "mount point is busy"): the running daemon may be writing a record through
+    # the fresh bind mount at that instant. Its writes are short, so try again for a while.
+    for _ in range(100):
+        done = _run("mount", "-o", "remount,bind,ro", str(path))
+        if done.returncode == 0 or "busy" not in done.stderr:
+            break
+        time.sleep(0.05)
+    if done.returncode != 0:
+        unmount(path)  # do not leave the writable bind mount stacked there
+    assert done.returncode == 0, done.stderr
     try:
         yield
     finally:
