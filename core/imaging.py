@@ -11,9 +11,7 @@ Pixel scaling of deep modes: 16-bit data (``I;16*``) and ``I`` (taken as 16-bit 
 to 0..65535) are divided by 257, so 65535 -> 255; ``F`` is taken as 0..1 (clipped, NaN -> 0).
 A tRNS colour on 16-bit greyscale is ignored (no PIL mode carries it as alpha).
 
-Encoding results and their metadata is :mod:`core.encoding`'s job; ``encode``,
-``read_metadata`` and ``OUTPUT_FORMATS`` are re-exported here for the callers that read them
-from this module.
+Encoding results and their metadata is :mod:`core.encoding`'s job.
 """
 
 from __future__ import annotations
@@ -31,9 +29,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from core.durable import open_regular
-from core.encoding import OUTPUT_FORMATS as OUTPUT_FORMATS
-from core.encoding import encode as encode
-from core.encoding import read_metadata as read_metadata
 from core.reasons import Reason
 
 if TYPE_CHECKING:

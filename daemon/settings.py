@@ -21,7 +21,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 import core
 from core.config import FlagNames, check_device
-from core.imaging import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
+from core.encoding import OUTPUT_FORMATS
+from core.imaging import DEFAULT_MAX_PIXELS
 from core.precision import PRECISIONS
 from core.shapes import SIZE_MULTIPLE, check_size
 from daemon.logs import LogSettings

@@ -14,6 +14,7 @@ import torch
 from torchvision.utils import make_grid
 
 from core import imaging
+from core.encoding import encode
 
 # (metrics.jsonl key, legend label) of each curve in loss.png.
 CURVES = (
@@ -59,4 +60,4 @@ def sample_grid(inputs: torch.Tensor, outputs: torch.Tensor) -> tuple[bytes, tor
 def image_grid(images: torch.Tensor, columns: int) -> tuple[bytes, torch.Tensor]:
     """0..1 NCHW images laid out row by row, ``columns`` to a row: PNG and CHW tensor."""
     grid = make_grid(images.float().cpu(), nrow=columns, padding=2, pad_value=1.0)
-    return imaging.encode(imaging.from_tensor(grid), "png"), grid
+    return encode(imaging.from_tensor(grid), "png"), grid
