@@ -87,3 +87,13 @@ def _no_daemon_outlives_its_test() -> Iterator[None]:
 def _quiet_threads() -> None:
     # Two cores shared by the suite: keep torch from oversubscribing them.
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One OpenMP thread for a test (``pytestmark = pytest.mark.usefixtures("one_thread")``
+    for a whole module): training and sampling tests would thrash on shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
 from itertools import pairwise
 
 import numpy as np
@@ -31,13 +30,12 @@ SIZE = 16
 SCHEDULE = Schedule()
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True)
-def _one_thread_seeded() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seeded() -> None:
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _waves(n: int, generator: torch.Generator) -> torch.Tensor:

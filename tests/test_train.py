@@ -32,13 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 CORRUPT = {"broken.jpg": "not_an_image", "empty.jpg": "empty_file", "cut.jpg": "truncated"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two engineers' tests share two cores: several OpenMP threads each would thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
