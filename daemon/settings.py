@@ -26,6 +26,8 @@ from core.imaging import DEFAULT_MAX_PIXELS
 from core.precision import PRECISIONS
 from core.shapes import SIZE_MULTIPLE, check_size
 from daemon.logs import LogSettings
+from daemon.output_settings import OutputOptions
+from daemon.page_settings import PageSettings
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -122,7 +124,7 @@ class ModelSettings(BaseSettings):
         )
 
 
-class RenderSettings(ModelSettings):
+class RenderSettings(OutputOptions, ModelSettings):
     """The model and the images it writes from inputs: shared by the daemon and
     ``artd process``, so that their names, defaults and checks cannot drift apart."""
 
@@ -140,7 +142,7 @@ class RenderSettings(ModelSettings):
         return OUTPUT_FORMATS[self.output_format]
 
 
-class DaemonSettings(LogSettings, RenderSettings):
+class DaemonSettings(PageSettings, LogSettings, RenderSettings):
     """Every setting of the hot-folder daemon; each is also ``ARTD_<NAME>`` and a TOML key."""
 
     model_config = SettingsConfigDict(env_prefix="ARTD_", extra="forbid", validate_default=True)
