@@ -5,11 +5,21 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon.metrics import Health, Metrics
+
+if TYPE_CHECKING:
+    from daemon.service import Service
+
+
+def start(service: Service) -> ThreadingHTTPServer:
+    """Serve the daemon's HTTP endpoints on its configured host and port."""
+    s = service.settings
+    return serve(s.http_host, s.http_port, service.metrics, service.health)
 
 
 def serve(host: str, port: int, metrics: Metrics, health: Health) -> ThreadingHTTPServer:

@@ -13,9 +13,8 @@ from loguru import logger
 
 from core.checkpoint import CheckpointError
 from core.engine import Engine
-from daemon import systemd
+from daemon import http, systemd
 from daemon.decoders import DecoderPool
-from daemon.http import serve
 from daemon.intake import Intake
 from daemon.metrics import Health, Metrics
 from daemon.pipeline import Pipeline, decoder_pool
@@ -149,9 +148,7 @@ class Service:
 
     def _start_http(self) -> None:
         if self.settings.http_port:
-            self.server = serve(
-                self.settings.http_host, self.settings.http_port, self.metrics, self.health
-            )
+            self.server = http.start(self)
 
     def shutdown(self) -> None:
         """Stop taking files, drain the pipeline, stop every thread; claims left unfinished
