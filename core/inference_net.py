@@ -16,7 +16,9 @@ On CPU the convolution and its ReLU run as one oneDNN call
 (``torch.ops.mkldnn._convolution_pointwise``, the kernel ``torch.compile`` itself emits);
 where that op is missing or refuses the input, plain ``conv2d`` + ``relu_`` does the same.
 Weights are stored in the serving dtype, so no per-call casting (autocast) is needed.
-In fp32 the result equals the original model's to rounding (about 3e-7).
+In fp32 the result equals the original model's to rounding (about 3e-7). The ``upsample``
+decoder variant (core.model) folds the same way: its stages are plain convolutions that run
+on the nearest-upsampled input.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.model import ConvDiffusionModel
+from core.model import ConvDiffusionModel, UpsampleConv2d
 from core.precision import MIXED_REDUCED_STAGES, PRECISIONS, STAGES
 
 
@@ -40,7 +42,7 @@ class _Stage:
     shift: torch.Tensor  # relu form: added after ReLU (and pool)
     low: torch.Tensor | None  # clamp form only: per-channel bounds
     high: torch.Tensor | None
-    transpose: bool
+    kind: str  # "conv", "transpose" (stride-2 transposed) or "upsample" (2x nearest, conv)
 
     @property
     def relu_form(self) -> bool:
@@ -51,17 +53,24 @@ def _fold(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> _Stage:
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     shift = bn.bias - bn.running_mean * scale
     transpose = isinstance(conv, nn.ConvTranspose2d)
+    kind = _kind(conv)
     # Conv2d weights are (out, in, k, k); ConvTranspose2d weights are (in, out, k, k).
     out_axis = (1, -1, 1, 1) if transpose else (-1, 1, 1, 1)
     weight = conv.weight * scale.view(out_axis)
     assert conv.bias is not None  # the seed's convolutions all have a bias
     channel = (1, -1, 1, 1)
     if bool((scale >= 0).all()):
-        return _Stage(weight, conv.bias * scale, shift.view(channel), None, None, transpose)
+        return _Stage(weight, conv.bias * scale, shift.view(channel), None, None, kind)
     inf = torch.full_like(shift, float("inf"))
     low = torch.where(scale >= 0, shift, -inf).view(channel)
     high = torch.where(scale >= 0, inf, shift).view(channel)
-    return _Stage(weight, conv.bias * scale + shift, shift.view(channel), low, high, transpose)
+    return _Stage(weight, conv.bias * scale + shift, shift.view(channel), low, high, kind)
+
+
+def _kind(conv: nn.Module) -> str:
+    if isinstance(conv, nn.ConvTranspose2d):
+        return "transpose"
+    return "upsample" if isinstance(conv, UpsampleConv2d) else "conv"
 
 
 # A trained pixel-space model drifts 5/255 in all-bf16 but under 1/255 in bf16-mixed, which
@@ -108,6 +117,7 @@ class FoldedModel(nn.Module):
             self._last_weight = last.weight.detach().to(dtype).contiguous(memory_format=layout)
             assert last.bias is not None
             self._last_bias = last.bias.detach().to(dtype)
+            self._last_kind = _kind(last)
         # The oneDNN fused op only exists for CPU tensors; it is used until it first fails.
         self._fused = fused and device.type == "cpu" and _has_fused_ops()
 
@@ -120,7 +130,7 @@ class FoldedModel(nn.Module):
             stage.shift.detach().to(dtype),
             None if stage.low is None else stage.low.detach().to(dtype),
             None if stage.high is None else stage.high.detach().to(dtype),
-            stage.transpose,
+            stage.kind,
         )
 
     @property
@@ -135,7 +145,9 @@ class FoldedModel(nn.Module):
         for stage, skip in zip(self._stages[3:], (skips[1], skips[0]), strict=True):
             x = self._decode(stage, x.to(stage.weight.dtype))
             x = x.add_(skip.to(x.dtype))
-        x = _conv(x.to(self._last_weight.dtype), self._last_weight, self._last_bias, transpose=True)
+        x = _conv(
+            x.to(self._last_weight.dtype), self._last_weight, self._last_bias, self._last_kind
+        )
         # 3 channels: the Sigmoid in fp32 costs nothing and keeps bf16 rounding off the output.
         return torch.sigmoid(x.float())
 
@@ -143,13 +155,13 @@ class FoldedModel(nn.Module):
         if stage.relu_form:
             # relu, pool and "+ shift" all commute, so the cheap ones run on the pooled tensor.
             return F.max_pool2d(self._conv_relu(stage, x), 2).add_(stage.shift)
-        pooled = F.max_pool2d(_conv(x, stage.weight, stage.bias, transpose=False), 2)
+        pooled = F.max_pool2d(_conv(x, stage.weight, stage.bias, stage.kind), 2)
         return pooled.clamp_(stage.low, stage.high)
 
     def _decode(self, stage: _Stage, x: torch.Tensor) -> torch.Tensor:
         if stage.relu_form:
             return self._conv_relu(stage, x).add_(stage.shift)
-        return _conv(x, stage.weight, stage.bias, transpose=True).clamp_(stage.low, stage.high)
+        return _conv(x, stage.weight, stage.bias, stage.kind).clamp_(stage.low, stage.high)
 
     def _conv_relu(self, stage: _Stage, x: torch.Tensor) -> torch.Tensor:
         if self._fused:
@@ -157,22 +169,24 @@ class FoldedModel(nn.Module):
                 return _fused_conv_relu(x, stage)
             except RuntimeError:
                 self._fused = False  # unsupported layout or dtype here: plain ops from now on
-        return _conv(x, stage.weight, stage.bias, transpose=stage.transpose).relu_()
+        return _conv(x, stage.weight, stage.bias, stage.kind).relu_()
 
 
-def _conv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, transpose: bool
-) -> torch.Tensor:
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kind: str) -> torch.Tensor:
     # The seed's layers: 3x3 convolutions with padding 1; the transposed ones upsample 2x.
-    if transpose:
+    if kind == "transpose":
         return F.conv_transpose2d(x, weight, bias, stride=2, padding=1, output_padding=1)
+    if kind == "upsample":
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
     return F.conv2d(x, weight, bias, padding=1)
 
 
 def _fused_conv_relu(x: torch.Tensor, stage: _Stage) -> torch.Tensor:
-    if stage.transpose:
+    if stage.kind == "transpose":
         op = torch.ops.mkldnn._convolution_transpose_pointwise
         return op(x, stage.weight, stage.bias, [1, 1], [1, 1], [2, 2], [1, 1], 1, "relu", [], "")
+    if stage.kind == "upsample":
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
     op = torch.ops.mkldnn._convolution_pointwise
     return op(x, stage.weight, stage.bias, [1, 1], [1, 1], [1, 1], 1, "relu", [], "")
 

@@ -1,21 +1,39 @@
 """The seed's network, unchanged in shape and parameter names.
 
-Despite its name it is not a diffusion model: one forward pass maps an image to an image
-through a three-level convolutional encoder-decoder with additive skips. Keeping the
-layer layout identical (``enc1.0.weight``, ``enc1.2.running_mean``, ...) is what lets a
-seed ``state_dict`` load with ``strict=True``.
+One forward pass maps an image to an image through a three-level convolutional
+encoder-decoder with additive skips. Keeping the layer layout identical (``enc1.0.weight``,
+``enc1.2.running_mean``, ...) is what lets a seed ``state_dict`` load with ``strict=True``.
+
+One variant, recorded in a checkpoint's ``decoder`` metadata (issue 12): ``upsample``
+replaces each stride-2 transposed convolution of the decoder by nearest-neighbour 2x
+upsampling and a 3x3 convolution, which cannot leave the checkerboard a transposed
+convolution paints when each output pixel sees an uneven share of the kernel (Odena,
+Dumoulin and Olah, "Deconvolution and Checkerboard Artifacts", 2016). The parameter names
+stay the same; the decoder's weights are (out, in, 3, 3) instead of (in, out, 3, 3). It
+costs about four times the transposed convolution's multiply-adds in the decoder.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from core.shapes import SIZE_MULTIPLE
 
-__all__ = ["ARCHITECTURE", "IMAGENET_MEAN", "IMAGENET_STD", "SIZE_MULTIPLE", "ConvDiffusionModel"]
+__all__ = [
+    "ARCHITECTURE",
+    "DECODERS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SIZE_MULTIPLE",
+    "ConvDiffusionModel",
+    "UpsampleConv2d",
+]
 
 ARCHITECTURE = "ConvDiffusionModel"
+# The decoder's 2x upsampling: the seed's transposed convolutions, or upsample-then-convolve.
+DECODERS: tuple[str, ...] = ("transpose", "upsample")
 # The seed normalizes inputs with ImageNet statistics; VGG's perceptual loss expects them too.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,24 +48,42 @@ def _encoder(cin: int, cout: int) -> nn.Sequential:
     )
 
 
-def _decoder(cin: int, cout: int, last: bool = False) -> nn.Sequential:
-    up = nn.ConvTranspose2d(cin, cout, kernel_size=3, stride=2, padding=1, output_padding=1)
+class UpsampleConv2d(nn.Conv2d):
+    """Nearest-neighbour 2x upsampling, then a 3x3 convolution (padding 1)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout, kernel_size=3, stride=1, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def _decoder(cin: int, cout: int, decoder: str, last: bool = False) -> nn.Sequential:
+    up: nn.Module
+    if decoder == "upsample":
+        up = UpsampleConv2d(cin, cout)
+    else:
+        up = nn.ConvTranspose2d(cin, cout, kernel_size=3, stride=2, padding=1, output_padding=1)
     if last:
         return nn.Sequential(up, nn.Sigmoid())
     return nn.Sequential(up, nn.ReLU(), nn.BatchNorm2d(cout))
 
 
 class ConvDiffusionModel(nn.Module):
-    """Encoder-decoder with additive skips; output is a Sigmoid in 0..1."""
+    """Encoder-decoder with additive skips; output is a Sigmoid in 0..1. ``decoder`` is one
+    of :data:`DECODERS` (module docstring); the default is the seed's."""
 
-    def __init__(self) -> None:
+    def __init__(self, decoder: str = "transpose") -> None:
         super().__init__()
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}: {decoder!r}")
+        self.decoder = decoder
         self.enc1 = _encoder(3, 64)
         self.enc2 = _encoder(64, 128)
         self.enc3 = _encoder(128, 256)
-        self.dec1 = _decoder(256, 128)
-        self.dec2 = _decoder(128, 64)
-        self.dec3 = _decoder(64, 3, last=True)
+        self.dec1 = _decoder(256, 128, decoder)
+        self.dec2 = _decoder(128, 64, decoder)
+        self.dec3 = _decoder(64, 3, decoder, last=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         enc1 = self.enc1(x)
@@ -58,6 +94,6 @@ class ConvDiffusionModel(nn.Module):
         return self.dec3(dec2)
 
 
-def expected_shapes() -> dict[str, tuple[int, ...]]:
+def expected_shapes(decoder: str = "transpose") -> dict[str, tuple[int, ...]]:
     """Parameter and buffer shapes of a fresh model, the reference for validating weights."""
-    return {k: tuple(v.shape) for k, v in ConvDiffusionModel().state_dict().items()}
+    return {k: tuple(v.shape) for k, v in ConvDiffusionModel(decoder).state_dict().items()}

@@ -139,6 +139,12 @@ def load_resume(s: TrainSettings) -> tuple[Path | None, dict[str, Any] | None]:
             f"--resume: the run trains {trained}, not {s.objective}; "
             "start a new run to change the objective"
         )
+    built = before.get("decoder", "transpose")  # states from before decoder variants
+    if built != s.decoder:
+        raise SettingsError(
+            f"--resume: the run's network has the {built} decoder, not {s.decoder}; "
+            "start a new run to change the network"
+        )
     if changed:
         logger.warning("resume: settings changed since the run started: {}", changed)
     return path, state
@@ -296,6 +302,7 @@ def checkpoint_meta(
         metrics={k: v for k, v in metrics.items() if math.isfinite(v)},
         dataset_hash=data.dataset_hash(),
         settings=s.as_json(),
+        decoder=s.decoder,
         **objective_meta(s.objective, s.sample_strength, s.sample_steps, s.sample_eta),
     )
 

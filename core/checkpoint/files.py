@@ -36,7 +36,6 @@ def save_checkpoint(
     """
     target = Path(path)
     tensors = strip_wrapper_prefixes(dict(state_dict), target)
-    validate_state_dict(tensors, target)
     meta_dict = meta.to_dict()
     try:
         checked = CheckpointMeta.from_dict(meta_dict)
@@ -48,6 +47,7 @@ def save_checkpoint(
             f"metadata says architecture {checked.architecture!r}, weights are {ARCHITECTURE}",
             target,
         )
+    validate_state_dict(tensors, target, checked.decoder)
     # Clones: contiguous CPU tensors that share no storage, which safetensors requires.
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
     blob = safetensors_format.serialize(tensors, meta_json, target)
@@ -102,7 +102,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             f"checkpoint is for architecture {meta.architecture!r}, this artd runs {ARCHITECTURE}",
             label,
         )
-    validate_state_dict(state_dict, label)
+    validate_state_dict(state_dict, label, meta.decoder)
     checkpoint = Checkpoint(
         path=real, state_dict=state_dict, meta=meta, sha256=hashlib.sha256(data).hexdigest()
     )

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 
 from core import __version__
-from core.model import ARCHITECTURE, IMAGENET_MEAN, IMAGENET_STD
+from core.model import ARCHITECTURE, DECODERS, IMAGENET_MEAN, IMAGENET_STD
 
 # Bump when the layout changes incompatibly; readers refuse versions newer than they know.
 FORMAT_VERSION = 1
@@ -74,6 +74,9 @@ class CheckpointMeta:
     diffusion: dict[str, Any] | None = None
     # Recommended sampler settings ({"strength": .., "steps": .., "eta": ..}), may be empty.
     sampler: dict[str, float] = field(default_factory=dict)
+    # The network's decoder variant (core.model.DECODERS); files written before it existed,
+    # and every seed file, are the seed's "transpose".
+    decoder: str = "transpose"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,6 +122,7 @@ class CheckpointMeta:
             objective=objective,
             diffusion=diffusion,
             sampler=sampler,
+            decoder=_expect_choice(data, "decoder", DECODERS) if "decoder" in data else "transpose",
         )
 
 

@@ -27,8 +27,10 @@ def few(items: list[str]) -> str:
     return f"{shown} (and {more} more)" if more > 0 else shown
 
 
-def validate_state_dict(state_dict: dict[str, Any], source: str | os.PathLike[str]) -> None:
-    """Check keys, shapes, dtypes and finiteness against ConvDiffusionModel.
+def validate_state_dict(
+    state_dict: dict[str, Any], source: str | os.PathLike[str], decoder: str = "transpose"
+) -> None:
+    """Check keys, shapes, dtypes and finiteness against ConvDiffusionModel(decoder).
 
     Raises CheckpointError naming ``source`` and every kind of problem found (a few examples
     of each).
@@ -38,7 +40,7 @@ def validate_state_dict(state_dict: dict[str, Any], source: str | os.PathLike[st
     not_tensors = [str(k) for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise CheckpointError(f"entries that are not tensors: {few(not_tensors)}", source)
-    expected = expected_shapes()
+    expected = expected_shapes(decoder)
     problems: list[str] = []
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(str(k) for k in set(state_dict) - set(expected))
@@ -48,7 +50,10 @@ def validate_state_dict(state_dict: dict[str, Any], source: str | os.PathLike[st
         problems.append(f"{len(unexpected)} unexpected keys: {few(unexpected)}")
     problems += _tensor_problems(state_dict, expected)
     if problems:
-        raise CheckpointError(f"not valid {ARCHITECTURE} weights: " + "; ".join(problems), source)
+        variant = "" if decoder == "transpose" else f" ({decoder} decoder)"
+        raise CheckpointError(
+            f"not valid {ARCHITECTURE}{variant} weights: " + "; ".join(problems), source
+        )
 
 
 def _tensor_problems(
@@ -102,7 +107,7 @@ def build_model(ckpt: Checkpoint) -> ConvDiffusionModel:
             f"checkpoint is for architecture {ckpt.meta.architecture!r}, not {ARCHITECTURE}",
             ckpt.path,
         )
-    model = ConvDiffusionModel()
+    model = ConvDiffusionModel(ckpt.meta.decoder)
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as exc:

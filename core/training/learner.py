@@ -71,7 +71,7 @@ def build_learner(
     """Model, optimizer, schedule and mixed precision; restored from ``state`` when resuming
     (the RNGs last: initialising the fresh weights has drawn from them)."""
     device = d.device
-    raw = ConvDiffusionModel().to(device)
+    raw = ConvDiffusionModel(s.decoder).to(device)
     if channels_last:
         raw = raw.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(raw.parameters(), lr=s.lr)

@@ -38,6 +38,11 @@ class TrainSettings(BaseSettings):
     objective: Literal["reconstruct", "denoise"] = Field(
         "reconstruct", description="reconstruct (the seed's recipe) or denoise (diffusion)"
     )
+    decoder: Literal["transpose", "upsample"] = Field(
+        "transpose",
+        description="the network's 2x upsampling: the seed's transposed convolutions, or "
+        "nearest upsampling + 3x3 convolution (no checkerboard, ~4x the decoder's cost)",
+    )
     out: Path = Field(Path("checkpoints"), description="where run-<timestamp>/ folders go")
     epochs: int = Field(150, ge=1, description="epochs to train (total, also when resuming)")
     batch_size: int = Field(32, ge=1, description="images per step per process")
