@@ -1,0 +1,11 @@
+"""The page for the people at the folder and its JSON API (docs/page.md): what the daemon
+serves besides /healthz and /metrics, one module per job.
+
+- ``paths``: turning a URL's path into a file inside one allowed folder, never outside;
+- ``index``: the outbox and quarantine listings, cached and bounded;
+- ``meta``: what an output says about itself (model, settings), read cheaply;
+- ``thumbs``: thumbnails made by the safe decoder in a decoder process, cached on disk;
+- ``retry``: moving a quarantined file back to the inbox;
+- ``guard``: the checks every POST passes (token, Origin, Sec-Fetch-Site, Host);
+- ``api``: the JSON documents; ``static/``: the page itself.
+"""
