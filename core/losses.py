@@ -1,4 +1,5 @@
-"""The training loss: pixel MSE plus a VGG16 perceptual term, with weights found offline.
+"""The training losses: pixel MSE plus a VGG16 perceptual term, and the style-transfer loss
+(Johnson et al. 2016), with VGG16 weights found offline.
 
 Outputs and targets are both images in 0..1 (pixel space); VGG sees ImageNet-normalized
 copies of both (``core.space.imagenet``), which is what its features were trained on (the
@@ -8,6 +9,13 @@ VGG16 weights are looked up, in order: an explicit file, the torch hub cache
 (``$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth``, where torchvision itself puts them),
 then torchvision's download. If none works the caller gets a :class:`VGGWeightsError`
 naming the path and the two ways out; training never silently goes on without it.
+
+The style loss (:class:`StyleLoss`, ``--objective style``) reads the same ``features[:16]``
+at three points: relu1_2, relu2_2 and relu3_3 (:data:`STYLE_LAYERS`). Its content term is
+the MSE between relu2_2 of output and input photo, its style term the MSE between Gram
+matrices (:func:`gram`, normalised by C x H x W as in pytorch/examples fast_neural_style)
+of the output and a target, summed over the three layers, and a total-variation term keeps
+neighbouring pixels close.
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ from core.space import imagenet
 VGG16_FILENAME = "vgg16-397923af.pth"
 # features[:16] ends after relu3_3, the layer the seed (and most perceptual losses) use.
 VGG_FEATURE_LAYERS = 16
+# Where features[:16] is cut for the style loss: after relu1_2, relu2_2 and relu3_3.
+STYLE_LAYERS = (("relu1_2", 4), ("relu2_2", 9), ("relu3_3", 16))
+CONTENT_LAYER = "relu2_2"
 
 
 class VGGWeightsError(RuntimeError):
@@ -90,11 +101,20 @@ def _download() -> dict[str, torch.Tensor] | None:
         return None
 
 
+# How to train without VGG16, by what needs it (the guidance's last sentence).
+WITHOUT_VGG = "train without the perceptual term with --perceptual-weight 0"
+WITHOUT_VGG_STYLE = (
+    "style training cannot do without VGG16: train --objective denoise instead "
+    "(it needs no VGG weights with --perceptual-weight 0)"
+)
+
+
 def resolve_vgg_features(
-    explicit: Path | None = None, *, download: bool = True
+    explicit: Path | None = None, *, download: bool = True, without: str = WITHOUT_VGG
 ) -> tuple[nn.Sequential, str]:
     """VGG16 ``features[:16]`` and where its weights came from (explicit file, hub cache,
-    download), or VGGWeightsError saying how to fix it."""
+    download), or VGGWeightsError saying how to fix it; ``without`` is the way out that
+    needs no VGG (:data:`WITHOUT_VGG`, :data:`WITHOUT_VGG_STYLE`)."""
     if explicit is not None:
         if not Path(explicit).is_file():
             raise VGGWeightsError(f"--vgg-weights {explicit}: no such file")
@@ -111,8 +131,7 @@ def resolve_vgg_features(
         "the perceptual loss needs ImageNet VGG16 weights and none were found: "
         f"expected {cached} (the torch hub cache; set TORCH_HOME to move it)"
         + ("" if download else ", download disabled")
-        + ". Either copy vgg16-397923af.pth there or pass --vgg-weights FILE, "
-        "or train without the perceptual term with --perceptual-weight 0."
+        + f". Either copy vgg16-397923af.pth there or pass --vgg-weights FILE, or {without}."
     )
 
 
@@ -157,3 +176,102 @@ class TrainingLoss(nn.Module):
             return mse, mse, torch.zeros((), device=mse.device)
         perceptual = self.perceptual(output, target)
         return mse + self.weight * perceptual, mse, perceptual
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """Gram matrices of a (N, C, H, W) batch: (N, C, C), divided by C x H x W, in fp32 also
+    under autocast (a Gram matrix sums H x W products: bf16 would lose the style term)."""
+    n, c, h, w = features.shape
+    with torch.autocast(features.device.type, enabled=False):
+        flat = features.float().reshape(n, c, h * w)
+        return flat.bmm(flat.transpose(1, 2)) / (c * h * w)
+
+
+def total_variation(pixels: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between horizontally and vertically neighbouring pixels."""
+    x = pixels.float()
+    across = (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean()
+    down = (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean()
+    return across + down
+
+
+class StyleFeatures(nn.Module):
+    """Frozen VGG16 ``features[:16]`` cut at :data:`STYLE_LAYERS`: 0..1 pixels in (ImageNet-
+    normalised inside), ``{layer name: activations}`` out."""
+
+    def __init__(self, features: nn.Sequential) -> None:
+        super().__init__()
+        self.normalize = imagenet()
+        starts = [0, *(end for _, end in STYLE_LAYERS[:-1])]
+        self.stages = nn.ModuleList(
+            features[start:end].eval() for start, (_, end) in zip(starts, STYLE_LAYERS, strict=True)
+        )
+        for p in self.stages.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> StyleFeatures:
+        super().train(mode)
+        self.stages.eval()  # VGG stays in eval mode, as in PerceptualLoss
+        return self
+
+    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, x = {}, self.normalize(pixels)
+        for (name, _), stage in zip(STYLE_LAYERS, self.stages, strict=True):
+            x = stage(x)
+            out[name] = x
+        return out
+
+    @torch.no_grad()
+    def grams(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each layer's Gram matrices of a batch of 0..1 pixels, (N, C, C) fp32."""
+        return {name: gram(x) for name, x in self(pixels).items()}
+
+
+class StyleLoss(nn.Module):
+    """Johnson et al. (2016)'s loss for a photo -> stylised photo network.
+
+    ``content_weight x MSE(relu2_2(output), relu2_2(photo)) + style_weight x sum over layers
+    of MSE(gram(output), target gram) + tv_weight x total_variation(output)``, everything in
+    fp32 on 0..1 pixels. ``target`` is one Gram matrix per layer, (1, C, C) (the collection's
+    mean) or (N, C, C); :meth:`forward` takes another for one call (one style image per
+    step). Returns (total, content, style, tv)."""
+
+    def __init__(
+        self,
+        features: StyleFeatures,
+        target: dict[str, torch.Tensor],
+        *,
+        content_weight: float,
+        style_weight: float,
+        tv_weight: float,
+    ) -> None:
+        super().__init__()
+        self.features = features
+        for name, _ in STYLE_LAYERS:
+            self.register_buffer(f"target_{name}", target[name].float(), persistent=False)
+        self.content_weight = content_weight
+        self.style_weight = style_weight
+        self.tv_weight = tv_weight
+
+    def target(self) -> dict[str, torch.Tensor]:
+        """The Gram target every call uses unless given another."""
+        return {name: getattr(self, f"target_{name}") for name, _ in STYLE_LAYERS}
+
+    def forward(
+        self,
+        output: torch.Tensor,
+        photo: torch.Tensor,
+        target: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        target = target if target is not None else self.target()
+        with torch.no_grad():
+            photo_content = self.features(photo)[CONTENT_LAYER].float()
+        out = self.features(output)
+        content = F.mse_loss(out[CONTENT_LAYER].float(), photo_content)
+        style = sum(
+            F.mse_loss(gram(out[name]), target[name].expand(output.shape[0], -1, -1))
+            for name, _ in STYLE_LAYERS
+        )
+        tv = total_variation(output)
+        total = self.content_weight * content + self.style_weight * style + self.tv_weight * tv
+        return total, content, style, tv

@@ -7,6 +7,9 @@ memory layout. Which sampler a checkpoint gets is :func:`sampler_for`'s choice, 
 
 - ``reconstruct`` (the seed's, and every checkpoint before issue 12): :class:`SinglePass`,
   one network pass on the normalised pixels. It takes no seeds and no sampler settings.
+- ``style`` (issue 13): :class:`SinglePass` too: the network maps the photo, normalised
+  with the ImageNet statistics its checkpoint records, to the stylised image in one pass.
+  Sampler settings are ignored, with one log line, exactly as for reconstruct.
 - ``denoise``: :class:`DiffusionSampler`, SDEdit img2img through ``core.diffusion.sample``
   with one network call per step for the whole batch. The checkpoint contract: pixel image
   space with mean = std = 0.5, so the space's normalisation is ``core.diffusion.to_model``
@@ -45,15 +48,15 @@ DENOISE_NORMALIZATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
 
 class SinglePass(nn.Module):
-    """The sampler of every reconstruct checkpoint: normalise, one network pass, to pixels.
+    """The sampler of every one-pass checkpoint (reconstruct, style): normalise, one network
+    pass, to pixels. ``objective`` is the checkpoint's, for logs and refusals.
 
     A module so that ``.to(device)`` moves the image space's statistics with the engine."""
 
-    objective = "reconstruct"
-
-    def __init__(self, space: ImageSpace) -> None:
+    def __init__(self, space: ImageSpace, objective: str = "reconstruct") -> None:
         super().__init__()
         self.space = space
+        self.objective = objective
 
     def forward(
         self,
@@ -149,7 +152,7 @@ def sampler_for(meta: CheckpointMeta) -> Sampler:
     """The sampler a checkpoint's metadata calls for (module docstring)."""
     space = ImageSpace.of(meta)
     if meta.objective != "denoise":
-        return SinglePass(space)
+        return SinglePass(space, meta.objective)
     if meta.image_space != "pixel" or meta.normalization != DENOISE_NORMALIZATION:
         raise ValueError(
             "a denoise checkpoint must record image_space 'pixel' and normalization "

@@ -18,6 +18,12 @@ step, so the global batch is ``batch_size x N``; ``lr`` is used as given. Only r
 validates and writes files. Exit status: 0 done, 1 failed, 2 bad settings, 3 trained but the
 gate kept the served model, also when that model has another objective (under torchrun, rank
 0's 3 makes torchrun report a failure).
+
+``--objective style`` (issue 13) trains photo -> the collection's manner (Johnson et al. 2016):
+the content photos (``--content-data``, default the collection) are the input, the loss is
+``core.losses.StyleLoss`` against the collection's Gram statistics (``core.training.style``).
+It needs VGG16 weights whatever ``--perceptual-weight`` says, and stops before any work when
+none are found.
 """
 
 from __future__ import annotations
@@ -40,8 +46,14 @@ from torch.utils.data import DataLoader
 
 from core.checkpoint import CheckpointMeta
 from core.config import SettingsError
-from core.data import PreparedData
-from core.losses import PerceptualLoss, TrainingLoss, resolve_vgg_features
+from core.losses import (
+    WITHOUT_VGG_STYLE,
+    PerceptualLoss,
+    StyleFeatures,
+    StyleLoss,
+    TrainingLoss,
+    resolve_vgg_features,
+)
 from core.training.distributed import Dist, main_first, setup
 from core.training.evaluate import batch_to_device, device_pixels, evaluate
 from core.training.gate import EXIT_NOT_PROMOTED, promotion_gate
@@ -51,6 +63,7 @@ from core.training.objective import (
     Figure,
     TrainingNoise,
     denoise_samples,
+    loss_parts,
     objective_meta,
     schedule_for,
     training_noise,
@@ -58,6 +71,10 @@ from core.training.objective import (
 from core.training.run_folder import RunFolder
 from core.training.settings import TrainSettings, parse_settings
 from core.training.state import find_resume_state, load_training_state
+from core.training.style import StyleDraw, build_style_loss, evaluate_style, style_draw
+
+# What a run's loss is: pixel MSE + perceptual (reconstruct, denoise) or the style loss.
+Loss = TrainingLoss | StyleLoss
 
 
 def train(s: TrainSettings, d: Dist, closing: contextlib.ExitStack) -> int:
@@ -65,19 +82,21 @@ def train(s: TrainSettings, d: Dist, closing: contextlib.ExitStack) -> int:
     log sink and TensorBoard)."""
     seed_everything(s.seed, s.deterministic)
     channels_last = s.channels_last and d.device.type == "cuda"
-    # Perceptual loss first: missing VGG weights must stop us before any work is done.
-    loss_fn, vgg_source = build_loss(s, d, channels_last)
+    # VGG first: missing weights must stop us before any work is done.
+    vgg, vgg_source = load_vgg(s, d, channels_last)
     state_path, state = load_resume(s)
     run = closing.enter_context(
         RunFolder.start(s.out, resume_state=state_path, main=d.is_main, tensorboard=s.tensorboard)
     )
-    logger.info("perceptual loss: {}", vgg_source)
+    logger.info("{} loss: {}", "style" if s.objective == "style" else "perceptual", vgg_source)
     if state is not None:
         run.truncate_metrics(state["epoch"])  # the interrupted epoch is trained again
 
     data = load_data(s, d, run)
+    loss_fn = build_loss(s, d, vgg, data)
     learner = build_learner(s, d, state, channels_last)
     noise = training_noise(s.objective, s.seed, d.rank, d.device)
+    draw = style_draw(s, d, loss_fn, data.style_set)  # None unless --style-target sample
     logger.info(
         "training {} ({}) epochs from {} on {} x{} ({}), global batch {}, {} train / {} val images",
         s.epochs, s.objective, learner.start_epoch, d.device, d.world_size,
@@ -86,7 +105,7 @@ def train(s: TrainSettings, d: Dist, closing: contextlib.ExitStack) -> int:
     )  # fmt: skip
 
     for epoch in range(learner.start_epoch, s.epochs):
-        result = train_epoch(s, d, learner, data, loss_fn, epoch, noise)
+        result = train_epoch(s, d, learner, data, loss_fn, epoch, noise, draw)
         if d.is_main:
             end_epoch(s, learner, data, loss_fn, run, epoch + 1, result)
         d.barrier()
@@ -108,18 +127,28 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True)
 
 
-def build_loss(s: TrainSettings, d: Dist, channels_last: bool) -> tuple[TrainingLoss, str]:
-    """MSE plus the VGG16 term, and where VGG's weights came from (rank 0 looks first: it may
-    download them into the hub cache the others then read)."""
-    perceptual, source = None, "off (--perceptual-weight 0)"
-    if s.perceptual_weight > 0:
-        features, source = main_first(
-            d, lambda: resolve_vgg_features(s.vgg_weights, download=s.vgg_download)
-        )
-        perceptual = PerceptualLoss(features)
-        if channels_last:
-            perceptual = perceptual.to(memory_format=torch.channels_last)
-    return TrainingLoss(perceptual, s.perceptual_weight).to(d.device), source
+def load_vgg(s: TrainSettings, d: Dist, channels_last: bool) -> tuple[nn.Sequential | None, str]:
+    """VGG16 ``features[:16]`` when the run needs it (a perceptual weight, or style), and where
+    its weights came from (rank 0 looks first: it may download them into the hub cache the
+    others then read)."""
+    style = s.objective == "style"
+    if not style and s.perceptual_weight == 0:
+        return None, "off (--perceptual-weight 0)"
+    without = {"without": WITHOUT_VGG_STYLE} if style else {}
+    features, source = main_first(
+        d, lambda: resolve_vgg_features(s.vgg_weights, download=s.vgg_download, **without)
+    )
+    if channels_last:
+        features = features.to(memory_format=torch.channels_last)
+    return features, source
+
+
+def build_loss(s: TrainSettings, d: Dist, vgg: nn.Sequential | None, data: Data) -> Loss:
+    """MSE plus the VGG16 term, or for style the style loss with the collection's target."""
+    if s.objective == "style":
+        return build_style_loss(s, d, StyleFeatures(vgg), data.style_set)
+    perceptual = PerceptualLoss(vgg) if vgg is not None else None
+    return TrainingLoss(perceptual, s.perceptual_weight).to(d.device)
 
 
 def load_resume(s: TrainSettings) -> tuple[Path | None, dict[str, Any] | None]:
@@ -155,11 +184,10 @@ def load_resume(s: TrainSettings) -> tuple[Path | None, dict[str, Any] | None]:
 
 @dataclass
 class EpochResult:
-    """One epoch's training figures, summed over every rank."""
+    """One epoch's training figures, summed over every rank: the loss's parts by name
+    (``core.training.objective.loss_parts``), the learning rate and the speed."""
 
-    loss: float
-    mse: float
-    perceptual: float
+    parts: dict[str, float]
     lr: float
     images_per_s: float
     seconds: float
@@ -168,9 +196,7 @@ class EpochResult:
         """The epoch's ``metrics.jsonl`` row, validation figures in the middle."""
         return {
             "epoch": epoch,
-            "loss": self.loss,
-            "mse": self.mse,
-            "perceptual": self.perceptual,
+            **self.parts,
             **val,
             "lr": self.lr,
             "images_per_s": self.images_per_s,
@@ -183,38 +209,49 @@ def train_epoch(
     d: Dist,
     learner: Learner,
     data: Data,
-    loss_fn: TrainingLoss,
+    loss_fn: Loss,
     epoch: int,
     noise: TrainingNoise | None,
+    draw: StyleDraw | None = None,
 ) -> EpochResult:
     """One pass over this rank's share of the training set, then one scheduler step;
-    ``noise`` (denoise runs) is re-seeded for the epoch like the sampler's shuffle."""
+    ``noise`` (denoise runs) and ``draw`` (style runs drawing a style image per step) are
+    re-seeded for the epoch like the sampler's shuffle."""
     learner.model.train()
     data.sampler.set_epoch(epoch)
-    if noise is not None:
-        noise.start_epoch(epoch)
+    for reseeded in (noise, draw):
+        if reseeded is not None:
+            reseeded.start_epoch(epoch)
     lr = learner.optimizer.param_groups[0]["lr"]
     started = time.perf_counter()
     show_bar = d.is_main and sys.stderr.isatty()
-    sums = torch.zeros(4, dtype=torch.float64, device=d.device)  # loss, mse, perceptual, n
+    names = loss_parts(s.objective)
+    sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=d.device)  # parts, n
     for step, batch in enumerate(progress(data.loader, show_bar, f"epoch {epoch + 1}")):
-        parts, n = train_step(learner, batch, loss_fn, noise)
-        sums[:3] += parts * n
-        sums[3] += n
+        parts, n = train_step(learner, batch, loss_fn, noise, draw)
+        sums[:-1] += parts * n
+        sums[-1] += n
         if not show_bar and d.is_main and (step + 1) % s.log_every == 0:
             logger.info("epoch {} step {}: loss {:.5f}", epoch + 1, step + 1, parts[0].item())
     learner.scheduler.step()
     d.all_reduce(sums)
     seconds = time.perf_counter() - started
-    total, mse, perceptual, count = sums.tolist()
-    return EpochResult(total / count, mse / count, perceptual / count, lr, count / seconds, seconds)
+    *totals, count = sums.tolist()
+    parts = {name: total / count for name, total in zip(names, totals, strict=True)}
+    return EpochResult(parts, lr, count / seconds, seconds)
 
 
 def train_step(
-    learner: Learner, batch: torch.Tensor, loss_fn: TrainingLoss, noise: TrainingNoise | None
+    learner: Learner,
+    batch: torch.Tensor,
+    loss_fn: Loss,
+    noise: TrainingNoise | None,
+    draw: StyleDraw | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """One optimizer step; returns (loss, mse, perceptual) as float64 and the batch's size.
-    With ``noise`` (denoise) the input is the noised batch and the target the clean one."""
+    """One optimizer step; returns the loss's parts (``loss_parts``) as float64 and the
+    batch's size. With ``noise`` (denoise) the input is the noised batch and the target the
+    clean one; for style the target is the photo itself and ``draw`` may pick the step's
+    style image."""
     if noise is None:
         inputs, target = batch_to_device(
             batch, learner.device, learner.space, learner.channels_last
@@ -225,12 +262,13 @@ def train_step(
     amp = learner.amp_dtype
     with torch.autocast(learner.device.type, dtype=amp, enabled=amp is not None):
         output = learner.model(inputs)
-        loss, mse, perceptual = loss_fn(output, target)
+        extra = () if draw is None else (draw.target(learner.device),)
+        losses = loss_fn(output, target, *extra)
     learner.optimizer.zero_grad(set_to_none=True)
-    learner.scaler.scale(loss).backward()
+    learner.scaler.scale(losses[0]).backward()
     learner.scaler.step(learner.optimizer)
     learner.scaler.update()
-    parts = torch.stack([loss.detach(), mse.detach(), perceptual.detach()]).double()
+    parts = torch.stack([part.detach() for part in losses]).double()
     return parts, target.shape[0]
 
 
@@ -250,28 +288,19 @@ def end_epoch(
     s: TrainSettings,
     learner: Learner,
     data: Data,
-    loss_fn: TrainingLoss,
+    loss_fn: Loss,
     run: RunFolder,
     done: int,
     result: EpochResult,
 ) -> None:
     """Rank 0, after epoch ``done``: validate, then write metrics, checkpoints, pictures and,
     last, the resume state (a crash before it redoes the epoch, never skips it)."""
-    figure = Figure(learner.space, schedule_for(s.objective))
-    val = evaluate(
-        learner.raw, data.val_batches, loss_fn, learner.device,
-        figure=figure, channels_last=learner.channels_last,
-    )  # fmt: skip
+    val = validate(s, learner, data, loss_fn)
     row = result.row(done, val)
     run.log_metrics(row)
-    logger.info(
-        "epoch {}/{}: loss {:.5f} (mse {:.5f}, perceptual {:.5f}) val_mse {:.5f} "
-        "val_psnr {:.2f} dB, {:.1f} images/s",
-        done, s.epochs, row["loss"], row["mse"], row["perceptual"],
-        row.get("val_mse", math.nan), row.get("val_psnr", math.nan), row["images_per_s"],
-    )  # fmt: skip
+    log_epoch(s, done, row)
     weights = cpu_state_dict(learner.raw)
-    meta = checkpoint_meta(s, done, {k: v for k, v in row.items() if k != "epoch"}, data.prepared)
+    meta = checkpoint_meta(s, done, {k: v for k, v in row.items() if k != "epoch"}, data)
     if val and val["val_loss"] < learner.best_val_loss:
         learner.best_val_loss = val["val_loss"]
         run.save_best(weights, meta)
@@ -283,16 +312,50 @@ def end_epoch(
     run.save_state(learner.state(done, weights, s))
 
 
+def validate(s: TrainSettings, learner: Learner, data: Data, loss_fn: Loss) -> dict[str, float]:
+    """The epoch's validation figures: the objective's deterministic figure on the held-out
+    images (style: ``core.training.style.evaluate_style``)."""
+    if isinstance(loss_fn, StyleLoss):
+        return evaluate_style(
+            learner.raw, data.val_batches, loss_fn, learner.device, learner.space,
+            channels_last=learner.channels_last,
+        )  # fmt: skip
+    figure = Figure(learner.space, schedule_for(s.objective))
+    return evaluate(
+        learner.raw, data.val_batches, loss_fn, learner.device,
+        figure=figure, channels_last=learner.channels_last,
+    )  # fmt: skip
+
+
+def log_epoch(s: TrainSettings, done: int, row: dict[str, float]) -> None:
+    """The epoch's log line."""
+    if s.objective == "style":
+        logger.info(
+            "epoch {}/{}: loss {:.5f} (content {:.5f}, style {:.5g}, tv {:.5f}) val_loss {:.5f} "
+            "(val_content {:.5f}, val_style {:.5g}), {:.1f} images/s",
+            done, s.epochs, row["loss"], row["content"], row["style"], row["tv"],
+            row.get("val_loss", math.nan), row.get("val_content", math.nan),
+            row.get("val_style", math.nan), row["images_per_s"],
+        )  # fmt: skip
+        return
+    logger.info(
+        "epoch {}/{}: loss {:.5f} (mse {:.5f}, perceptual {:.5f}) val_mse {:.5f} "
+        "val_psnr {:.2f} dB, {:.1f} images/s",
+        done, s.epochs, row["loss"], row["mse"], row["perceptual"],
+        row.get("val_mse", math.nan), row.get("val_psnr", math.nan), row["images_per_s"],
+    )  # fmt: skip
+
+
 def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """One CPU copy of the weights, shared by the checkpoints and the resume state."""
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
 def checkpoint_meta(
-    s: TrainSettings, epoch: int, metrics: dict[str, float], data: PreparedData
+    s: TrainSettings, epoch: int, metrics: dict[str, float], data: Data
 ) -> CheckpointMeta:
-    """What a checkpoint records: ImageNet's ``normalization`` (reconstruct, the statistics
-    :func:`train` normalises with) or the denoise contract, schedule and sampler."""
+    """What a checkpoint records: ImageNet's ``normalization`` (reconstruct and style, the
+    statistics :func:`train` normalises with) or the denoise contract, schedule and sampler."""
     return CheckpointMeta(
         image_space="pixel",
         train_size=s.image_size,
@@ -312,7 +375,8 @@ def save_samples(
     s: TrainSettings, learner: Learner, data: Data, run: RunFolder, epoch: int
 ) -> None:
     """The sample grid: the first validation images and what the network makes of them
-    (denoise: sampled at a few strengths, plus a row from pure noise)."""
+    (style: held-out content photo | stylised; denoise: sampled at a few strengths, plus a
+    row from pure noise)."""
     if not len(data.sample_batch):
         return
     learner.raw.eval()
@@ -328,9 +392,7 @@ def save_samples(
     run.save_sample_grid(epoch, images, columns)
 
 
-def gate(
-    s: TrainSettings, learner: Learner, data: Data, loss_fn: TrainingLoss, run: RunFolder
-) -> int:
+def gate(s: TrainSettings, learner: Learner, data: Data, loss_fn: Loss, run: RunFolder) -> int:
     """``--promote``: the run's best checkpoint against the served one; the exit status."""
     best = run.best
     if best is None or not best.exists():

@@ -29,7 +29,9 @@ RESIZE_POLICIES: tuple[str, ...] = ("fit", "stretch")
 # reconstruct: the seed's (one pass, image -> image; bare seed state_dicts are this).
 # denoise: trained to recover the clean image from a noised one (core.diffusion), served
 # through the multi-step sampler; its ``diffusion`` records the schedule.
-OBJECTIVES: tuple[str, ...] = ("reconstruct", "denoise")
+# style: trained to render a photo in a collection's manner (Johnson et al. 2016; one pass,
+# the photo in ImageNet normalisation, like reconstruct; core.training.style).
+OBJECTIVES: tuple[str, ...] = ("reconstruct", "denoise", "style")
 # Recommended sampler settings a checkpoint may carry (core.diffusion.SamplerSettings' keys).
 SAMPLER_KEYS = frozenset({"strength", "steps", "eta"})
 

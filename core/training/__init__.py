@@ -8,6 +8,8 @@
 - ``state``: the resume state (``last.pt``), RNGs included.
 - ``pictures``: the loss curves and sample grids, as PNG.
 - ``objective``: reconstruct or denoise: inputs, validation figure, metadata, denoise samples.
+- ``style``: style transfer (issue 13): the collection's Gram target, the per-step style draw,
+  the style validation figure.
 - ``evaluate``: batches onto the device in a checkpoint's image space; validation metrics.
 - ``gate``: the promotion gate that guards the served model.
 """

@@ -6,7 +6,12 @@ validation split with the same loss, each in the image space its metadata record
 post-processing), and moves the pointer (atomically, via ``core.checkpoint.promote``) only
 when the new loss is at most ``served x (1 + tolerance)``.
 
-Two checkpoints of different objectives (``reconstruct``, ``denoise``) are never compared:
+A style run's candidate is judged by its own figure (``core.training.style.evaluate_style``:
+style and content loss on the held-out content photos, the collection's mean Gram target),
+and so is a served style checkpoint.
+
+Two checkpoints of different objectives (``reconstruct``, ``denoise``, ``style``) are never
+compared:
 their figures measure different things. The gate then keeps the served model, says so in
 ``gate.json`` and the log, and the trainer exits 3. To switch the served model's objective on
 purpose, run the trainer with ``--promote-across-objectives`` (the candidate is promoted
@@ -30,9 +35,11 @@ import torch
 from loguru import logger
 
 from core.checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, promote
-from core.losses import TrainingLoss
+from core.losses import StyleLoss, TrainingLoss
+from core.space import ImageSpace
 from core.training.evaluate import KeyedBatch, evaluate
 from core.training.objective import Figure
+from core.training.style import evaluate_style
 
 # The trainer's exit status when it trained but the gate kept the served model.
 EXIT_NOT_PROMOTED = 3
@@ -58,12 +65,15 @@ class GateResult:
 def val_loss(
     checkpoint: Checkpoint,
     batches: list[KeyedBatch],
-    loss_fn: TrainingLoss,
+    loss_fn: TrainingLoss | StyleLoss,
     device: torch.device,
 ) -> float:
     """A checkpoint's validation loss, its network fed as its metadata says (its image space;
-    for denoise its schedule, at the fixed validation levels and noise)."""
+    for denoise its schedule, at the fixed validation levels and noise; style: its figure)."""
     model = build_model(checkpoint).to(device)
+    if isinstance(loss_fn, StyleLoss):
+        space = ImageSpace.of(checkpoint.meta)
+        return evaluate_style(model, batches, loss_fn, device, space)["val_loss"]
     return evaluate(model, batches, loss_fn, device, figure=Figure.of(checkpoint.meta))["val_loss"]
 
 
@@ -71,7 +81,7 @@ def promotion_gate(
     pointer: Path,
     candidate: Path,
     val_batches: Iterable[KeyedBatch],
-    loss_fn: TrainingLoss,
+    loss_fn: TrainingLoss | StyleLoss,
     device: torch.device,
     tolerance: float,
     *,

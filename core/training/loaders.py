@@ -5,12 +5,19 @@ on rank 0 only, hands the result to the other ranks and builds each rank's loade
 ``DistributedSampler`` shuffled by (seed, epoch), so a resumed epoch sees the same order.
 Validation batches carry each image's content hash (:class:`ValBatches`), the key of the
 fixed noise a denoise figure uses.
+
+A style run (``core.training.style``) trains and validates on content photos: the loaders run
+over ``--content-data`` (its own cache under ``cache/content``, its manifest beside the
+collection's) or, when it is not given, over the collection itself; the collection's training
+split is the style images (:attr:`Data.style_set`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -40,9 +47,10 @@ class ValBatches:
 
 @dataclass
 class Data:
-    """The prepared data set and the loaders over its two splits."""
+    """The prepared data set and the loaders over its two splits (for style: the content
+    photos, and the collection's training split as the style images)."""
 
-    prepared: PreparedData
+    prepared: PreparedData  # what the loaders run over
     train_set: CachedImages
     val_set: CachedImages
     sampler: DistributedSampler
@@ -50,20 +58,52 @@ class Data:
     val_batches: ValBatches
     sample_batch: torch.Tensor  # the first ``sample_count`` validation images, uint8 NHWC
     sample_keys: Sequence[str]  # their content hashes
+    style_set: CachedImages | None = None  # style: the collection's training split
+    collection: PreparedData | None = None  # style with --content-data: the collection
+
+    def dataset_hash(self) -> str:
+        """What checkpoints record: the manifest's hash; with separate content photos, the
+        hash of both manifests (collection first)."""
+        if self.collection is None:
+            return self.prepared.dataset_hash()
+        both = self.collection.manifest_bytes() + b"content\n" + self.prepared.manifest_bytes()
+        return hashlib.sha256(both).hexdigest()
 
 
 def load_data(s: TrainSettings, d: Dist, run: RunFolder) -> Data:
     """Scanned, decoded once into the cache and split on rank 0, shared with the others."""
+    prepared = _prepare(s, d, s.data, s.resolved_cache_dir(), "rejected.jsonl")
+    run.write_inputs(s.as_json(), prepared)
+    if s.objective != "style":
+        return _loaders(s, d, prepared)
+    style_set = CachedImages(prepared.cache_file, s.image_size, prepared.slots("train"))
+    if s.content_data is None:
+        data = _loaders(s, d, prepared)
+        data.style_set = style_set
+        return data
+    cache = s.resolved_cache_dir() / "content"  # keys are relative paths: one cache per root
+    content = _prepare(s, d, s.content_data, cache, "content-rejected.jsonl")
+    run.write_content_inputs(content)
+    data = _loaders(s, d, content)
+    data.style_set, data.collection = style_set, prepared
+    return data
+
+
+def _prepare(s: TrainSettings, d: Dist, root: Path, cache: Path, rejects: str) -> PreparedData:
+    """One folder scanned, decoded into ``cache`` and split on rank 0, shared."""
     prepared = share_from_main(
         d,
         lambda: prepare(
-            s.data, s.resolved_cache_dir(), s.image_size, s.resize, s.val_fraction,
-            max_pixels=s.max_pixels,
+            root, cache, s.image_size, s.resize, s.val_fraction, max_pixels=s.max_pixels
         ),
-    )  # fmt: skip
+    )
     if not prepared.slots("train"):
-        raise RuntimeError(f"no usable training images in {s.data} (see rejected.jsonl)")
-    run.write_inputs(s.as_json(), prepared)
+        raise RuntimeError(f"no usable training images in {root} (see {rejects})")
+    return prepared
+
+
+def _loaders(s: TrainSettings, d: Dist, prepared: PreparedData) -> Data:
+    """Each rank's loaders over one prepared set's two splits."""
     train_set = CachedImages(prepared.cache_file, s.image_size, prepared.slots("train"))
     val_set = CachedImages(prepared.cache_file, s.image_size, prepared.slots("val"))
     sampler = DistributedSampler(

@@ -1,5 +1,8 @@
 """What a run trains the network to do, and how its validation figure and samples are made.
 
+``style`` (issue 13) has a module of its own, ``core.training.style``; here it only names its
+loss's parts (:func:`loss_parts`) and, like reconstruct, sees photos in ImageNet statistics.
+
 ``reconstruct`` (the seed's): the input is the image, normalised with ImageNet's statistics;
 the target is the image. ``denoise`` (issue 12, ``core.diffusion``): the input is the image
 noised to a random level t, ``x_t = noised(pixels, t, noise, schedule)``; the target is the
@@ -46,13 +49,21 @@ SAMPLE_STRENGTHS = (0.3, 0.5, 0.7)
 DENOISE_NORMALIZATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
 
+def loss_parts(objective: str) -> tuple[str, ...]:
+    """The names of what the objective's loss returns, total first (``metrics.jsonl`` keys)."""
+    if objective == "style":
+        return ("loss", "content", "style", "tv")
+    return ("loss", "mse", "perceptual")
+
+
 def schedule_for(objective: str) -> Schedule | None:
     """The noise schedule a run of ``objective`` trains with (None: no noise)."""
     return Schedule() if objective == "denoise" else None
 
 
 def space_for(objective: str) -> ImageSpace:
-    """How the network sees images: ImageNet statistics (reconstruct) or 2p - 1 (denoise)."""
+    """How the network sees images: ImageNet statistics (reconstruct, style) or 2p - 1
+    (denoise)."""
     if objective == "denoise":
         return ImageSpace(DENOISE_NORMALIZATION["mean"], DENOISE_NORMALIZATION["std"])
     return imagenet()

@@ -1,5 +1,6 @@
 """The two pictures a run draws: the loss curves (``loss.png``) and the sample grids
-(``input | output`` rows for reconstruct; for denoise, see core.training.objective).
+(``input | output`` rows for reconstruct, ``content photo | stylised`` for style; for
+denoise, see core.training.objective).
 
 Both are returned as PNG bytes for the run folder to write atomically; matplotlib is
 imported only when a plot is drawn (it costs about a second) and always with the Agg
@@ -23,6 +24,11 @@ CURVES = (
     ("perceptual", "train perceptual"),
     ("val_loss", "val loss"),
     ("val_mse", "val MSE"),
+    # style runs (core.training.style)
+    ("content", "train content"),
+    ("style", "train style"),
+    ("val_content", "val content"),
+    ("val_style", "val style"),
 )
 
 

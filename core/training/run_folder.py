@@ -1,7 +1,8 @@
 """The run folder: everything a training run leaves on disk.
 
 ``OUT/run-<UTC timestamp>/`` holds ``settings.json``, ``manifest.jsonl``, ``rejected.jsonl``,
-``train.log``, ``metrics.jsonl``, ``loss.png``, ``samples/epoch-NNN.png``,
+``train.log``, ``metrics.jsonl``, for a style run with ``--content-data`` also
+``content-manifest.jsonl`` and ``content-rejected.jsonl``, ``loss.png``, ``samples/epoch-NNN.png``,
 ``checkpoints/epoch-NNN.safetensors`` (the last ``keep_last``),
 ``checkpoints/best.safetensors``, ``last.pt`` (the resume state, ``core.training.state``),
 ``gate.json`` after a promotion gate and ``tensorboard/`` when TensorBoard is installed.
@@ -112,6 +113,12 @@ class RunFolder:
         self.write_json("settings.json", settings)
         write_atomic(self.path / "manifest.jsonl", data.manifest_bytes())
         write_atomic(self.path / "rejected.jsonl", data.rejected_bytes())
+
+    @_main_only
+    def write_content_inputs(self, data: PreparedData) -> None:
+        """A style run's content photos: ``content-manifest.jsonl``, ``content-rejected.jsonl``."""
+        write_atomic(self.path / "content-manifest.jsonl", data.manifest_bytes())
+        write_atomic(self.path / "content-rejected.jsonl", data.rejected_bytes())
 
     # --- metrics ---------------------------------------------------------------------------
 

@@ -13,6 +13,9 @@ global batch, scale ``lr`` yourself (linearly is the usual first guess for Adam 
 ``denoise`` (the clean image from a noised one, ``core.diffusion``; see
 ``core.training.objective``). The ``sample_*`` settings are the img2img sampler a denoise
 checkpoint recommends (its ``meta.sampler``), also used for the run's sample grids.
+``style`` (issue 13) trains photo -> the collection's manner (``core.training.style``): the
+collection is ``data``, the photos ``content_data`` (default: the collection itself); the
+``*_weight`` and ``style_target`` settings are its loss (docs/training.md).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import argparse
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.config import add_settings_flags, check_device, settings_from_args
@@ -35,8 +38,10 @@ class TrainSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ARTD_TRAIN_", extra="forbid")
 
     data: Path = Field(description="folder of training images (flat or class sub-folders)")
-    objective: Literal["reconstruct", "denoise"] = Field(
-        "reconstruct", description="reconstruct (the seed's recipe) or denoise (diffusion)"
+    objective: Literal["reconstruct", "denoise", "style"] = Field(
+        "reconstruct",
+        description="reconstruct (the seed's recipe), denoise (diffusion) or style (photos "
+        "in the collection's manner; needs VGG16 weights)",
     )
     decoder: Literal["transpose", "upsample"] = Field(
         "transpose",
@@ -55,6 +60,19 @@ class TrainSettings(BaseSettings):
     )
     perceptual_weight: float = Field(1.0, ge=0, description="weight of the VGG16 term; 0 = off")
     vgg_weights: Path | None = Field(None, description="VGG16 .pth file (else the hub cache)")
+    content_data: Path | None = Field(
+        None, description="style: folder of content photos (default: the collection, --data)"
+    )
+    content_weight: float = Field(1.0, ge=0, description="style: weight of the relu2_2 term")
+    style_weight: float = Field(
+        1e5, ge=0, description="style: weight of the Gram term (relu1_2, relu2_2, relu3_3)"
+    )
+    tv_weight: float = Field(1.0, ge=0, description="style: weight of total variation")
+    style_target: Literal["mean", "sample"] = Field(
+        "mean",
+        description="style: Gram target per step: the collection's mean, or one style image "
+        "drawn per step (validation always uses the mean)",
+    )
     vgg_download: bool = Field(True, description="let torchvision download VGG16 if missing")
     val_fraction: float = Field(0.05, gt=0, lt=1, description="share of images for validation")
     seed: int = Field(0, description="seed for weights, shuffling and everything random")
@@ -99,6 +117,12 @@ class TrainSettings(BaseSettings):
     @classmethod
     def _known_device(cls, value: str) -> str:
         return check_device(value)
+
+    @model_validator(mode="after")
+    def _style_only(self) -> TrainSettings:
+        if self.content_data is not None and self.objective != "style":
+            raise ValueError("content_data is only for --objective style")
+        return self
 
     def resolved_cache_dir(self) -> Path:
         """Where the decode-once cache lives: ``cache_dir``, else ``OUT/.cache``."""
