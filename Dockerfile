@@ -20,6 +20,9 @@ RUN /opt/artd/venv/bin/pip install /src \
 
 # --- runtime: the venv, an unprivileged user, nothing else -------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
+# Ghostscript's CMYK profile: untagged CMYK inputs are converted through it (docs/colour.md).
+RUN apt-get update && apt-get install -y --no-install-recommends libgs-common \
+    && rm -rf /var/lib/apt/lists/*
 # A fixed uid/gid so that bind-mounted folders can be given to it on the host.
 RUN groupadd --system --gid 10001 artd \
     && useradd --system --uid 10001 --gid artd --home-dir /var/lib/artd --no-create-home \

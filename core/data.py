@@ -35,11 +35,12 @@ from loguru import logger
 from PIL import Image
 
 from core import imaging
+from core.colour import ColourPolicy
 from core.durable import write_atomic
 from core.reasons import Reason
 
 TrainResize = Literal["stretch", "crop"]
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: decoded by ICC profile to sRGB, as the daemon does (issue 15)
 _DECODE_CHUNK = 256
 
 
@@ -146,7 +147,9 @@ def _decode_one(path: Path, size: int, policy: TrainResize, max_pixels: int) -> 
     # Hashed from the bytes already read for decoding, not read a second time.
     sha = hashlib.sha256(data).hexdigest()
     try:
-        img = imaging.decode(data, max_pixels=max_pixels, draft_size=(size, size))
+        img = imaging.decode(
+            data, max_pixels=max_pixels, draft_size=(size, size), colour=ColourPolicy()
+        )
         pixels = np.asarray(resize_for_training(img, size, policy), dtype=np.uint8)
     except imaging.ImageError as exc:
         return sha, (exc.reason, exc.message)

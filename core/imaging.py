@@ -11,12 +11,21 @@ Pixel scaling of deep modes: 16-bit data (``I;16*``) and ``I`` (taken as 16-bit 
 to 0..65535) are divided by 257, so 65535 -> 255; ``F`` is taken as 0..1 (clipped, NaN -> 0).
 A tRNS colour on 16-bit greyscale is ignored (no PIL mode carries it as alpha).
 
+Colour (``colour``, a core.colour.ColourPolicy): None keeps the plain PIL conversions (the
+first design; the low-level default, so this module's contract is unchanged); the daemon,
+``artd process`` and training pass a policy, and the embedded ICC profile is then converted to
+sRGB before anything else (core.colour). ``keep_alpha`` returns RGBA for an input with alpha
+or a transparent colour (palette, tRNS) instead of compositing it on ``background``; the alpha
+is resized and oriented with the image. :func:`load_with_origin` also returns what the output
+keeps of its input (core.origin).
+
 Encoding results and their metadata is :mod:`core.encoding`'s job.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import os
 import re
@@ -28,7 +37,9 @@ from typing import IO, TYPE_CHECKING, Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from core.colour import ColourPolicy
 from core.durable import open_regular
+from core.origin import Origin, origin_of
 from core.reasons import Reason
 
 if TYPE_CHECKING:
@@ -100,15 +111,19 @@ def decode(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = (255, 255, 255),
     draft_size: tuple[int, int] | None = None,
+    colour: ColourPolicy | None = None,
+    keep_alpha: bool = False,
 ) -> Image.Image:
-    """Decode ``source`` (path, bytes or binary file) into a fully loaded RGB image.
+    """Decode ``source`` (path, bytes or binary file) into a fully loaded RGB image (RGBA
+    with ``keep_alpha`` when it has transparency; ``colour``: module docstring).
 
     ``draft_size`` (w, h, after EXIF orientation) is the size the caller will shrink to;
     when it is smaller the decoder may return a reduced image (JPEG draft, ``Image.reduce``)
     that is still at least that large. Raises :class:`ImageError` only.
     """
     shrink_to = None if draft_size is None else (lambda w, h: draft_size)
-    return _decode(source, max_pixels, background, shrink_to)
+    img, _, finish = _decode(source, max_pixels, background, shrink_to, colour, keep_alpha)
+    return finish(img) if finish else img
 
 
 def target_size(
@@ -149,6 +164,8 @@ def load(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = (255, 255, 255),
     draft: bool = True,
+    colour: ColourPolicy | None = None,
+    keep_alpha: bool = False,
 ) -> Image.Image:
     """Decode and resize to the target of the file's (upright) size.
 
@@ -156,6 +173,22 @@ def load(
     ``draft=True`` decodes JPEGs at a reduced scale and box-reduces other formats first
     (same output size, slightly different pixels, several times faster on big files).
     """
+    kwargs = {"max_pixels": max_pixels, "background": background, "draft": draft}
+    return load_with_origin(source, size, policy, colour=colour, keep_alpha=keep_alpha, **kwargs)[0]
+
+
+def load_with_origin(
+    source: Source,
+    size: int,
+    policy: ResizePolicy = "fit",
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    background: tuple[int, int, int] = (255, 255, 255),
+    draft: bool = True,
+    colour: ColourPolicy | None = None,
+    keep_alpha: bool = False,
+) -> tuple[Image.Image, Origin]:
+    """:func:`load`, and the input's :class:`core.origin.Origin` (format, profile, metadata)."""
     target_size(1, 1, size, policy)  # validate before touching the file
     planned: list[tuple[int, int]] = []
 
@@ -165,10 +198,16 @@ def load(
         # 1/255 of a full decode (drafting to the target itself was up to 7/255 off).
         return (2 * planned[-1][0], 2 * planned[-1][1])
 
-    img = _decode(source, max_pixels, background, plan if draft else None)
+    img, origin, finish = _decode(
+        source, max_pixels, background, plan if draft else None, colour, keep_alpha
+    )
     # The target comes from the header size, so draft/reduce rounding never changes it.
     new_size = planned[0] if planned else target_size(img.width, img.height, size, policy)
-    return img if img.size == new_size else img.resize(new_size, Image.Resampling.BILINEAR)
+    if img.size != new_size:
+        img = img.resize(new_size, Image.Resampling.BILINEAR)  # RGBA: premultiplied by PIL
+    # Colour is converted at the output size: 4-16x fewer pixels through LittleCMS, and the
+    # same result within a level (a bilinear resize is nearly linear in either encoding).
+    return (finish(img) if finish else img), origin
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
@@ -204,7 +243,11 @@ def _decode(
     max_pixels: int,
     background: tuple[int, int, int],
     shrink_to: Callable[[int, int], tuple[int, int]] | None,
-) -> Image.Image:
+    colour: ColourPolicy | None = None,
+    keep_alpha: bool = False,
+) -> tuple[Image.Image, Origin, Callable[[Image.Image], Image.Image] | None]:
+    """(image, origin, finish): with a colour policy the image is still in its own colour
+    space (RGB, RGBA, L, LA or CMYK) and ``finish`` converts it to sRGB, after any resize."""
     path = _source_name(source)
     try:
         with _open_source(source, path) as fp:
@@ -213,7 +256,9 @@ def _decode(
             if not head:
                 raise ImageError(Reason.EMPTY_FILE, "the file is empty (0 bytes)", path)
             try:
-                return _decode_stream(fp, head, max_pixels, background, shrink_to)
+                return _decode_stream(
+                    fp, head, max_pixels, background, shrink_to, colour, keep_alpha
+                )
             except (ImageError, MemoryError):
                 raise
             except Exception as exc:
@@ -233,7 +278,9 @@ def _decode_stream(
     max_pixels: int,
     background: tuple[int, int, int],
     shrink_to: Callable[[int, int], tuple[int, int]] | None,
-) -> Image.Image:
+    colour: ColourPolicy | None,
+    keep_alpha: bool,
+) -> tuple[Image.Image, Origin, Callable[[Image.Image], Image.Image] | None]:
     try:
         img = Image.open(fp, formats=_OPEN_ORDER)
     except UnidentifiedImageError as exc:
@@ -252,14 +299,87 @@ def _decode_stream(
     orientation = _orientation(img)  # PNG's eXIf may follow the pixels
     if shrink_to is not None and target is None:
         target = _stored_target(shrink_to, img.size, orientation)
-    rgb = _to_rgb(img, background)
+    origin = origin_of(img)
+    finish = None
+    if colour is not None:
+        rgb, icc = _cms_ready(img)
+        finish = functools.partial(
+            _finish, icc=icc, background=background, colour=colour, keep_alpha=keep_alpha
+        )
+    elif keep_alpha and _has_alpha(img):
+        rgb = _to_rgba(img)
+    else:
+        rgb = _to_rgb(img, background)
     if target is not None:
         factor = min(rgb.width // target[0], rgb.height // target[1])
         if factor >= 2:
             rgb = rgb.reduce(factor)  # ceil(side / factor) >= target
     if orientation in _TRANSPOSE:
         rgb = rgb.transpose(_TRANSPOSE[orientation])
-    return rgb
+    return rgb, origin, finish
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return "A" in img.getbands() or "transparency" in img.info
+
+
+def _to_rgba(img: Image.Image) -> Image.Image:
+    try:
+        if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+            return Image.fromarray(_deep_to_uint8(np.asarray(img), img.mode)).convert("RGBA")
+        return img if img.mode == "RGBA" else img.convert("RGBA")
+    except ValueError as exc:
+        raise ImageError(
+            Reason.UNSUPPORTED_FORMAT, f"pixel mode {img.mode} cannot become RGBA"
+        ) from exc
+
+
+# Modes LittleCMS converts directly (alpha split off by core.colour); others are first
+# brought to one of them by PIL.
+_CMS_MODES = frozenset({"RGB", "RGBA", "L", "LA", "CMYK"})
+
+
+def _cms_ready(img: Image.Image) -> tuple[Image.Image, bytes | None]:
+    """The image in a mode LittleCMS converts, and the profile that goes with it."""
+    mode, icc = img.mode, img.info.get("icc_profile")
+    try:
+        if mode.startswith("I;16") or mode in ("I", "F"):
+            work = Image.fromarray(_deep_to_uint8(np.asarray(img), mode))  # L
+        elif mode in _CMS_MODES and "transparency" not in img.info:
+            work = img
+        elif mode in ("L", "1") and "transparency" in img.info:
+            work = img.convert("LA")
+        elif mode in ("P", "PA", "RGB") or _has_alpha(img):
+            work = img.convert("RGBA" if _has_alpha(img) else "RGB")
+        else:  # 1, YCbCr, LAB, HSV: PIL's own conversion, the profile (if any) not used
+            work, icc = img.convert("RGB"), None
+    except ValueError as exc:
+        raise ImageError(Reason.UNSUPPORTED_FORMAT, f"pixel mode {mode} cannot become RGB") from exc
+    return work, icc or None
+
+
+def _finish(
+    work: Image.Image,
+    *,
+    icc: bytes | None,
+    background: tuple[int, int, int],
+    colour: ColourPolicy,
+    keep_alpha: bool,
+) -> Image.Image:
+    """The image as sRGB by its profile (core.colour), alpha kept or composited."""
+    work.info = {"icc_profile": icc} if icc else {}  # reduce/transpose/resize drop info
+    srgb = colour.to_srgb(work) if colour.manage else _plain(work)
+    srgb.info.pop("icc_profile", None)  # the pixels are sRGB now (or taken as such)
+    if srgb.mode == "RGBA" and not keep_alpha:
+        out = Image.new("RGB", srgb.size, background)
+        out.paste(srgb, (0, 0), srgb)
+        return out
+    return srgb
+
+
+def _plain(img: Image.Image) -> Image.Image:
+    """No colour management: PIL's conversion, as the first design did."""
+    return img.convert("RGBA" if "A" in img.getbands() else "RGB")
 
 
 def _to_rgb(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -303,6 +423,11 @@ def _stored_target(
     w, h = (size[1], size[0]) if swap else size
     tw, th = shrink_to(w, h)
     return (th, tw) if swap else (tw, th)
+
+
+def sniff(head: bytes) -> str | None:
+    """The format a file's first bytes name (``JPEG``, ``PNG``, ``WEBP``...), or None."""
+    return _sniff(head)
 
 
 def _sniff(head: bytes) -> str | None:

@@ -15,6 +15,11 @@ pipe closes, so a ``kill -9`` of the daemon leaves no orphans.
 Test hook, inert in production: a pool built with ``test_segfault=True`` (the default when
 ``_ARTD_TEST_SEGFAULT=1`` was in the environment at import) makes a worker crash with a real
 SIGSEGV on any file whose bytes start with :data:`SEGFAULT_MARKER`.
+
+Colour and transparency (issue 15): workers convert by the file's ICC profile to sRGB
+(``DecodeSettings.colour``, core.colour) and, with ``keep_alpha``, return HWC *RGBA* arrays
+for inputs with transparency (core.inference re-attaches the alpha). :meth:`DecoderPool.
+decode_with_origin` also returns the input's core.origin.Origin (format, profile, metadata).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import multiprocessing
 import os
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -33,8 +38,10 @@ import numpy as np
 from loguru import logger
 
 from core import imaging
+from core.colour import ColourPolicy
 from core.durable import open_regular
 from core.imaging import ImageError, ResizePolicy
+from core.origin import Origin
 from core.reasons import Reason
 
 DECODE_TIMEOUT_S = 120.0  # far beyond any real image at max_pixels: a hang, not slowness
@@ -49,11 +56,13 @@ class DecodeSettings:
     resize: ResizePolicy = "fit"
     max_pixels: int = imaging.DEFAULT_MAX_PIXELS
     background: tuple[int, int, int] = (255, 255, 255)
+    colour: ColourPolicy = field(default_factory=ColourPolicy)
+    keep_alpha: bool = False
 
 
-# What a worker is sent: (path, size, resize, max_pixels, background, test_segfault). A plain
-# tuple: the round trip is most of what isolation costs on small images.
-_Request = tuple[str, int, ResizePolicy, int, tuple[int, int, int], bool]
+# What a worker is sent: (path, size, resize, max_pixels, background, test_segfault, colour,
+# keep_alpha). A plain tuple: the round trip is most of what isolation costs on small images.
+_Request = tuple[str, int, ResizePolicy, int, tuple[int, int, int], bool, ColourPolicy, bool]
 
 
 class PoolClosedError(Exception):
@@ -85,15 +94,18 @@ def _worker_main(conn: Connection) -> None:
 
 
 def _decode(request: _Request) -> tuple[Any, ...]:
-    path, size, resize, max_pixels, background, test_segfault = request
+    path, size, resize, max_pixels, background, test_segfault, colour, keep_alpha = request
     try:
         with open_regular(path) as handle:
             data = handle.read()
             mtime = os.fstat(handle.fileno()).st_mtime
         if test_segfault and data.startswith(SEGFAULT_MARKER):
             ctypes.string_at(0)  # a real SIGSEGV, as a broken native decoder would give
-        image = imaging.load(data, size, resize, max_pixels=max_pixels, background=background)
-        return ("ok", np.ascontiguousarray(np.asarray(image, dtype=np.uint8)), mtime)
+        image, origin = imaging.load_with_origin(
+            data, size, resize, max_pixels=max_pixels, background=background,
+            colour=colour, keep_alpha=keep_alpha,
+        )  # fmt: skip
+        return ("ok", np.ascontiguousarray(np.asarray(image, dtype=np.uint8)), mtime, origin)
     except ImageError as exc:
         return ("image_error", exc.reason, exc.message)
     except OSError as exc:
@@ -206,9 +218,14 @@ class DecoderPool:
 
     def decode(self, path: os.PathLike[str] | str) -> tuple[np.ndarray, float]:
         """``(HWC uint8 pixels, the file's mtime)``; ImageError or OSError as the decode raised."""
+        pixels, mtime, _ = self.decode_with_origin(path)
+        return pixels, mtime
+
+    def decode_with_origin(self, path: os.PathLike[str] | str) -> tuple[np.ndarray, float, Origin]:
+        """:meth:`decode` and the input's Origin (for core.inference.Inference.encode)."""
         s = self.settings
         request = (os.fspath(path), s.size, s.resize, s.max_pixels, s.background)
-        request += (self._test_segfault,)
+        request += (self._test_segfault, s.colour, s.keep_alpha)
         with self._slots:
             try:
                 outcome = self._run(request)
@@ -223,7 +240,7 @@ class DecoderPool:
                     ) from second
         kind = outcome[0]
         if kind == "ok":
-            return outcome[1], outcome[2]
+            return outcome[1], outcome[2], outcome[3]
         if kind == "image_error":
             raise ImageError(outcome[1], outcome[2])
         if kind == "os_error":

@@ -10,7 +10,9 @@ skipped; the rest are still processed.
 ``generate``: images from noise (core.generate), named ``<seed>-<index>.<ext>``; a name
 that already exists is never overwritten: the run is refused before the model starts.
 
-Outputs are written durably (core.durable).
+Outputs are written durably (core.durable). Colour, transparency, quality, the AI label and
+the input's metadata follow ``OutputSettings`` (core.inference, docs/colour.md); with
+``format = "same"`` each output's extension is the input's format, sniffed from its first bytes.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from core.durable import write_atomic
 from core.encoding import OUTPUT_FORMATS, encode
 from core.engine import Engine
 from core.inference import Inference, InferenceError, OutputSettings
+from core.origin import Origin
 from core.reasons import Reason
 from core.sampling import SamplingSettings
 
@@ -58,6 +61,7 @@ class Job:
     output: Path
     pixels: np.ndarray | None = None
     sha256: str = ""
+    origin: Origin | None = None
 
 
 @dataclass
@@ -90,8 +94,11 @@ def output_name(relative: Path, extension: str) -> Path:
     return relative.with_name(relative.name + extension)
 
 
-def collect(paths: Sequence[Path], out: Path, extension: str) -> Iterator[Job | tuple[Path, str]]:
-    """Jobs for every file under ``paths`` (hidden files and symlinked folders skipped)."""
+def collect(
+    paths: Sequence[Path], out: Path, extension: str | OutputSettings
+) -> Iterator[Job | tuple[Path, str]]:
+    """Jobs for every file under ``paths`` (hidden files and symlinked folders skipped);
+    ``extension`` may be the OutputSettings, whose ``format = "same"`` sniffs each file."""
     seen: set[Path] = set()
     for path in paths:
         if path.is_dir():
@@ -108,8 +115,10 @@ def collect(paths: Sequence[Path], out: Path, extension: str) -> Iterator[Job | 
 
 
 def _job(
-    source: Path, relative: Path, out: Path, extension: str, seen: set[Path]
+    source: Path, relative: Path, out: Path, extension: str | OutputSettings, seen: set[Path]
 ) -> Iterator[Job | tuple[Path, str]]:
+    if isinstance(extension, OutputSettings):
+        extension = OUTPUT_FORMATS[extension.format_for(Origin(format=_sniffed(source)))]
     output = out / output_name(relative, extension)
     if output in seen:
         yield source, f"{Reason.DUPLICATE_OUTPUT}: another input also writes {output}"
@@ -129,13 +138,16 @@ def process(
     workers: int | None = None,
     progress: bool | None = None,
     sampling: SamplingSettings | None = None,
+    output: OutputSettings | None = None,
 ) -> Report:
     """Process every input under ``paths`` into ``out``; never raises for a bad input.
-    ``sampling``: the sampler settings asked for (unset fields: the checkpoint's)."""
-    inference = Inference(engine, OutputSettings(size, resize, fmt), sampling)
+    ``sampling``: the sampler settings asked for (unset fields: the checkpoint's);
+    ``output``: every output setting (OutputSettings.from_settings), which then wins over
+    ``size``, ``resize`` and ``fmt``."""
+    inference = Inference(engine, output or OutputSettings(size, resize, fmt), sampling)
     report = Report()
     jobs: list[Job] = []
-    for item in collect(paths, out, inference.output.extension):
+    for item in collect(paths, out, inference.output):
         if isinstance(item, Job):
             jobs.append(item)
         else:
@@ -251,12 +263,28 @@ def generate_files(
 def _decode(job: Job, settings: OutputSettings) -> Job:
     data = job.source.read_bytes()
     job.sha256 = hashlib.sha256(data).hexdigest()
-    job.pixels = imaging.to_uint8_array(imaging.load(data, settings.size, settings.resize))
+    image, job.origin = imaging.load_with_origin(
+        data, settings.size, settings.resize, background=settings.background,
+        colour=settings.colour, keep_alpha=settings.keep_alpha,
+    )  # fmt: skip
+    if image.mode == "RGBA":
+        job.pixels = np.asarray(image)  # core.inference splits and re-attaches the alpha
+    else:
+        job.pixels = imaging.to_uint8_array(image)
     return job
 
 
+def _sniffed(path: Path) -> str | None:
+    """The format named by the file's first bytes (None: unknown or unreadable)."""
+    try:
+        with path.open("rb") as handle:
+            return imaging.sniff(handle.read(64))
+    except OSError:
+        return None
+
+
 def _write(inference: Inference, job: Job, image: Image.Image) -> Path:
-    data = inference.encode(image, job.sha256)
+    data = inference.encode(image, job.sha256, job.origin)
     job.output.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(job.output, data)  # never a half-written output under its final name
     return job.output
