@@ -31,6 +31,8 @@ class Reason(StrEnum):
     NON_FINITE_OUTPUT = "non_finite_output"
     OUT_OF_MEMORY = "out_of_memory"
     CRASHED_REPEATEDLY = "crashed_repeatedly"
+    # Job settings: the image's sidecar (photo.jpg.artd.json) cannot be used.
+    INVALID_SIDECAR = "invalid_sidecar"
     # Writing the result.
     ENCODE_FAILED = "encode_failed"
     WRITE_FAILED = "write_failed"
@@ -64,4 +66,6 @@ DESCRIPTIONS: dict[Reason, str] = {
     Reason.ENCODE_FAILED: "The result could not be encoded in the output format.",
     Reason.WRITE_FAILED: "The result could not be written to the outbox.",
     Reason.DUPLICATE_OUTPUT: "Another input would write the same output file.",
+    Reason.INVALID_SIDECAR: "The image's settings file (.artd.json) is invalid; the detail "
+    "names the key.",
 }

@@ -65,6 +65,8 @@ def run_process(argv: list[str]) -> int:
     except (CheckpointError, ValueError, RuntimeError) as exc:
         logger.error("cannot load the model: {}", exc)
         return EXIT_FATAL
+    from core.inference import OutputSettings
+
     report = process(
         paths,
         out,
@@ -74,6 +76,7 @@ def run_process(argv: list[str]) -> int:
         fmt=settings.output_format,
         workers=settings.workers,
         sampling=settings.sampling(),
+        output=OutputSettings.from_settings(settings),
     )
     logger.info("{} written, {} rejected", len(report.written), len(report.rejected))
     return report.exit_code
@@ -188,10 +191,33 @@ def check(settings: DaemonSettings) -> int:
     report: dict[str, Any] = {
         "settings": json.loads(settings.model_dump_json()),
         "model": model,
+        "presets": check_presets(settings, problems),
         "problems": problems,
     }
     print(json.dumps(report, indent=2))
     return EXIT_FATAL if problems else EXIT_OK
+
+
+def check_presets(settings: DaemonSettings, problems: list[str]) -> dict[str, Any]:
+    """Every preset (and the defaults) with its resolved settings; a checkpoint that does not
+    load is a problem naming the preset and the key."""
+    from core.checkpoint import CheckpointError, load_checkpoint
+    from daemon.presets import Resolver
+
+    try:
+        presets = Resolver(settings).describe()
+    except ValueError as exc:
+        problems.append(str(exc))
+        return {}
+    default = str(settings.checkpoint)
+    for name, preset in presets.items():
+        if preset["checkpoint"] == default:
+            continue
+        try:
+            preset["model"] = load_checkpoint(preset["checkpoint"]).version
+        except (CheckpointError, ValueError, OSError) as exc:
+            problems.append(f"preset {name!r}: key 'checkpoint': {exc}")
+    return presets
 
 
 def run_daemon(argv: list[str], *, check_only: bool = False) -> int:

@@ -216,14 +216,19 @@ class DecoderPool:
         with self._lock:
             return len(self._idle) + len(self._busy)
 
-    def decode(self, path: os.PathLike[str] | str) -> tuple[np.ndarray, float]:
-        """``(HWC uint8 pixels, the file's mtime)``; ImageError or OSError as the decode raised."""
-        pixels, mtime, _ = self.decode_with_origin(path)
+    def decode(
+        self, path: os.PathLike[str] | str, settings: DecodeSettings | None = None
+    ) -> tuple[np.ndarray, float]:
+        """``(HWC uint8 pixels, the file's mtime)``; ImageError or OSError as the decode raised.
+        ``settings`` overrides the pool's for this call (a job's own size, say)."""
+        pixels, mtime, _ = self.decode_with_origin(path, settings)
         return pixels, mtime
 
-    def decode_with_origin(self, path: os.PathLike[str] | str) -> tuple[np.ndarray, float, Origin]:
+    def decode_with_origin(
+        self, path: os.PathLike[str] | str, settings: DecodeSettings | None = None
+    ) -> tuple[np.ndarray, float, Origin]:
         """:meth:`decode` and the input's Origin (for core.inference.Inference.encode)."""
-        s = self.settings
+        s = settings or self.settings
         request = (os.fspath(path), s.size, s.resize, s.max_pixels, s.background)
         request += (self._test_segfault, s.colour, s.keep_alpha)
         with self._slots:

@@ -1,5 +1,5 @@
 """The daemon's HTTP server: ``/healthz``, ``/metrics``, the page and its JSON API, in
-background threads (docs/page.md).
+background threads (docs/operations.md, "The page").
 
 The standard library's server is enough here and adds no dependency: the page is a static
 file plus a few JSON documents for a handful of people and a Prometheus scraper. What it

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+_MODEL_LABELS = ("checkpoint", "version", "sha256", "device", "precision")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -42,9 +43,28 @@ class Metrics:
         self.reloads = Counter(
             "artd_model_reload", "Checkpoint reload attempts", ["result"], registry=r
         )
+        self.models_loaded = Gauge(
+            "artd_models_loaded", "Models loaded now (bounded by model_memory_mb)", registry=r
+        )
+        self.loaded_model = Gauge(
+            "artd_loaded_model",
+            "One series per loaded model (value 1)",
+            list(_MODEL_LABELS),
+            registry=r,
+        )
         self.write_errors = Counter(
             "artd_write_errors", "Output commits that failed (disk full, I/O)", registry=r
         )
+
+    def set_models(self, loaded: list[dict[str, str]]) -> None:
+        """Every loaded model as one ``artd_loaded_model`` series."""
+        self.loaded_model.clear()
+        for model in loaded:
+            labels = {
+                k: model[k] for k in ("checkpoint", "version", "sha256", "device", "precision")
+            }
+            self.loaded_model.labels(**labels).set(1)
+        self.models_loaded.set(len(loaded))
 
 
 @dataclass
@@ -59,6 +79,8 @@ class Health:
     reload_error: str | None = None
     folders_problem: str | None = None
     queue: dict[str, int] = field(default_factory=dict)
+    models: list[dict[str, str]] = field(default_factory=list)  # every loaded model
+    model_errors: dict[str, str] = field(default_factory=dict)  # refused reloads, by checkpoint
     stuck_after_s: float = 120.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -88,6 +110,8 @@ class Health:
                 "problems": problems,
                 "model": self.model_version,
                 "model_reload_error": self.reload_error,
+                "models": list(self.models),
+                "model_errors": dict(self.model_errors),
                 "queue": dict(self.queue),
                 "last_success": self.last_success,
                 "uptime_s": round(time.time() - self.started_at, 1),

@@ -11,18 +11,27 @@ claiming, so a huge backlog stays on disk. A file that fails anywhere is quarant
 its batch-mates go on. A *suspect* (a claim a restart found unfinished) runs alone: its own
 batch, no encode still running, its ``solo`` marker on disk while the model has it; only
 ``max_attempts`` deaths of the process in that window quarantine it (docs/spool.md).
+
+Each claim carries the settings fixed at its claim (``claim.job``: daemon.presets): it is
+decoded at its size, batched only with claims of the same model and settings, run by one
+:class:`Inference` per such group on an engine from the bounded model cache
+(daemon.models), and its output records its settings and which preset or sidecar gave them.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import errno
+import json
 import os
 import queue
 import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from loguru import logger
@@ -30,9 +39,13 @@ from PIL import Image
 
 from core import imaging
 from core.batcher import Batcher
+from core.checkpoint import CheckpointError
+from core.colour import ColourPolicy
 from core.engine import Engine
 from core.inference import Inference, InferenceError, OutputSettings
+from core.origin import Origin
 from core.reasons import Reason
+from core.sampling import SamplingSettings
 from daemon.decoders import (
     DecoderPool,
     DecoderUnavailableError,
@@ -40,6 +53,8 @@ from daemon.decoders import (
     PoolClosedError,
 )
 from daemon.metrics import Health, Metrics
+from daemon.models import ModelCache
+from daemon.presets import JobSettings
 from daemon.settings import DaemonSettings
 from daemon.spool import Claim, DisposeError, Spool
 
@@ -54,6 +69,10 @@ ENCODE_DRAIN_S = 30.0  # a suspect waits this long at most for the encodes in pr
 _POISON_SHA256 = os.environ.get("_ARTD_POISON_SHA256") or None
 
 
+MAX_INFERENCES = 256  # (model, settings) groups kept ready; beyond, rebuilt on demand
+Group = tuple[str, str]  # (checkpoint, settings as sorted JSON): what a batch shares
+
+
 @dataclass
 class Decoded:
     """A claimed file's pixels, waiting in the engine's batcher."""
@@ -61,6 +80,53 @@ class Decoded:
     claim: Claim
     pixels: np.ndarray  # HWC uint8, the model's input size
     input_mtime: float
+    group: Group = ("", "")
+    origin: Origin | None = None  # format, profile, metadata (core.origin)
+
+
+@dataclass(frozen=True)
+class JobOutput(OutputSettings):
+    """OutputSettings that also record the job's settings and where they came from."""
+
+    job: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def recorded(self) -> dict[str, object]:
+        if not self.job:
+            return super().recorded()
+        return super().recorded() | {
+            "job": self.job.get("settings", {}),
+            "model_name": self.job.get("model"),
+            "preset": self.job.get("preset"),
+            "sidecar": self.job.get("sidecar"),
+        }
+
+
+class _JobView:
+    """A job's settings (validated again, typed) over the daemon's for what a job does not
+    set (``background``): what ``OutputSettings.from_settings`` reads."""
+
+    def __init__(self, job: dict[str, Any], daemon: DaemonSettings) -> None:
+        self._job = JobSettings(**job["settings"])
+        self._keys = set(job["settings"])
+        self._daemon = daemon
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._keys:
+            return getattr(self._job, name)
+        return getattr(self._daemon, name)
+
+
+def job_output(job: dict[str, Any], daemon: DaemonSettings) -> JobOutput:
+    """The OutputSettings of a job: every output field from its settings, through the one
+    constructor core.inference has for settings (new output fields need no code here)."""
+    return JobOutput.from_settings(_JobView(job, daemon), job=job)  # type: ignore[return-value]
+
+
+def job_sampling(job: dict[str, Any]) -> SamplingSettings:
+    s = job["settings"]
+    return SamplingSettings(
+        strength=s.get("strength"), steps=s.get("steps"), eta=s.get("eta"), seed=s.get("seed")
+    )
 
 
 class Pipeline:
@@ -79,13 +145,24 @@ class Pipeline:
         metrics: Metrics,
         health: Health,
         decoder: DecoderPool | None = None,
+        models: ModelCache | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
-        self._output = OutputSettings(settings.size, settings.resize, settings.output_format)
+        self._output = OutputSettings.from_settings(settings)
         # What the operator asked of the sampler; every engine, hot-reloaded ones too, gets it.
         self._sampling = settings.sampling()
         self._inference = Inference(engine, self._output, self._sampling)
+        self._default_checkpoint = str(settings.checkpoint)
+        self.models = models or ModelCache(
+            settings.load_engine,
+            settings.model_memory_mb << 20,
+            settings.reload_seconds,
+            watched=settings.checkpoint,
+        )
+        self.models.put(self._default_checkpoint, engine)
+        self._inferences: dict[Group, Inference] = {}
+        self._outputs: dict[Group, JobOutput] = {}
         self.metrics = metrics
         self.health = health
         self._engine_lock = threading.Lock()
@@ -117,6 +194,7 @@ class Pipeline:
         """Switch models between batches (the engine thread takes the lock per batch)."""
         with self._engine_lock:
             old, self._inference = self.engine, Inference(engine, self._output, self._sampling)
+            self.models.put(self._default_checkpoint, engine)
         logger.info("model switched: {} -> {}", old.version, engine.version)
 
     @property
@@ -188,8 +266,10 @@ class Pipeline:
     def _decode_one(self, claim: Claim) -> None:
         if self._stopping.is_set():
             return  # left claimed; the next start resumes it
+        job = claim.job
         try:
-            pixels, mtime = self._decoder.decode(claim.work_path)
+            settings = None if job is None else decode_settings(_JobView(job, self.settings))
+            pixels, mtime, origin = self._decoder.decode_with_origin(claim.work_path, settings)
         except PoolClosedError:
             return  # stopping: left claimed for the next start
         except DecoderUnavailableError as exc:  # the host, not the file: pause and retry
@@ -209,7 +289,43 @@ class Pipeline:
             logger.exception("decoder failed on {}", claim.rel_path)
             self._quarantine(claim, Reason.DECODER_FAILED, f"{type(exc).__name__}: {exc}")
             return
-        self._ready.put(Decoded(claim, pixels, mtime))
+        self._ready.put(Decoded(claim, pixels, mtime, self._group(claim), origin))
+
+    def _group(self, claim: Claim) -> Group:
+        """What a claim's batch-mates must share: the model and every setting."""
+        if claim.job is None:
+            return (self._default_checkpoint, "")
+        return (claim.job["checkpoint"], json.dumps(claim.job["settings"], sort_keys=True))
+
+    def _output_of(self, claim: Claim) -> JobOutput:
+        """The job's OutputSettings (built once per group), recording this claim's sources."""
+        group = self._group(claim)
+        base = self._outputs.get(group)
+        if base is None:
+            if len(self._outputs) >= MAX_INFERENCES:
+                self._outputs.clear()
+            base = self._outputs[group] = job_output(claim.job, self.settings)
+        return dataclasses.replace(base, job=claim.job)
+
+    def _recorded(self, claim: Claim) -> dict[str, object]:
+        try:
+            return self._output_of(claim).recorded()
+        except Exception as exc:  # a quarantine must not fail on its details
+            return {"job": claim.job, "error": str(exc)}
+
+    def _inference_for(self, item: Decoded) -> Inference:
+        """The Inference of ``item``'s group on its model's engine (engine lock held)."""
+        job = item.claim.job
+        if job is None:
+            return self._inference
+        engine = self.models.get(job["checkpoint"])
+        cached = self._inferences.get(item.group)
+        if cached is None or cached.engine is not engine:
+            if len(self._inferences) >= MAX_INFERENCES:
+                self._inferences.clear()
+            cached = Inference(engine, self._output_of(item.claim), job_sampling(job))
+            self._inferences[item.group] = cached
+        return cached
 
     def _engine_loop(self) -> None:
         batcher: Batcher[Decoded] = Batcher(
@@ -226,7 +342,7 @@ class Pipeline:
             if item is not None and item.claim.suspect:
                 self._run_solo(item)
             elif item is not None:
-                full = batcher.add(item.pixels.shape, item)
+                full = batcher.add((item.group, item.pixels.shape), item)
                 if full:
                     self._run(full)
             for batch in batcher.due():
@@ -259,7 +375,15 @@ class Pipeline:
 
     def _run(self, batch: list[Decoded], solo: bool = False) -> None:
         with self._engine_lock:
-            inference = self._inference
+            try:
+                inference = self._inference_for(batch[0])
+            except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
+                if solo:
+                    self._clear_solo(batch[0].claim)
+                for item in batch:  # its model cannot be loaded: not the file's fault alone
+                    self._quarantine(item.claim, Reason.MODEL_FAILED, f"model: {exc}"[:300])
+                return
+            self.publish_models()
             self.health.update(engine_busy_since=time.monotonic())
             started = time.perf_counter()
             try:
@@ -285,8 +409,11 @@ class Pipeline:
     def _commit(self, item: Decoded, image: Image.Image, inference: Inference) -> None:
         claim = item.claim
         data = b""
+        if claim.job is not None:  # its own provenance: preset and sidecar are per file
+            inference = copy.copy(inference)
+            inference.output = self._output_of(claim)
         try:
-            data = inference.encode(image, claim.sha256)
+            data = inference.encode(image, claim.sha256, item.origin)
             output = self.spool.commit(claim, data)
         except OSError as exc:
             self._commit_failed(claim, exc, len(data))
@@ -328,7 +455,12 @@ class Pipeline:
         self._finished()
 
     def _quarantine(self, claim: Claim, reason: str, message: str) -> None:
-        details = {"model": self.engine.version, "settings": self._output.recorded()}
+        details: dict[str, object] = {
+            "model": self.engine.version,
+            "settings": self._output.recorded(),
+        }
+        if claim.job is not None:
+            details = {"model": claim.job["model"], "settings": self._recorded(claim)}
         try:
             self.spool.quarantine(claim, reason, message, details)
         except OSError as exc:
@@ -342,6 +474,12 @@ class Pipeline:
             if not self._retry and self.health.paused_reason is not None:
                 self.health.update(paused_reason=None)  # the disk took this write: resume
         self._finished()
+
+    def publish_models(self) -> None:
+        """/healthz and /metrics: every loaded model."""
+        loaded = self.models.loaded()
+        self.health.update(models=loaded, model_errors=dict(self.models.errors))
+        self.metrics.set_models(loaded)
 
     def _finished(self) -> None:
         with self._count_lock:
@@ -363,12 +501,22 @@ def _die_on_poison(batch: list[Decoded]) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def decoder_pool(settings: DaemonSettings) -> DecoderPool:
-    """The isolated decoders of the pipeline; the caller start()s them."""
-    decode = DecodeSettings(
+def decode_settings(settings: DaemonSettings | _JobView) -> DecodeSettings:
+    """How a file is decoded for the daemon's defaults or for one job's settings."""
+    return DecodeSettings(
         size=settings.size,
         resize=settings.resize,
         max_pixels=settings.max_pixels,
         background=settings.background_rgb,
+        colour=ColourPolicy(
+            manage=settings.colour_management,
+            intent=settings.colour_intent,
+            cmyk_profile=None if settings.cmyk_profile is None else str(settings.cmyk_profile),
+        ),
+        keep_alpha=settings.keep_alpha,
     )
-    return DecoderPool(settings.decode_workers, decode)
+
+
+def decoder_pool(settings: DaemonSettings) -> DecoderPool:
+    """The isolated decoders of the pipeline; the caller start()s them."""
+    return DecoderPool(settings.decode_workers, decode_settings(settings))

@@ -8,24 +8,29 @@ import threading
 import time
 from collections import deque
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 
 from loguru import logger
 
 from core.checkpoint import CheckpointError
 from core.engine import Engine
-from daemon import http, systemd
+from daemon import http, sidecars, systemd
 from daemon.decoders import DecoderPool
 from daemon.intake import Intake
 from daemon.metrics import Health, Metrics
 from daemon.pipeline import Pipeline, decoder_pool
+from daemon.presets import Resolver
 from daemon.reload import ModelWatcher, identity
 from daemon.settings import DaemonSettings
 from daemon.spool import Claim, Spool, SpoolError
 
 EXIT_OK, EXIT_FATAL, EXIT_STUCK = 0, 1, 70
 HOUSEKEEPING_S = 5.0
+# How often a running daemon looks for dead peers' claims to adopt (shared roots).
+ADOPT_EVERY_S = 30.0
 DECODER_START_S = 120.0
 CLAIM_RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)  # probes of a disk that refused claims
+MAX_HELD = 10_000  # images waiting for their sidecar at once; beyond, the rescan finds them
 
 
 class Service:
@@ -56,6 +61,10 @@ class Service:
         self._claim_problem: str | None = None
         self._claim_failures = 0
         self._claims_resume_at = 0.0
+        # Images waiting a moment for a sidecar still being copied: path -> first seen.
+        self._held: dict[Path, float] = {}
+        self._next_orphan_sweep = 0.0
+        self._next_adoption = time.monotonic() + ADOPT_EVERY_S  # start adopts by itself
 
     def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
         if signum is not None:
@@ -91,12 +100,23 @@ class Service:
     def bootstrap(self) -> Engine | None:
         """The spool's folders, the decoder processes and the model; None when one fails."""
         s = self.settings
+        try:
+            self.resolver = Resolver(s)
+        except ValueError as exc:
+            logger.error("cannot start: {}", exc)
+            return None
         self.spool = Spool(
-            s.root, s.instance, output_ext=s.output_extension, keep_originals=s.keep_originals
+            s.root,
+            s.instance,
+            output_ext=s.output_extension,
+            keep_originals=s.keep_originals,
+            resolve=self.resolver.resolve,
         )
         self.decoder = decoder_pool(s)
         try:
             self.spool.prepare()
+            for name in s.presets:  # each preset's inbox folder, ready for drops
+                (self.spool.inbox / name).mkdir(exist_ok=True)
             self.decoder.start()  # its forkserver imports the decoder while the model loads
             engine = s.load_engine()
         except (SpoolError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
@@ -113,6 +133,7 @@ class Service:
             self.settings, self.spool, engine, self.metrics, self.health, decoder=self.decoder
         )
         self.pipeline.start()
+        self.pipeline.publish_models()
 
     def _resume_claimed(self) -> None:
         # Resume nothing before files can be decoded: a start killed this early would only
@@ -189,8 +210,9 @@ class Service:
 
     def _claim_new(self) -> None:
         spool, pipeline = self.spool, self.pipeline
-        paths = self.intake.take(pipeline.free_slots)
-        if not paths and self._claim_problem is not None:
+        taken = self.intake.take(max(0, pipeline.free_slots - len(self._held)))
+        paths = self._not_waiting([*self._held, *taken])
+        if not taken and self._claim_problem is not None:
             # No new file to try a claim on, but one the disk refused halfway may wait in
             # work/ (renamed, not yet recorded): probe the disk itself and recover it as soon
             # as writes work again, rather than only when the next file arrives.
@@ -209,6 +231,33 @@ class Service:
                 self._claims_resumed()
             if claim is not None:
                 pipeline.submit(claim)
+
+    def _not_waiting(self, paths: list[Path]) -> list[Path]:
+        """``paths`` but the images still waiting a moment for their sidecar (kept in
+        ``_held`` and offered again at the next turn, at most ``sidecar_wait_seconds``)."""
+        wait_s = self.settings.sidecar_wait_seconds
+        if wait_s <= 0:
+            return paths
+        now, wall, ready = time.monotonic(), time.time(), []
+        for path in dict.fromkeys(paths):
+            first = self._held.setdefault(path, now)
+            if now - first >= wait_s or not self._sidecar_may_come(path, wall, wait_s):
+                self._held.pop(path, None)
+                ready.append(path)
+        while len(self._held) > MAX_HELD:
+            self._held.pop(next(iter(self._held)))
+        return ready
+
+    def _sidecar_may_come(self, path: Path, wall: float, wait_s: float) -> bool:
+        """A sidecar is being copied, or none is there yet and the image is that fresh."""
+        if sidecars.copy_in_progress(path.parent, path.name, self.settings.settle_seconds):
+            return True
+        if os.path.lexists(path.parent / sidecars.sidecar_name(path.name)):
+            return False  # there and settled: take both now
+        try:
+            return wall - os.lstat(path).st_mtime < wait_s
+        except OSError:
+            return False  # gone: the claim finds out
 
     def _claim_refused(self, exc: OSError | None) -> None:
         """Pause intake and probe again later (exc None: a probe of the disk failed)."""
@@ -240,7 +289,23 @@ class Service:
             logger.warning("cannot touch the heartbeat file: {}", exc)
         self.health.update(folders_problem=self._claim_problem or _folders_problem(spool))
         # A folder still being copied in may be empty for a moment: wait well past settling.
-        spool.remove_empty_dirs(older_than=max(5.0, 4 * self.settings.settle_seconds))
+        keep = frozenset(self.settings.presets)
+        spool.remove_empty_dirs(older_than=max(5.0, 4 * self.settings.settle_seconds), keep=keep)
+        if time.monotonic() >= self._next_adoption:
+            # A peer that died while this one runs: take its claims over now, not only when
+            # this instance itself restarts (its lock is free once its process is gone).
+            self._next_adoption = time.monotonic() + ADOPT_EVERY_S
+            try:
+                self.backlog.extend(spool.adopt_stale())
+            except OSError as exc:
+                logger.warning("cannot adopt the work of dead instances: {}", exc)
+        if time.monotonic() >= self._next_orphan_sweep:
+            orphan_s = self.settings.sidecar_orphan_seconds
+            self._next_orphan_sweep = time.monotonic() + min(60.0, orphan_s / 4)
+            try:
+                spool.sweep_orphan_sidecars(orphan_s)
+            except OSError as exc:
+                logger.warning("cannot sweep sidecars without images: {}", exc)
         if self.intake.healthy:
             systemd.notify("WATCHDOG=1")
 
@@ -253,6 +318,7 @@ class Service:
         self.metrics.model_info.info(_model_labels(engine))
         self.metrics.reloads.labels(result="ok").inc()
         self.health.update(model_version=engine.version, reload_error=None)
+        self.pipeline.publish_models()
 
     def _reload_failed(self, message: str) -> None:
         self.metrics.reloads.labels(result="failed").inc()

@@ -14,7 +14,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -130,7 +130,8 @@ class RenderSettings(OutputOptions, ModelSettings):
 
     size: int = Field(256, ge=SIZE_MULTIPLE, le=8192, description="output's longer side (px)")
     resize: Literal["fit", "stretch"] = "fit"
-    output_format: Literal[tuple(OUTPUT_FORMATS)] = "png"  # type: ignore[valid-type]
+    # "same": the input's own format where it is an output format, PNG otherwise (issue 15).
+    output_format: Literal[(*OUTPUT_FORMATS, "same")] = "png"  # type: ignore[valid-type]
 
     @field_validator("size")
     @classmethod
@@ -139,7 +140,9 @@ class RenderSettings(OutputOptions, ModelSettings):
 
     @property
     def output_extension(self) -> str:
-        return OUTPUT_FORMATS[self.output_format]
+        """The outputs' extension; with "same" each file's own (OutputSettings.format_for),
+        and ".png" here, the one for inputs that are not PNG, JPEG or WebP."""
+        return OUTPUT_FORMATS.get(self.output_format, ".png")
 
 
 class DaemonSettings(PageSettings, LogSettings, RenderSettings):
@@ -180,6 +183,28 @@ class DaemonSettings(PageSettings, LogSettings, RenderSettings):
     drain_seconds: float = Field(20.0, gt=0, description="SIGTERM: finish in-flight within this")
     stuck_seconds: float = Field(120.0, gt=0, description="a model call this long: exit")
 
+    # Presets and job sidecars (daemon.presets, daemon.sidecars, docs/operations.md).
+    presets: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="[presets.NAME] tables: render settings for inbox/NAME/ (TOML)",
+    )
+    sidecar_wait_seconds: float = Field(
+        1.0, ge=0.0, le=600.0, description="an image waits this long for its .artd.json sidecar"
+    )
+    sidecar_orphan_seconds: float = Field(
+        3600.0, ge=1.0, description="a sidecar without its image is deleted after this long"
+    )
+    model_memory_mb: int = Field(
+        2048, ge=1, description="models kept loaded at once, by their weights' size (LRU)"
+    )
+
+    @field_validator("presets")
+    @classmethod
+    def _presets(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from daemon.presets import check_presets  # here: presets import this module
+
+        return check_presets(value)
+
     @field_validator("instance")
     @classmethod
     def _instance_name(cls, value: str) -> str:
@@ -193,6 +218,13 @@ class DaemonSettings(PageSettings, LogSettings, RenderSettings):
         if not re.fullmatch(r"#[0-9A-Fa-f]{6}", value):
             raise ValueError("a colour as #rrggbb")
         return value.lower()
+
+    @model_validator(mode="after")
+    def _no_same_format(self) -> DaemonSettings:
+        # The spool names an output at claim time, before its format is known (issue 15).
+        if self.output_format == "same":
+            raise ValueError("output_format 'same' is for artd process only, not the daemon")
+        return self
 
     @model_validator(mode="after")
     def _root_absolute(self) -> DaemonSettings:

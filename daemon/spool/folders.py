@@ -93,6 +93,24 @@ def create_folders(layout: Layout) -> None:
     unwritable = [str(f) for f in folders[1:] if not can_write(f)]
     if unwritable:
         raise SpoolError(f"cannot write in folder(s): {', '.join(unwritable)}")
+    if not can_symlink(layout.reserved):
+        raise SpoolError(
+            f"cannot create symlinks in {layout.reserved} (output reservations are symlinks); "
+            "on an SMB share, mount it with the mfsymlinks option (docs/network-shares.md)"
+        )
+
+
+def can_symlink(folder: Path) -> bool:
+    """Create, read back and remove a symlink in ``folder``: what smbnetfs, and kernel CIFS
+    without ``mfsymlinks``, refuse (ENOSYS, EPERM) once files are already claimed."""
+    probe = folder / f".artd-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        os.symlink("probe", probe)
+        ok = os.readlink(probe) == "probe"
+        os.unlink(probe)
+    except OSError:
+        return False
+    return ok
 
 
 def can_write(folder: Path) -> bool:
@@ -200,9 +218,10 @@ def unlink_inside(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def prune_empty(folder: str, cutoff: float) -> None:
+def prune_empty(folder: str, cutoff: float, keep: frozenset[str] = frozenset()) -> None:
     """Remove the empty sub-folders of ``folder`` last changed before ``cutoff``, deepest
-    first; dot folders (someone else's temporary ones) and symlinks are left alone."""
+    first; dot folders (someone else's temporary ones), symlinks and the sub-folders named
+    in ``keep`` (the presets' folders) are left alone."""
     try:
         with os.scandir(folder) as it:
             subfolders = [e for e in it if e.is_dir(follow_symlinks=False)]
@@ -216,6 +235,6 @@ def prune_empty(folder: str, cutoff: float) -> None:
         except OSError:
             continue
         prune_empty(entry.path, cutoff)
-        if changed < cutoff:
+        if changed < cutoff and entry.name not in keep:
             with contextlib.suppress(OSError):  # a writer got there first
                 os.rmdir(entry.path)

@@ -21,11 +21,13 @@ import stat
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from loguru import logger
 
 from core import durable
 from core.reasons import Reason
+from daemon import sidecars
 from daemon.spool.errors import DISK_ERRNOS, DisposeError
 from daemon.spool.folders import Layout, kind, open_folder
 from daemon.spool.names import (
@@ -50,6 +52,9 @@ from daemon.spool.reservations import Reservations, owner, taken_with_sidecar
 from daemon.spool.steps import fsync_dir, move_into, step, write_atomic
 
 _REPORTED_MAX = 10_000
+# Resolves a claim's settings from its relative path and sidecar bytes (daemon.presets);
+# raises ValueError (with ``.message``) for settings the job cannot run with.
+Resolve = Callable[[PurePosixPath, bytes | None, str | None], dict[str, Any]]
 
 
 class WarnOnce:
@@ -71,9 +76,15 @@ class Machine:
     """The moves of one instance's claims. Callers hold the instance lock."""
 
     def __init__(
-        self, layout: Layout, instance: str, output_ext: str, keep_originals: bool
+        self,
+        layout: Layout,
+        instance: str,
+        output_ext: str,
+        keep_originals: bool,
+        resolve: Resolve | None = None,
     ) -> None:
         self.layout = layout
+        self.resolve = resolve
         self.instance = instance
         self.output_ext = output_ext
         self.keep_originals = keep_originals
@@ -90,6 +101,8 @@ class Machine:
         claim_id = new_claim_id()
         self.active.add(claim_id)  # before the intent record: a concurrent adopt skips it
         record = intent(claim_id, str(rel), claim_id + work_suffix(rel.name))
+        if os.path.lexists(source.parent / sidecars.sidecar_name(rel.name)):
+            record["sidecar_rel"] = str(rel.parent / sidecars.sidecar_name(rel.name))
         try:
             # The output name is reserved only after the rename wins: a loser's transient
             # reservation would otherwise push the winner to "name (2)".
@@ -129,16 +142,66 @@ class Machine:
         finally:
             os.close(parent)
 
+    def work_sidecar(self, record: Record) -> Path:
+        """Where a claim's job sidecar is kept in work/ (it may not exist)."""
+        return self.layout.work / f"{record['id']}{sidecars.SUFFIX}"
+
+    def _take_sidecar(self, record: Record) -> None:
+        """Move the job sidecar found at claim time into work/, after its image (idempotent:
+        a restart finishing a ``claiming`` record does it again if it was not done)."""
+        if "sidecar_rel" not in record or os.path.lexists(self.work_sidecar(record)):
+            return
+        rel = PurePosixPath(record["sidecar_rel"])
+        try:
+            parent = open_folder(self.layout.inbox, rel.parent, create=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        try:
+            step("claim:sidecar-rename")
+            os.rename(rel.name, self.work_sidecar(record), src_dir_fd=parent)
+        except FileNotFoundError:
+            pass  # taken back by its owner: the image runs without it
+        finally:
+            os.close(parent)
+
+    def _resolve_job(self, record: Record) -> str | None:
+        """Fix the claim's settings in its record (``job``); the refusal's message if the
+        sidecar or the settings are invalid."""
+        sidecar = self.work_sidecar(record)
+        data: bytes | None = None
+        sidecar_rel = record.get("sidecar_rel")
+        if os.path.lexists(sidecar):
+            sidecar_rel = sidecar_rel or f"{record['rel_path']}{sidecars.SUFFIX}"
+            step("claim:sidecar-read")
+            try:
+                data = sidecars.read_bounded(sidecar)
+            except sidecars.SidecarError as exc:
+                return f"sidecar {sidecar_rel}: {exc}"
+        if self.resolve is None:
+            return None
+        step("claim:resolve")
+        try:
+            record["job"] = self.resolve(PurePosixPath(record["rel_path"]), data, sidecar_rel)
+        except ValueError as exc:
+            return getattr(exc, "message", str(exc))
+        return None
+
     def settle(self, record: Record, attempts: int) -> Claim | None:
-        """claiming -> claimed: hash what the rename brought in, without following anything."""
+        """claiming -> claimed: hash what the rename brought in, without following anything;
+        bring its sidecar along and fix its settings (``job``) in the record."""
         work = self.layout.work / record["work_name"]
         mode = os.lstat(work).st_mode
+        self._take_sidecar(record)
+        job_problem = self._resolve_job(record)
         if "output_rel" not in record:
             rel = PurePosixPath(record["rel_path"])
-            record["output_rel"] = str(self.reserve_output(rel, record["id"]))
+            ext = record.get("job", {}).get("output_ext", self.output_ext)
+            record["output_rel"] = str(self.reserve_output(rel, record["id"], ext))
         record.update(state=State.CLAIMED, size=0, sha256="", attempts=attempts)
         record.update(interrupted=0, solo_crashes=0)
-        problem: tuple[Reason, str] | None = None
+        problem: tuple[str, str] | None = None
+        if job_problem is not None and stat.S_ISREG(mode):
+            problem = (Reason.INVALID_SIDECAR, job_problem)
         if stat.S_ISREG(mode):
             try:
                 record["size"], record["sha256"] = _size_and_hash(work)
@@ -157,13 +220,15 @@ class Machine:
             return None
         return claim
 
-    def reserve_output(self, rel: PurePosixPath, claim_id: str) -> PurePosixPath:
-        """Reserve the first free output name of ``inbox/<rel>``."""
+    def reserve_output(
+        self, rel: PurePosixPath, claim_id: str, ext: str | None = None
+    ) -> PurePosixPath:
+        """Reserve the first free output name of ``inbox/<rel>`` (``ext``: the job's)."""
         return self.reservations.first_free(
             self.layout.outbox,
             "outbox",
             rel.parent,
-            lambda n: output_name(rel.name, n, self.output_ext),
+            lambda n: output_name(rel.name, n, ext or self.output_ext),
             claim_id,
         )
 
@@ -235,17 +300,25 @@ class Machine:
     def dispose_original(self, record: Record) -> None:
         """Move the original to archive/ (or delete it); nothing to do if already done."""
         work = self.layout.work / record["work_name"]
-        if not os.path.lexists(work):
+        sidecar = self.work_sidecar(record)
+        if not os.path.lexists(work) and not os.path.lexists(sidecar):
             return  # done before a crash
         if "archive_rel" in record:
             folder, rel = self._open_destination(record, "archive_rel")
             try:
-                move_into(work, folder, rel.name, "archive")
+                if os.path.lexists(sidecar):  # first: the original's move ends this step
+                    move_into(sidecar, folder, f"{rel.name}{sidecars.SUFFIX}", "archive-sidecar")
+                if os.path.lexists(work):
+                    move_into(work, folder, rel.name, "archive")
             finally:
                 os.close(folder)
         else:
-            step("archive:unlink")
-            os.unlink(work)
+            if os.path.lexists(sidecar):
+                step("archive-sidecar:unlink")
+                os.unlink(sidecar)
+            if os.path.lexists(work):
+                step("archive:unlink")
+                os.unlink(work)
         fsync_dir(self.layout.work, "work")
 
     # --- suspects ------------------------------------------------------------------------
@@ -315,10 +388,14 @@ class Machine:
             data = json.dumps(sidecar, indent=2, sort_keys=True).encode() + b"\n"
             temp = Path(temp_name(sidecar_name, record["id"]))
             write_atomic(Path(sidecar_name), data, temp, "sidecar", folder)
+            job_sidecar = self.work_sidecar(record)
+            if os.path.lexists(job_sidecar):  # travels with its image, never alone
+                name = f"{rel.name}{sidecars.SUFFIX}"
+                move_into(job_sidecar, folder, name, "quarantine-sidecar")
             work = self.layout.work / record["work_name"]
             if os.path.lexists(work):
                 move_into(work, folder, rel.name, "quarantine")  # a symlink moves as itself
-                fsync_dir(self.layout.work, "work")
+            fsync_dir(self.layout.work, "work")
         finally:
             os.close(folder)
         return self.layout.quarantine / rel
@@ -335,8 +412,8 @@ class Machine:
     def _area(self, field: str) -> tuple[str, Path, int]:
         """``(area, folder, bytes to leave free in a name)`` of a record field naming a place."""
         if field == "archive_rel":
-            return "archive", self.layout.archive, 0
-        return "quarantine", self.layout.quarantine, len(SIDECAR_SUFFIX)
+            return "archive", self.layout.archive, len(sidecars.SUFFIX)
+        return "quarantine", self.layout.quarantine, max(len(SIDECAR_SUFFIX), len(sidecars.SUFFIX))
 
     def _reserve_in(
         self,
@@ -344,7 +421,7 @@ class Machine:
         parent: PurePosixPath,
         name: str,
         claim_id: str,
-        taken: Callable[[Path], bool] = os.path.lexists,
+        taken: Callable[[Path], bool] = taken_with_sidecar,
     ) -> PurePosixPath:
         area, base, reserve = self._area(field)
         return self.reservations.first_free(

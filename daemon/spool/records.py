@@ -3,7 +3,9 @@
 A record is a JSON object, written atomically *before* the move its state announces
 (docs/spool.md). Its ``state`` is one of :class:`State`; the other fields are those of
 :class:`Claim` (``work_name`` for its path) plus, once chosen, ``archive_rel``,
-``quarantine_rel`` and ``error``, and ``solo`` while a suspect is alone in the model. Every
+``quarantine_rel`` and ``error``, ``solo`` while a suspect is alone in the model,
+``sidecar_rel`` (the job sidecar found beside the file at claim time; in work/ it is
+``<id>.artd.json``) and ``job`` (the settings resolved at claim time, fixed from then on). Every
 path in it is relative and checked on reading, so a planted record cannot point anywhere
 else. Records written before ``interrupted`` and ``solo_crashes`` existed load with
 ``attempts - 1`` interruptions and no solo crash.
@@ -26,7 +28,7 @@ from daemon.spool.names import ID_LEN, temp_name
 from daemon.spool.steps import fsync_dir, step, write_atomic
 
 Record = dict[str, Any]
-_RELATIVE_FIELDS = ("output_rel", "archive_rel", "quarantine_rel")
+_RELATIVE_FIELDS = ("output_rel", "archive_rel", "quarantine_rel", "sidecar_rel")
 
 
 class State(StrEnum):
@@ -57,6 +59,9 @@ class Claim:
     # was alone in the model (its ``solo`` marker set): only these can blame the file.
     interrupted: int = 0
     solo_crashes: int = 0
+    # The settings resolved at claim time (daemon.presets.Resolver.resolve); None without
+    # a resolver (the spool alone, as its tests drive it).
+    job: dict[str, Any] | None = None
 
     @property
     def suspect(self) -> bool:
@@ -90,6 +95,8 @@ def held_reservations(work_root: Path) -> dict[str, set[str] | None]:
     (adoption staging folders included); None where a record cannot be read: keep all."""
     held: dict[str, set[str] | None] = {}
     for path in [*work_root.glob("*/*.json"), *work_root.glob("*/.adopt-*/*.json")]:
+        if len(path.name) != ID_LEN + len(".json"):
+            continue  # a job sidecar (<id>.artd.json) or a stranger: not a record
         try:
             held[path.name[:ID_LEN]] = set(reserved_keys(json.loads(path.read_bytes())))
         except (OSError, ValueError, KeyError, TypeError):
@@ -150,7 +157,7 @@ class Records:
 
     def of_claim(self, claim: Claim, state: State) -> Record:
         """The record that persists ``claim`` in ``state``."""
-        return {
+        record: Record = {
             "id": claim.id,
             "state": state,
             "instance": self.instance,
@@ -164,6 +171,9 @@ class Records:
             "output_rel": str(claim.output_rel),
             "claimed_at": claim.claimed_at,
         }
+        if claim.job is not None:
+            record["job"] = claim.job
+        return record
 
     def claim_of(self, record: Record) -> Claim:
         """The :class:`Claim` a record describes."""
@@ -179,4 +189,5 @@ class Records:
             claimed_at=float(record["claimed_at"]),
             interrupted=interrupted,
             solo_crashes=solo_crashes,
+            job=record.get("job") if isinstance(record.get("job"), dict) else None,
         )

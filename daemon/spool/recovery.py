@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 
 from loguru import logger
 
+from daemon import sidecars
 from daemon.spool.folders import try_lock, unlink_inside, unlock
 from daemon.spool.machine import Machine
 from daemon.spool.names import (
@@ -150,6 +151,7 @@ class Recovery:
         the active ones, only those in ``only`` if given); record writes cut short go."""
         records: set[str] = set()
         works: dict[str, str] = {}
+        sidecar_ids: set[str] = set()
         with os.scandir(self.layout.work) as it:
             for entry in it:
                 name, claim_id = entry.name, entry.name.lstrip(".")[:ID_LEN]
@@ -164,8 +166,16 @@ class Recovery:
                     self.machine.warn_once(entry.path, message)
                 elif name == f"{claim_id}.json":
                     records.add(claim_id)
+                elif name == f"{claim_id}{sidecars.SUFFIX}":
+                    sidecar_ids.add(claim_id)  # travels with its claim, never one by itself
                 else:
                     works[claim_id] = name
+        for claim_id in sidecar_ids - records - works.keys():
+            # Neither record nor image (a hand-made mess): never processed as an image.
+            path = self.layout.work / f"{claim_id}{sidecars.SUFFIX}"
+            logger.warning("removing {}: a job sidecar without its claim", path)
+            step("recover:sidecar-unlink")
+            path.unlink(missing_ok=True)
         return records, works
 
     def _rebuild(self, claim_id: str, work_name: str) -> Record:
@@ -198,6 +208,9 @@ class Recovery:
         if not os.path.lexists(self.layout.work / record["work_name"]):
             if state != State.CLAIMING:  # claiming: the rename never happened; the inbox has it
                 logger.error("claim {} lost its file {}; dropping it", claim_id, record["rel_path"])
+            if os.path.lexists(machine.work_sidecar(record)):
+                step("recover:sidecar-unlink")
+                machine.work_sidecar(record).unlink()
             machine.drop(record)
             return None
         machine.active.add(claim_id)
@@ -217,7 +230,7 @@ class Recovery:
 
     def _sweep_temps(self) -> None:
         """Our crashed writes in outbox/ and quarantine/, and anyone's older than an hour."""
-        ours = {p.name[:ID_LEN] for p in self.layout.work.glob("*.json")}
+        ours = {p.name[:ID_LEN] for p in self.layout.work.glob("*.json")}  # sidecars: same ids
         cutoff = time.time() - STALE_TEMP_SECONDS
         for top in (self.layout.outbox, self.layout.quarantine):
             for folder, _dirs, files in os.walk(top):

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from daemon.sidecars import SUFFIX as JOB_SIDECAR_SUFFIX
 from daemon.spool.errors import SpoolError
 from daemon.spool.names import ID_RE, SIDECAR_SUFFIX
 from daemon.spool.steps import step
@@ -31,8 +32,11 @@ def owner(path: Path) -> tuple[str, str] | None:
 
 
 def taken_with_sidecar(path: Path) -> bool:
-    """A quarantine name is taken when the file or its ``.error.json`` exists."""
-    return os.path.lexists(path) or os.path.lexists(f"{path}{SIDECAR_SUFFIX}")
+    """An archive or quarantine name is taken when the file, its ``.error.json`` or its job
+    sidecar (``.artd.json``) exists."""
+    return any(
+        os.path.lexists(f"{path}{tail}") for tail in ("", SIDECAR_SUFFIX, JOB_SIDECAR_SUFFIX)
+    )
 
 
 class Reservations:

@@ -4,6 +4,7 @@ claim / commit / quarantine / recover operations (done by machine.py and recover
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -13,10 +14,11 @@ from typing import BinaryIO
 from loguru import logger
 
 from core import durable
-from daemon.spool import folders
+from daemon import sidecars
+from daemon.spool import folders, steps
 from daemon.spool.errors import InstanceLockedError, SpoolError
 from daemon.spool.folders import Layout, kind, locate
-from daemon.spool.machine import Machine
+from daemon.spool.machine import Machine, Resolve
 from daemon.spool.names import INSTANCE_RE, SUFFIX_RE, is_temporary_name
 from daemon.spool.records import Claim
 from daemon.spool.recovery import Recovery
@@ -30,7 +32,13 @@ class Spool:
     """The folders under ``root`` and the moves between them, for one instance name."""
 
     def __init__(
-        self, root: Path, instance: str, *, output_ext: str = ".png", keep_originals: bool = True
+        self,
+        root: Path,
+        instance: str,
+        *,
+        output_ext: str = ".png",
+        keep_originals: bool = True,
+        resolve: Resolve | None = None,
     ) -> None:
         if not INSTANCE_RE.fullmatch(instance):
             raise SpoolError(f"instance name {instance!r}: use letters, digits, '.', '_', '-'")
@@ -47,7 +55,8 @@ class Spool:
         self.state, self.work_dir = layout.state, layout.work
         self._layout = layout
         self._lock_fd: int | None = None
-        self._machine = Machine(layout, instance, ext, keep_originals)
+        # resolve: each claim's settings, fixed in its record (daemon.presets.Resolver).
+        self._machine = Machine(layout, instance, ext, keep_originals, resolve)
         self._recovery = Recovery(self._machine)
 
     # --- set-up ------------------------------------------------------------------------
@@ -65,14 +74,17 @@ class Spool:
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         while (fd := folders.try_lock(path)) is None:
             if time.monotonic() > deadline:
-                holder = path.read_text(errors="replace").strip() or "?"
+                try:  # SMB's byte-range locks are mandatory: the holder may be unreadable
+                    holder = path.read_text(errors="replace").strip() or "?"
+                except OSError:
+                    holder = "?"
                 raise InstanceLockedError(
-                    f"instance {self.instance!r} is in use by a live process (pid {holder}, "
+                    f"instance {self.instance!r} is in use by a live process ({holder}, "
                     f"lock {path}); give each daemon on this root its own instance name"
                 )
             time.sleep(0.05)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{socket.gethostname()} pid {os.getpid()}\n".encode())
         self._lock_fd = fd
         self.work_dir.mkdir(exist_ok=True)
         if not stat.S_ISDIR(os.lstat(self.work_dir).st_mode):
@@ -116,6 +128,8 @@ class Spool:
         path, rel = located
         if any(part.startswith(".") for part in rel.parts) or is_temporary_name(rel.name):
             return False
+        if sidecars.is_sidecar(rel.name):
+            return False  # moves with its image, never claimed as one
         try:
             mode = os.lstat(path).st_mode
         except OSError:
@@ -150,9 +164,44 @@ class Spool:
                     yield Path(entry.path)
             stack.extend(reversed(subfolders))
 
-    def remove_empty_dirs(self, older_than: float = EMPTY_DIR_GRACE_SECONDS) -> None:
-        """Remove inbox sub-folders that are empty and were not changed for ``older_than`` s."""
-        folders.prune_empty(str(self.inbox), time.time() - older_than)
+    def remove_empty_dirs(
+        self, older_than: float = EMPTY_DIR_GRACE_SECONDS, keep: frozenset[str] = frozenset()
+    ) -> None:
+        """Remove inbox sub-folders that are empty and were not changed for ``older_than`` s
+        (but the top-level folders named in ``keep``: the presets')."""
+        folders.prune_empty(str(self.inbox), time.time() - older_than, keep)
+
+    def sweep_orphan_sidecars(self, older_than: float) -> int:
+        """Delete job sidecars in the inbox whose image has not existed for ``older_than``
+        s (the sidecar's age); the number deleted. Folders are walked as the scan walks them."""
+        cutoff, removed = time.time() - older_than, 0
+        stack = [self.inbox]
+        while stack:
+            folder = stack.pop()
+            try:
+                with os.scandir(folder) as it:
+                    entries = list(it)
+            except OSError:
+                continue
+            names = {entry.name for entry in entries}
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif sidecars.is_sidecar(entry.name) and (
+                    sidecars.image_name(entry.name) not in names
+                ):
+                    try:
+                        old = entry.stat(follow_symlinks=False).st_mtime < cutoff
+                        if old and not os.path.lexists(folder / sidecars.image_name(entry.name)):
+                            logger.warning("removing {}: its image never came", entry.path)
+                            steps.step("sidecar-orphan:unlink")
+                            os.unlink(entry.path)
+                            removed += 1
+                    except FileNotFoundError:
+                        continue
+        return removed
 
     # --- claims -------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The page for the people at the folder and its JSON API (docs/page.md): what the daemon
+"""The page for the people at the folder and its JSON API (operations.md, "The page"): what
 serves besides /healthz and /metrics, one module per job.
 
 - ``paths``: turning a URL's path into a file inside one allowed folder, never outside;

@@ -1,4 +1,4 @@
-"""The JSON documents of ``/api/...``: the same data the page shows (docs/page.md).
+"""The JSON documents of ``/api/...``: the same data the page shows (operations.md).
 
 :class:`PageData` holds what the page keeps between requests (the two folder indexes, the
 metadata and sidecar caches, the thumbnails) and answers each endpoint from them with

@@ -32,11 +32,31 @@ import loguru  # noqa: F401  (imported once here, so that each child's import is
 MAX_ATTEMPTS = 10  # far above what three restarts can reach: a quarantine means a fault
 
 
-def _scenario(root: Path) -> None:
-    from core.reasons import Reason
+def _resolve(rel: object, sidecar: bytes | None, sidecar_rel: str | None) -> dict:
+    """A resolver without torch: a job sidecar's settings as they are (daemon.presets's
+    Resolver validates them; here only where they travel and that they stay fixed matters)."""
+    from daemon import sidecars
+
+    settings = sidecars.parse(sidecar) if sidecar is not None else {}
+    return {"settings": settings, "sidecar": sidecar_rel, "output_ext": ".png"}
+
+
+def _spool(root: Path):
     from daemon.spool import Spool
 
-    spool = Spool(root, "crash")
+    return Spool(root, "crash", resolve=_resolve)
+
+
+def _output(data: bytes, claim: object) -> bytes:
+    """What the "model" makes: the input's hash and the settings fixed at its claim."""
+    settings = json.dumps(claim.job["settings"] if claim.job else None, sort_keys=True)
+    return b"OUT:" + hashlib.sha256(data).hexdigest().encode() + b"|" + settings.encode()
+
+
+def _scenario(root: Path) -> None:
+    from core.reasons import Reason
+
+    spool = _spool(root)
     spool.prepare()
     claims = spool.recover()
     _mark("recovered")
@@ -56,14 +76,12 @@ def _scenario(root: Path) -> None:
         elif data.startswith(b"BAD"):
             spool.quarantine(claim, Reason.NOT_AN_IMAGE, "the test's bad file")
         else:
-            spool.commit(claim, b"OUT:" + hashlib.sha256(data).hexdigest().encode())
+            spool.commit(claim, _output(data, claim))
     spool.close()
 
 
 def _prepare(root: Path, count: int) -> None:
-    from daemon.spool import Spool
-
-    spool = Spool(root, "crash")
+    spool = _spool(root)
     spool.prepare()
     for path in list(spool.scan_inbox())[:count]:
         assert spool.claim(path) is not None

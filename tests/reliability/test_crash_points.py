@@ -39,6 +39,10 @@ DRIVER = Path(__file__).with_name("spool_crash_driver.py")
 GOOD = ["a.jpg", "same.jpg", "same.png", "sub/c.jpg"]
 BAD = ["bad1.jpg", "sub/deep/bad2.gif"]
 SUSPECTS = 3  # claimed by a process that died before the loop: a.jpg, bad1.jpg, same.jpg
+# Job sidecars (issue 14): one on a suspect, one on a fresh file, one on a bad file (which
+# must end beside it in the quarantine, never as an image).
+SIDECARS = {"a.jpg": b'{"size": 32}', "sub/c.jpg": b'{"seed": 1}', "bad1.jpg": b'{"size": 48}'}
+JOB_SUFFIX = ".artd.json"
 
 
 def make_template(folder: Path) -> dict[str, bytes]:
@@ -49,8 +53,11 @@ def make_template(folder: Path) -> dict[str, bytes]:
         (folder / "inbox" / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / "inbox" / rel).write_bytes(data)
         contents[rel] = data
+        if rel in SIDECARS:
+            (folder / "inbox" / f"{rel}{JOB_SUFFIX}").write_bytes(SIDECARS[rel])
     assert run_driver(folder.parent, folder, [], prepare=SUSPECTS) == {"prepare": -9}
-    assert len(list((folder / ".artd" / "work" / "crash").glob("*.json"))) == SUSPECTS
+    records = (folder / ".artd" / "work" / "crash").glob("*.json")
+    assert len([p for p in records if not p.name.endswith(JOB_SUFFIX)]) == SUSPECTS
     return contents
 
 
@@ -76,18 +83,24 @@ def check_spool_root(root: Path, contents: dict[str, bytes]) -> list[str]:
         problems.append(f"outputs {sorted(out)}")
     for rel in GOOD:
         digest = hashlib.sha256(contents[rel]).hexdigest().encode()
+        settings = json.loads(SIDECARS.get(rel, b"{}"))
+        expected = b"OUT:" + digest + b"|" + json.dumps(settings, sort_keys=True).encode()
         output = outbox / f"{rel}.png"
-        if output.exists() and output.read_bytes() != b"OUT:" + digest:
+        if output.exists() and output.read_bytes() != expected:
             problems.append(f"wrong output for {rel}")
         kept = archive / rel
         if not kept.exists() or kept.read_bytes() != contents[rel]:
             problems.append(f"archive lacks {rel}")
+        if rel in SIDECARS and (archive / f"{rel}{JOB_SUFFIX}").read_bytes() != SIDECARS[rel]:
+            problems.append(f"archive lacks the sidecar of {rel}")
     held = {p.relative_to(quarantine).as_posix() for p in files_under(quarantine)}
-    if held != set(BAD) | {f"{rel}.error.json" for rel in BAD}:
+    bad_sidecars = {f"{rel}{JOB_SUFFIX}" for rel in BAD if rel in SIDECARS}
+    if held != set(BAD) | {f"{rel}.error.json" for rel in BAD} | bad_sidecars:
         problems.append(f"quarantine {sorted(held)}")
     elif any(sidecar_reason(root, rel) != "not_an_image" for rel in BAD):
         problems.append("wrong quarantine reason")
-    if len(files_under(archive)) != len(GOOD):
+    good_sidecars = [rel for rel in GOOD if rel in SIDECARS]
+    if len(files_under(archive)) != len(GOOD) + len(good_sidecars):
         problems.append(f"archive {sorted(p.name for p in files_under(archive))}")
     leftovers = files_under(root / "inbox") + files_under(root / ".artd" / "work")
     leftovers += files_under(root / ".artd" / "reserved")
@@ -114,6 +127,9 @@ def test_spool_survives_a_kill_at_every_step_and_inside_recovery(
         ]
         assert len(steps) > 100, steps  # six files take well over a hundred steps
         assert {"record-solo:rename", "record-unsolo:rename"} <= set(steps)  # the suspects
+        sidecar_steps = {"claim:sidecar-rename", "claim:sidecar-read", "claim:resolve"}
+        sidecar_steps |= {"archive-sidecar:rename", "quarantine-sidecar:rename"}
+        assert sidecar_steps <= set(steps), sidecar_steps - set(steps)
 
         loop_base = base / "loop"
         loop_base.mkdir()
