@@ -1,4 +1,9 @@
-"""``python -m bench [--quick] [--only NAME,...] [--out DIR] [--device cpu|cuda]``."""
+"""``python -m bench [--quick] [--only NAME,...] [--out DIR] [--device cpu|cuda]``.
+
+``art`` (bench.art) trains its two models on first use (16-45 minutes on two cores,
+cached in build/art-bench by the recipe's hash) and writes docs/art-bench.md and
+docs/art-gallery.png; with --quick it trains tiny ones into --out instead.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ BENCHES = {
     "memory": "bench.memory",
     "training": "bench.training",
     "gpu_decode": "bench.gpu_decode",
+    "art": "bench.art",
     "targets": "bench.targets",
 }
 # gpu_decode is for bench/gpu.sh; the default run on a CPU machine leaves it out.

@@ -41,6 +41,7 @@ from core.colour import ColourPolicy
 from core.durable import open_regular
 from core.origin import Origin, origin_of
 from core.reasons import Reason
+from core.shapes import INPUT_SIZE
 
 if TYPE_CHECKING:
     import torch
@@ -127,9 +128,14 @@ def decode(
 
 
 def target_size(
-    width: int, height: int, size: int, policy: ResizePolicy = "fit"
+    width: int, height: int, size: int | str, policy: ResizePolicy = "fit"
 ) -> tuple[int, int]:
-    """The (w, h) a ``width`` x ``height`` image is resized to under ``policy``."""
+    """The (w, h) a ``width`` x ``height`` image is resized to under ``policy``; ``size``
+    ``"input"`` keeps the image's own size, each side rounded down to a multiple of 8."""
+    if size == INPUT_SIZE:
+        if width <= 0 or height <= 0:
+            raise ValueError(f"image size must be positive, got {width}x{height}")
+        return max(8, width // 8 * 8), max(8, height // 8 * 8)
     if not isinstance(size, int) or size <= 0 or size % 8:
         raise ValueError(f"size must be a positive multiple of 8, got {size!r}")
     if width <= 0 or height <= 0:
@@ -144,7 +150,7 @@ def target_size(
     return w, h
 
 
-def resize(img: Image.Image, size: int, policy: ResizePolicy = "fit") -> Image.Image:
+def resize(img: Image.Image, size: int | str, policy: ResizePolicy = "fit") -> Image.Image:
     """Bilinear (antialiased) resize, identical to torchvision's ``Resize`` on a PIL image.
 
     No ``reducing_gap``: it would change pixels and break parity with the seed.
@@ -158,7 +164,7 @@ def resize(img: Image.Image, size: int, policy: ResizePolicy = "fit") -> Image.I
 
 def load(
     source: Source,
-    size: int,
+    size: int | str,
     policy: ResizePolicy = "fit",
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -179,7 +185,7 @@ def load(
 
 def load_with_origin(
     source: Source,
-    size: int,
+    size: int | str,
     policy: ResizePolicy = "fit",
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,

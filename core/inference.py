@@ -79,7 +79,7 @@ class OutputSettings:
     ``fmt`` may be ``"same"`` (:meth:`format_for`). ``label`` and ``embed_profile`` exist for
     the colour benchmark's baseline only: no setting turns the AI label off."""
 
-    size: int
+    size: int | str  # the longer side in px, or "input" (core.shapes.INPUT_SIZE)
     resize: ResizePolicy = "fit"
     fmt: str = "png"
     jpeg_quality: int = DEFAULT_QUALITY

@@ -52,7 +52,7 @@ _SEGFAULT_FROM_ENV = os.environ.get("_ARTD_TEST_SEGFAULT") == "1"
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    size: int
+    size: int | str
     resize: ResizePolicy = "fit"
     max_pixels: int = imaging.DEFAULT_MAX_PIXELS
     background: tuple[int, int, int] = (255, 255, 255)

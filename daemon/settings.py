@@ -24,7 +24,7 @@ from core.config import FlagNames, check_device
 from core.encoding import OUTPUT_FORMATS
 from core.imaging import DEFAULT_MAX_PIXELS
 from core.precision import PRECISIONS
-from core.shapes import SIZE_MULTIPLE, check_size
+from core.shapes import check_output_size, check_size
 from daemon.logs import LogSettings
 from daemon.output_settings import OutputOptions
 from daemon.page_settings import PageSettings
@@ -128,15 +128,19 @@ class RenderSettings(OutputOptions, ModelSettings):
     """The model and the images it writes from inputs: shared by the daemon and
     ``artd process``, so that their names, defaults and checks cannot drift apart."""
 
-    size: int = Field(256, ge=SIZE_MULTIPLE, le=8192, description="output's longer side (px)")
+    size: int | Literal["input"] = Field(
+        512,
+        description="output's longer side (px), a multiple of 8; 'input': the input's own "
+        "size (slow on CPU for big photos: docs/operations.md, 'Output size')",
+    )
     resize: Literal["fit", "stretch"] = "fit"
     # "same": the input's own format where it is an output format, PNG otherwise (issue 15).
     output_format: Literal[(*OUTPUT_FORMATS, "same")] = "png"  # type: ignore[valid-type]
 
     @field_validator("size")
     @classmethod
-    def _size_multiple(cls, value: int) -> int:
-        return check_size(value)
+    def _size_multiple(cls, value: int | str) -> int | str:
+        return check_output_size(value)
 
     @property
     def output_extension(self) -> str:

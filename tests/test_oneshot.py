@@ -104,3 +104,23 @@ def test_io_threads_yield_to_the_engine_thread() -> None:
     thread.join()
     assert seen == [min(19, base + IO_NICENESS)]
     assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the main thread is untouched
+
+
+def test_size_input_keeps_the_inputs_own_size(pixel_checkpoint: Path, tmp_path: Path) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    textured_image(451, 300).save(inputs / "photo.png")
+    textured_image(64, 96, seed=1).save(inputs / "small.png")
+    result = artd(
+        "process", inputs, "--out", out, "--checkpoint", pixel_checkpoint, "--size", "input"
+    )
+    assert result.returncode == 0, result.stderr
+    with Image.open(out / "photo.png.png") as image:
+        assert image.size == (448, 296)  # each side rounded down to a multiple of 8
+        assert '"size": "input"' in image.text["artd:settings"]
+    with Image.open(out / "small.png.png") as image:
+        assert image.size == (64, 96)
+    refused = artd(
+        "process", inputs, "--out", out, "--checkpoint", pixel_checkpoint, "--size", "huge"
+    )
+    assert refused.returncode != 0 and "size" in refused.stderr

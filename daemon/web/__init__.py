@@ -1,5 +1,5 @@
 """The page for the people at the folder and its JSON API (operations.md, "The page"): what
-serves besides /healthz and /metrics, one module per job.
+the daemon serves besides /healthz and /metrics, one module per job.
 
 - ``paths``: turning a URL's path into a file inside one allowed folder, never outside;
 - ``index``: the outbox and quarantine listings, cached and bounded;
