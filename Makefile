@@ -41,9 +41,10 @@ art-bench: $(STAMP)
 art-bench-quick: $(STAMP)
 	$(PY) -m bench.art --train --quick --out bench/out/art
 
-# The reliability suite with long fuzzing and bigger loops (make test runs the short form).
+# The reliability suite with long fuzzing and bigger loops, and the 30-minute mixed soak
+# (SOAK_MINUTES=N changes it; make test runs the short form, about 75 s of soak).
 soak: $(STAMP)
-	RELIABILITY_FULL=1 $(PY) -m pytest tests/reliability $(PYTEST_ARGS)
+	RELIABILITY_FULL=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests/reliability $(PYTEST_ARGS)
 
 # Rebuilds the shipped model from procedural engravings (no internet, no third-party art);
 # see core/assets/MODEL_CARD.md. About 25 minutes on 2 CPU cores.

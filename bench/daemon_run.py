@@ -173,3 +173,41 @@ def bench(run: Run) -> None:
         f"### Daemon end to end vs the seed's loop ({repeats} alternating repeats, medians; "
         "fsyncs on, originals archived)\n\n" + table(headers, rows) + "\n"
     )
+    bench_shipped(run)
+
+
+def bench_shipped(run: Run) -> None:
+    """The model users actually run: the shipped checkpoint at the daemon's own defaults
+    (output size, its recommended strength and steps), on the photo mix. Reported per image
+    and per sampling step (network passes), since a denoise model's cost is the step count."""
+    import core
+    from core.checkpoint import load_checkpoint
+    from core.diffusion import step_count
+    from daemon.settings import DaemonSettings
+
+    meta = load_checkpoint(core.DEFAULT_CHECKPOINT).meta
+    defaults = DaemonSettings.model_fields
+    size = defaults["size"].default
+    strength, steps = meta.sampler.get("strength", 0.5), int(meta.sampler.get("steps", 25))
+    passes = max(1, step_count(strength, steps)) if meta.objective == "denoise" else 1
+    files = photo_mix(run.out, run.pick(8, 48))
+    work = run.out / "daemon-shipped"
+    # ARTD_SIZE/RESIZE back to the daemon's defaults (the class pins the seed loop's 128).
+    with Daemon(
+        work / "root", core.DEFAULT_CHECKPOINT, run.device,
+        size=size, resize=defaults["resize"].default,
+    ) as daemon:  # fmt: skip
+        seconds = [drop_and_wait(daemon, files, work / "staging") for _ in range(run.pick(1, 2))]
+    n, wall = len(files), median(seconds)
+    r = {"images": n, "size": size, "passes": passes, "ips": n / wall}
+    r["steps_per_s"] = r["ips"] * passes
+    run.figures["daemon.shipped"] = r
+    run.report(
+        f"### The shipped model at the daemon's defaults ({meta.objective}, {size} px fit, "
+        f"strength {strength}, {steps} steps = {passes} network passes per image)\n\n"
+        + table(
+            ["files", "images/s", "s per image", "sampling steps/s"],
+            [[n, fmt(r["ips"], 2), fmt(1 / r["ips"], 2), fmt(r["steps_per_s"], 1)]],
+        )
+        + "\n"
+    )

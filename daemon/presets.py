@@ -71,7 +71,8 @@ def _validated(values: dict[str, Any], where: str) -> JobSettings:
         return JobSettings(**values)
     except ValidationError as exc:
         error = exc.errors()[0]
-        key = ".".join(str(p) for p in error["loc"]) or "?"
+        # A job's keys are flat: the first part names it (a union adds its member's name).
+        key = str(error["loc"][0]) if error["loc"] else "?"
         raise JobError(f"{where}: key {key!r}: {error['msg']}", key) from None
 
 

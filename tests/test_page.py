@@ -222,6 +222,36 @@ def test_a_name_taken_in_the_inbox_gets_a_counter(tmp_path: Path) -> None:
     assert (root / "inbox" / "taken.jpg").read_bytes() == b"a newer drop"
 
 
+def test_a_retried_file_takes_its_job_sidecar_unless_that_was_the_problem(
+    tmp_path: Path,
+) -> None:
+    root = spool_root(tmp_path)
+    write_quarantined(root, "crashed.jpg", Reason.MODEL_FAILED)
+    (root / "quarantine" / "crashed.jpg.artd.json").write_text('{"strength": 0.3}')
+    write_quarantined(root, "badjob.jpg", Reason.INVALID_SIDECAR)
+    (root / "quarantine" / "badjob.jpg.artd.json").write_text('{"strength": "lots"}')
+    (root / "inbox" / "crashed.jpg").write_bytes(b"a newer drop")
+    assert Retry(root).retry("crashed.jpg").inbox_rel == "crashed (2).jpg"
+    assert Retry(root).retry("badjob.jpg").inbox_rel == "badjob.jpg"
+    inbox = sorted(p.name for p in (root / "inbox").iterdir())
+    assert inbox == ["badjob.jpg", "crashed (2).jpg", "crashed (2).jpg.artd.json", "crashed.jpg"]
+    assert (root / "inbox" / "crashed (2).jpg.artd.json").read_text() == '{"strength": 0.3}'
+    # The invalid sidecar stays in the quarantine for its owner to fix.
+    assert sorted(p.name for p in (root / "quarantine").iterdir()) == ["badjob.jpg.artd.json"]
+
+
+def test_a_record_write_killed_before_its_rename_leaves_no_litter(tmp_path: Path) -> None:
+    root = spool_root(tmp_path)
+    retry = Retry(root)
+    stale = retry.records / ".00000000000000000005-cafecafe.json.1234.tmp"
+    stale.write_bytes(b'{"id": ')
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    fresh = retry.records / ".00000000000000000006-cafecafe.json.1234.tmp"
+    fresh.write_bytes(b'{"id": ')
+    retry.recover()
+    assert [p.name for p in retry.records.iterdir()] == [fresh.name]  # a live write is left
+
+
 def test_a_retry_killed_midway_is_finished_by_the_next_start(tmp_path: Path) -> None:
     root = spool_root(tmp_path)
     write_quarantined(root, "halfway.jpg", Reason.MODEL_FAILED)

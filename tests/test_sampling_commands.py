@@ -159,8 +159,11 @@ def test_generate_picks_and_logs_a_seed_that_repeats_the_run(
     assert np.array_equal(pixels(repeat), pixels(made))
 
 
-def test_generate_refuses_a_reconstruct_checkpoint(tmp_path: Path) -> None:
-    done = artd("generate", "--count", "2", "--size", "32x24", "--out", tmp_path / "out")
+def test_generate_refuses_a_reconstruct_checkpoint(pixel_checkpoint: Path, tmp_path: Path) -> None:
+    done = artd(
+        "generate", "--count", "2", "--size", "32x24", "--out", tmp_path / "out",
+        "--checkpoint", pixel_checkpoint,
+    )  # fmt: skip
     assert done.returncode == 1
     assert "reconstruct checkpoint" in done.stderr
     assert "cannot generate from noise" in done.stderr

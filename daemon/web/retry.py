@@ -13,11 +13,21 @@ The steps, each durable before the next, so that a kill anywhere leaves somethin
    rename of one name, so exactly one of two racing retries wins (the other gets ENOENT);
 3. a move of that file into ``inbox/<original path>`` that never replaces a file there
    (``renameat2(RENAME_NOREPLACE)``, or ``link`` + ``unlink`` where the file system lacks
-   it); a name taken by a newer drop gets `` (2)``, `` (3)``... as elsewhere;
+   it); a name taken by a newer drop gets `` (2)``, `` (3)``... as elsewhere. Its job
+   sidecar (``<name>.artd.json``, quarantined beside it) moves first, to the name the image
+   is about to take, so the image is claimed with the settings it had; an
+   ``invalid_sidecar`` file comes back without it (the sidecar stays for its owner to fix);
 4. the sidecar is removed if it is still the one this retry read (its claim id);
 5. the record is removed.
 
 Every folder is opened without following symlinks (daemon.spool.folders.open_folder).
+
+Kill points (test-only, inert by default): every filesystem step above calls
+:func:`_step` with its name (:data:`STEPS`). When the environment held
+``_ARTD_RETRY_KILL_AT=<step name>`` at import, the process SIGKILLs itself just before the
+first such step; without it ``_step`` returns at once. Not ``ARTD_*``: the daemon's
+settings refuse unknown ``ARTD_`` variables. tests/reliability/test_page_faults.py kills a
+real daemon at each step (docs/soak.md).
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import ctypes.util
 import errno
 import json
 import os
+import signal
 import stat
 import time
 from dataclasses import dataclass
@@ -36,6 +47,8 @@ from pathlib import Path, PurePosixPath
 from loguru import logger
 
 from core import durable
+from core.reasons import Reason
+from daemon.sidecars import SUFFIX as JOB_SUFFIX
 from daemon.spool.folders import open_folder
 from daemon.spool.names import SIDECAR_SUFFIX, new_claim_id, numbered
 from daemon.web.paths import BadPath, check_rel, lstat_inside, open_inside
@@ -46,6 +59,36 @@ MAX_SIDECAR_BYTES = 1 << 20
 _MAX_NAMES = 1000
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
+
+# Every step of a retry, in order (module docstring): the kill points of the fault suite.
+STEPS = (
+    "record:temp-open",
+    "record:temp-write",
+    "record:flush",
+    "record:rename",
+    "record:dir-flush",
+    "take:rename",
+    "take:dir-flush",
+    "place:sidecar-move",
+    "place:move",
+    "place:inbox-flush",
+    "place:quarantine-flush",
+    "sidecar:unlink",
+    "sidecar:dir-flush",
+    "drop:unlink",
+    "drop:dir-flush",
+)
+_KILL_AT = os.environ.get("_ARTD_RETRY_KILL_AT") or None  # read once: inert when unset
+
+
+def _step(name: str) -> None:
+    """A retry step is about to happen: SIGKILL this process here if told to (test-only)."""
+    if _KILL_AT is not None and name == _KILL_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _record_hook(name: str) -> None:
+    _step(f"record:{name}")
 
 
 class RetryError(Exception):
@@ -134,7 +177,7 @@ class Retry:
         except BaseException:
             self._drop(claim_id)
             raise
-        placed = self._place(rel, claim_id, target)
+        placed = self._place(rel, claim_id, target, _keeps_job(sidecar))
         self._finish(record)
         logger.info("page: retry {} -> inbox/{}", rel, placed)
         return Retried(
@@ -150,6 +193,12 @@ class Retry:
         records older than ``older_than_s``: a live retry (another daemon's, right now)
         takes milliseconds, and must not be finished under its feet."""
         for entry in os.scandir(self.records):
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                # A record write killed before its rename: nothing was moved after it.
+                with contextlib.suppress(OSError):
+                    if time.time() - entry.stat(follow_symlinks=False).st_mtime > older_than_s:
+                        os.unlink(entry.path)
+                continue
             if not entry.name.endswith(".json") or entry.name.startswith("."):
                 continue
             try:
@@ -164,8 +213,8 @@ class Retry:
                 continue
             held = rel.with_name(_held_name(claim_id))
             if lstat_inside(self.quarantine, held) is not None:
-                target = self._target(rel, read_sidecar(self.quarantine, rel))
-                self._place(rel, claim_id, target)
+                error = read_sidecar(self.quarantine, rel)
+                self._place(rel, claim_id, self._target(rel, error), _keeps_job(error))
                 self._finish(record)
             elif lstat_inside(self.quarantine, rel) is not None and (
                 read_sidecar(self.quarantine, rel).get("claim") == record.get("claim")
@@ -186,12 +235,16 @@ class Retry:
     def _take(self, rel: PurePosixPath, claim_id: str) -> None:
         folder = open_folder(self.quarantine, rel.parent, create=False)
         try:
+            _step("take:rename")
             os.rename(rel.name, _held_name(claim_id), src_dir_fd=folder, dst_dir_fd=folder)
+            _step("take:dir-flush")
             durable.fsync_fd(folder)
         finally:
             os.close(folder)
 
-    def _place(self, rel: PurePosixPath, claim_id: str, target: PurePosixPath) -> PurePosixPath:
+    def _place(
+        self, rel: PurePosixPath, claim_id: str, target: PurePosixPath, with_job: bool
+    ) -> PurePosixPath:
         src = open_folder(self.quarantine, rel.parent, create=False)
         try:
             try:
@@ -199,14 +252,29 @@ class Retry:
             except NotADirectoryError:  # a file or symlink where the sub-folder was
                 target = PurePosixPath(target.name)
                 dst = open_folder(self.inbox, target.parent, create=True)
+            job = rel.name + JOB_SUFFIX
+            with_job = with_job and _exists(src, job)
             try:
                 for n in range(1, _MAX_NAMES):
                     name = numbered(target.name, n)
+                    if _exists(dst, name):
+                        continue
+                    if with_job:
+                        _step("place:sidecar-move")
+                        try:
+                            _move_noreplace(src, job, dst, name + JOB_SUFFIX)
+                        except FileExistsError:
+                            continue
+                    _step("place:move")
                     try:
                         _move_noreplace(src, _held_name(claim_id), dst, name)
                     except FileExistsError:
+                        if with_job:  # a drop took the name in between: take the sidecar back
+                            _move_noreplace(dst, name + JOB_SUFFIX, src, job)
                         continue
+                    _step("place:inbox-flush")
                     durable.fsync_fd(dst)
+                    _step("place:quarantine-flush")
                     durable.fsync_fd(src)
                     return target.parent / name
                 raise RetryError(409, f"no free name for {target} in the inbox")
@@ -221,7 +289,9 @@ class Retry:
             with contextlib.suppress(OSError):
                 folder = open_folder(self.quarantine, rel.parent, create=False)
                 try:
+                    _step("sidecar:unlink")
                     os.unlink(rel.name + SIDECAR_SUFFIX, dir_fd=folder)
+                    _step("sidecar:dir-flush")
                     durable.fsync_fd(folder)
                 finally:
                     os.close(folder)
@@ -229,11 +299,27 @@ class Retry:
 
     def _write_record(self, record: dict[str, object]) -> None:
         data = json.dumps(record, sort_keys=True).encode()
-        durable.write_atomic(self.records / f"{record['id']}.json", data)
+        hook = _record_hook if _KILL_AT is not None else None
+        durable.write_atomic(self.records / f"{record['id']}.json", data, hook=hook)
 
     def _drop(self, claim_id: str) -> None:
+        _step("drop:unlink")
         (self.records / f"{claim_id}.json").unlink(missing_ok=True)
+        _step("drop:dir-flush")
         durable.fsync_dir(self.records)
+
+
+def _keeps_job(error: dict[str, object]) -> bool:
+    """Whether the file's job sidecar goes back with it (not when it was the problem)."""
+    return error.get("reason") != Reason.INVALID_SIDECAR
+
+
+def _exists(folder: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=folder)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _held_name(claim_id: str) -> str:
