@@ -153,11 +153,14 @@ def test_slow_writer_is_taken_only_when_complete(make_intake, consumer, inbox):
 
     def slow_writer() -> None:
         with open(inbox / "slow.png", "wb") as f:
-            for chunk in chunks:
+            for i, chunk in enumerate(chunks):
+                if i:
+                    time.sleep(0.2)
                 f.write(chunk)
                 f.flush()
-                time.sleep(0.2)
-        closed_at.append(time.monotonic())
+            # Complete once the last chunk is written: no sleep after it, so a loaded
+            # machine that delays this thread cannot make the comparison below fail.
+            closed_at.append(time.monotonic())
 
     writer = threading.Thread(target=slow_writer)
     writer.start()
