@@ -49,6 +49,23 @@ class FlagNames:
     cli_flags: ClassVar[dict[str, str]] = {}
 
 
+class InitOnly(BaseSettings):
+    """Mixin for a settings class read from the values given to it alone (a command's
+    flags, a job's keys), never from env vars or files: without a prefix, env vars named
+    SIZE or DEVICE would silently become settings. List it before the settings base."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
 def flag_for(cls: type[BaseSettings], name: str) -> str:
     """The command-line flag of field ``name`` of ``cls``."""
     overrides: dict[str, str] = getattr(cls, "cli_flags", {})

@@ -163,6 +163,7 @@ class Pipeline:
         self.models.put(self._default_checkpoint, engine)
         self._inferences: dict[Group, Inference] = {}
         self._outputs: dict[Group, JobOutput] = {}
+        self._decodes: dict[Group, DecodeSettings] = {}
         self.metrics = metrics
         self.health = health
         self._engine_lock = threading.Lock()
@@ -268,7 +269,7 @@ class Pipeline:
             return  # left claimed; the next start resumes it
         job = claim.job
         try:
-            settings = None if job is None else decode_settings(_JobView(job, self.settings))
+            settings = None if job is None else self._decode_settings_of(claim)
             pixels, mtime, origin = self._decoder.decode_with_origin(claim.work_path, settings)
         except PoolClosedError:
             return  # stopping: left claimed for the next start
@@ -296,6 +297,16 @@ class Pipeline:
         if claim.job is None:
             return (self._default_checkpoint, "")
         return (claim.job["checkpoint"], json.dumps(claim.job["settings"], sort_keys=True))
+
+    def _decode_settings_of(self, claim: Claim) -> DecodeSettings:
+        """How a job's file is decoded (built once per group, like its output settings)."""
+        group = self._group(claim)
+        settings = self._decodes.get(group)
+        if settings is None:
+            if len(self._decodes) >= MAX_INFERENCES:
+                self._decodes.clear()
+            settings = self._decodes[group] = decode_settings(_JobView(claim.job, self.settings))
+        return settings
 
     def _output_of(self, claim: Claim) -> JobOutput:
         """The job's OutputSettings (built once per group), recording this claim's sources."""

@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path, PurePosixPath
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from core.config import InitOnly
 from core.encoding import OUTPUT_FORMATS
 from daemon import sidecars
 from daemon.settings import DaemonSettings, RenderSettings
@@ -39,22 +40,10 @@ DEFAULT_MODEL = "default"
 PRESET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
-class JobSettings(RenderSettings):
+class JobSettings(InitOnly, RenderSettings):
     """RenderSettings validated from given values only (no env vars, no files)."""
 
     model_config = SettingsConfigDict(extra="forbid", validate_default=True)
-    sources: ClassVar[str] = "init only"
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
 
 
 class JobError(ValueError):

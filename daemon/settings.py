@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import core
-from core.config import FlagNames, check_device
+from core.config import FlagNames, InitOnly, check_device
 from core.encoding import OUTPUT_FORMATS
 from core.imaging import DEFAULT_MAX_PIXELS
 from core.precision import PRECISIONS
@@ -240,7 +240,7 @@ class DaemonSettings(PageSettings, LogSettings, RenderSettings):
         return tuple(int(self.background[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
 
 
-class ProcessSettings(FlagNames, RenderSettings):
+class ProcessSettings(InitOnly, FlagNames, RenderSettings):
     """``artd process``'s settings: flags only (no env vars, no TOML, as it always was)."""
 
     model_config = SettingsConfigDict(extra="forbid", validate_default=True)
@@ -251,25 +251,13 @@ class ProcessSettings(FlagNames, RenderSettings):
         None, ge=0, description="decode/encode threads (0 or unset: CPUs + 2, at most 8)"
     )
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Without a prefix, env vars named SIZE or DEVICE would silently become settings.
-        return (init_settings,)
-
 
 _WXH = re.compile(r"(\d{1,5})x(\d{1,5})")
 MAX_GENERATE_SIDE = 4096
 MAX_GENERATE_COUNT = 10_000
 
 
-class GenerateSettings(FlagNames, ModelSettings):
+class GenerateSettings(InitOnly, FlagNames, ModelSettings):
     """``artd generate``'s settings: flags only, as ``artd process``. ``seed`` is the run's:
     image ``i`` is made from ``generate:<seed>:<i>`` (core.generate), so a run repeats;
     ``strength`` is accepted and ignored (generation is always strength 1)."""
@@ -310,14 +298,3 @@ class GenerateSettings(FlagNames, ModelSettings):
     @property
     def output_extension(self) -> str:
         return OUTPUT_FORMATS[self.output_format]
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)  # flags only (see ProcessSettings)
