@@ -49,6 +49,7 @@ class Recipe:
     batch_size: int = 16
     lr_step: int = 30
     decoder: str = "upsample"
+    parameterisation: str = "v"
     seed: int = 2026
     strength: float = 0.5  # the checkpoint's recommended sampler settings
     steps: int = 20
@@ -64,7 +65,8 @@ class Recipe:
         """The ``python -m core.train`` arguments (the same for A and B)."""
         return [
             "-m", "core.train", "--data", str(data), "--out", str(runs),
-            "--objective", "denoise", "--decoder", self.decoder, "--epochs", str(self.epochs),
+            "--objective", "denoise", "--decoder", self.decoder,
+            "--parameterisation", self.parameterisation, "--epochs", str(self.epochs),
             "--batch-size", str(self.batch_size), "--lr-step", str(self.lr_step),
             "--image-size", str(self.image_size), "--resize", "crop",
             "--perceptual-weight", "0", "--num-workers", "0", "--device", "cpu",

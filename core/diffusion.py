@@ -1,15 +1,28 @@
-"""Diffusion on the seed's network: an x0-predicting denoiser without noise conditioning.
+"""Diffusion on the seed's network: a denoiser without noise conditioning.
 
 Pure functions and frozen dataclasses over tensors; nothing here knows about the engine,
 the daemon or the trainer.
 
 - Model space: pixels ``p`` in 0..1 map to ``x = 2p - 1`` in [-1, 1]. The network's input
-  is ``x_t = sqrt(ab(t)) x0 + sqrt(1 - ab(t)) eps`` as is (no ImageNet normalisation); its
-  Sigmoid output is read as the predicted clean *pixels* (``x0_hat = 2 out - 1``). The
-  network is never told ``t`` (Sun, Jiang, Zhao and He 2025, "Is Noise Conditioning
-  Necessary for Denoising Generative Models?": predict x0, sample stochastically).
-- Training: ``x_t = noised(pixels, sample_levels(n, g), noise, schedule)``, then
-  ``loss(model(x_t), pixels)``.
+  is ``x_t = a x0 + s eps`` with ``a = sqrt(ab(t))``, ``s = sqrt(1 - ab(t))``, as is (no
+  ImageNet normalisation). The network is never told ``t`` (Sun, Jiang, Zhao and He 2025,
+  "Is Noise Conditioning Necessary for Denoising Generative Models?"); the sampler, which
+  knows ``t``, reads the network's Sigmoid output ``out`` in 0..1 by the schedule's
+  ``parameterisation`` (:func:`clean_pixels`):
+
+  - ``x0`` (issue 12's first models): ``out`` is the predicted clean pixels. Every pixel
+    is redrawn by the network, whose finest features are at half resolution, so even a
+    faint noise level gives back a softened image in the collection's colours.
+  - ``v`` (Salimans and Ho 2022, "Progressive Distillation"): ``out`` encodes
+    ``v = a eps - s x0`` as ``v = V_RANGE (2 out - 1)``, and ``x0_hat = a x_t - s v``. At a
+    low level ``x0_hat`` is mostly ``x_t`` itself (a skip around the network, as EDM's
+    ``c_skip`` is), so the photo's colours and full-resolution detail survive a low
+    strength; at a high level it is mostly the network's. ``V_RANGE`` bounds what the
+    Sigmoid can say (``v`` has about unit spread; 4 covers it but for the far tails).
+
+- Training: ``x_t = noised(pixels, t, noise, schedule)`` with ``t = sample_levels(n, g)``,
+  then ``loss(model(x_t), target(pixels, t, noise, schedule))``: the clean pixels (x0), or
+  ``v`` mapped into 0..1 (v; the MSE on it is the usual v-loss).
 - Sampling is img2img as in SDEdit (Meng et al. 2021): noise the input to level
   ``strength``, then denoise back to 0 in ``round(steps * strength)`` DDIM steps (Song,
   Meng and Ermon 2021, eq. 12) with stochasticity ``eta`` (1 = DDPM's posterior noise).
@@ -27,6 +40,9 @@ from itertools import pairwise
 import torch
 
 Denoise = Callable[[torch.Tensor], torch.Tensor]
+# What the network's output means (module docstring), and the v parameterisation's range.
+PARAMETERISATIONS: tuple[str, ...] = ("x0", "v")
+V_RANGE = 4.0
 
 
 @dataclass(frozen=True)
@@ -44,9 +60,10 @@ class Schedule:
     def __post_init__(self) -> None:
         if self.kind != "cosine":
             raise ValueError(f"schedule kind must be 'cosine', got {self.kind!r}")
-        if self.parameterisation != "x0":
+        if self.parameterisation not in PARAMETERISATIONS:
             raise ValueError(
-                f"schedule parameterisation must be 'x0', got {self.parameterisation!r}"
+                f"schedule parameterisation must be one of {', '.join(PARAMETERISATIONS)}, "
+                f"got {self.parameterisation!r}"
             )
         for name in ("offset", "min_alpha_bar", "max_alpha_bar"):
             value = getattr(self, name)
@@ -101,18 +118,56 @@ def noised(
     pixels: torch.Tensor, t: torch.Tensor | float, noise: torch.Tensor, schedule: Schedule
 ) -> torch.Tensor:
     """The network's training input ``x_t = sqrt(ab) (2 pixels - 1) + sqrt(1 - ab) noise``;
-    ``t`` is a float or one level per image (shape (N,)); the target is ``pixels`` itself."""
+    ``t`` is a float or one level per image (shape (N,)); the network's target for it is
+    :func:`target`."""
+    a, s = _signal_noise(t, pixels, schedule)
+    if isinstance(a, float):
+        return to_model(pixels).mul_(a).add_(noise, alpha=s)
+    return to_model(pixels).mul_(a).addcmul_(noise, s)
+
+
+def _signal_noise(
+    t: torch.Tensor | float, like: torch.Tensor, schedule: Schedule
+) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """``(a, s) = (sqrt(ab), sqrt(1 - ab))`` at ``t``: floats for a float ``t``, else one
+    pair per image shaped (N, 1, 1, 1) on ``like``'s device and dtype."""
     if not isinstance(t, torch.Tensor):
         ab = float(schedule.alpha_bar(float(t)))
-        return to_model(pixels).mul_(math.sqrt(ab)).add_(noise, alpha=math.sqrt(1 - ab))
+        return math.sqrt(ab), math.sqrt(1 - ab)
     ab = schedule.alpha_bar(t.detach().double())  # float64 where t lives (the CPU, usually)
     assert isinstance(ab, torch.Tensor)
 
     def coefficient(c: torch.Tensor) -> torch.Tensor:
-        return c.to(pixels.device, pixels.dtype).view(-1, 1, 1, 1)
+        return c.to(like.device, like.dtype).view(-1, 1, 1, 1)
 
-    root, rest = coefficient(ab.sqrt()), coefficient((1 - ab).sqrt())
-    return to_model(pixels).mul_(root).addcmul_(noise, rest)
+    return coefficient(ab.sqrt()), coefficient((1 - ab).sqrt())
+
+
+def target(
+    pixels: torch.Tensor, t: torch.Tensor | float, noise: torch.Tensor, schedule: Schedule
+) -> torch.Tensor:
+    """What the network's 0..1 output is trained toward for ``noised(pixels, t, noise)``:
+    ``pixels`` (x0), or ``v = a noise - s (2 pixels - 1)`` as ``(v / V_RANGE + 1) / 2`` (v;
+    a few far-tail values fall outside 0..1, where the Sigmoid cannot follow)."""
+    if schedule.parameterisation == "x0":
+        return pixels
+    a, s = _signal_noise(t, pixels, schedule)
+    v = noise * a - to_model(pixels) * s
+    return v.mul_(0.5 / V_RANGE).add_(0.5)
+
+
+def clean_pixels(
+    out: torch.Tensor, x_t: torch.Tensor, t: float, schedule: Schedule
+) -> torch.Tensor:
+    """The predicted clean pixels in 0..1 from the network's 0..1 output ``out`` at input
+    ``x_t`` and level ``t``: ``out`` itself (x0; may be ``out``, clamped in place), or
+    ``(a x_t - s V_RANGE (2 out - 1) + 1) / 2`` (v; a new tensor). Never reads ``x_t`` for
+    x0."""
+    if schedule.parameterisation == "x0":
+        return out.clamp_(0.0, 1.0)
+    a, s = _signal_noise(t, x_t, schedule)
+    v = out.float().mul(2 * V_RANGE).sub_(V_RANGE)
+    return x_t.float().mul(a).sub_(v, alpha=s).add_(1.0).mul_(0.5).clamp_(0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -205,14 +260,15 @@ def sample(
 ) -> torch.Tensor:
     """SDEdit img2img (Meng et al. 2021) with DDIM updates (Song et al. 2021, eq. 12).
 
-    ``denoise`` maps a batch x_t (model space, on the device) to predicted clean pixels in
-    0..1 and may have its returned tensor overwritten. ``pixels`` is (N, 3, H, W) in 0..1;
+    ``denoise`` maps a batch x_t (model space, on the device) to the network's output in
+    0..1, which :func:`clean_pixels` reads by ``schedule.parameterisation``; its returned
+    tensor may be overwritten. ``pixels`` is (N, 3, H, W) in 0..1;
     at strength 1 only its shape, device and dtype are used (generation from noise).
     ``seeds`` holds one int per image. The whole batch steps together, one ``denoise`` call
     per step. With levels t_0 = strength > ... > t_n = 0 and ``ab = schedule.alpha_bar``:
 
         x_{t_0} = sqrt(ab(t_0)) x0 + sqrt(1 - ab(t_0)) z_0        (x0 = 0 at strength 1)
-        x0_hat  = 2 denoise(x_t) - 1
+        x0_hat  = 2 clean_pixels(denoise(x_t), x_t, t) - 1         (x0: 2 denoise(x_t) - 1)
         eps_hat = (x_t - sqrt(ab_t) x0_hat) / sqrt(1 - ab_t)
         sigma   = eta sqrt((1 - ab_s) / (1 - ab_t)) sqrt(1 - ab_t / ab_s)
         x_s     = sqrt(ab_s) x0_hat + sqrt(1 - ab_s - sigma^2) eps_hat + sigma z_k
@@ -236,11 +292,12 @@ def sample(
         out = denoise(x)
         if out.data_ptr() == x.data_ptr():  # a denoiser that hands back its input
             out = out.clone()
+        clean = clean_pixels(out, x, t, schedule)  # in 0..1
         if s == 0.0:
-            return out.float().clamp_(0.0, 1.0).to(pixels.dtype)
+            return clean.float().to(pixels.dtype)
         cx, c0, sigma = _coefficients(schedule, t, s, settings.eta)
-        # cx x_t + c0 (2 out - 1), in place: x0_hat is clamped through out in 0..1.
-        x.mul_(cx).add_(out.clamp_(0.0, 1.0), alpha=2 * c0).sub_(c0)
+        # cx x_t + c0 x0_hat with x0_hat = 2 clean - 1, in place.
+        x.mul_(cx).add_(clean, alpha=2 * c0).sub_(c0)
         if sigma > 0.0:
             x.add_(_draw(generators, shape, device), alpha=sigma)
     raise AssertionError("timesteps always end at 0.0")

@@ -95,7 +95,7 @@ def train(s: TrainSettings, d: Dist, closing: contextlib.ExitStack) -> int:
     data = load_data(s, d, run)
     loss_fn = build_loss(s, d, vgg, data)
     learner = build_learner(s, d, state, channels_last)
-    noise = training_noise(s.objective, s.seed, d.rank, d.device)
+    noise = training_noise(s.objective, s.seed, d.rank, d.device, s.parameterisation)
     draw = style_draw(s, d, loss_fn, data.style_set)  # None unless --style-target sample
     logger.info(
         "training {} ({}) epochs from {} on {} x{} ({}), global batch {}, {} train / {} val images",
@@ -173,6 +173,12 @@ def load_resume(s: TrainSettings) -> tuple[Path | None, dict[str, Any] | None]:
         raise SettingsError(
             f"--resume: the run's network has the {built} decoder, not {s.decoder}; "
             "start a new run to change the network"
+        )
+    meant = before.get("parameterisation", "x0")  # states from before parameterisations
+    if meant != s.parameterisation:
+        raise SettingsError(
+            f"--resume: the run's network predicts {meant}, not {s.parameterisation}; "
+            "start a new run to change the parameterisation"
         )
     if changed:
         logger.warning("resume: settings changed since the run started: {}", changed)
@@ -258,7 +264,7 @@ def train_step(
         )
     else:
         target = device_pixels(batch, learner.device, learner.channels_last)
-        inputs = noise.noised(target)
+        inputs, target = noise.pair(target)
     amp = learner.amp_dtype
     with torch.autocast(learner.device.type, dtype=amp, enabled=amp is not None):
         output = learner.model(inputs)
@@ -320,7 +326,7 @@ def validate(s: TrainSettings, learner: Learner, data: Data, loss_fn: Loss) -> d
             learner.raw, data.val_batches, loss_fn, learner.device, learner.space,
             channels_last=learner.channels_last,
         )  # fmt: skip
-    figure = Figure(learner.space, schedule_for(s.objective))
+    figure = Figure(learner.space, schedule_for(s.objective, s.parameterisation))
     return evaluate(
         learner.raw, data.val_batches, loss_fn, learner.device,
         figure=figure, channels_last=learner.channels_last,
@@ -366,7 +372,9 @@ def checkpoint_meta(
         dataset_hash=data.dataset_hash(),
         settings=s.as_json(),
         decoder=s.decoder,
-        **objective_meta(s.objective, s.sample_strength, s.sample_steps, s.sample_eta),
+        **objective_meta(
+            s.objective, s.sample_strength, s.sample_steps, s.sample_eta, s.parameterisation
+        ),
     )
 
 
@@ -382,7 +390,7 @@ def save_samples(
     learner.raw.eval()
     space = learner.space
     inputs, target = batch_to_device(data.sample_batch, learner.device, space, False)
-    schedule = schedule_for(s.objective)
+    schedule = schedule_for(s.objective, s.parameterisation)
     if schedule is None:
         run.save_samples(epoch, target, space.to_pixels(learner.raw(inputs)))
         return

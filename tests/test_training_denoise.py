@@ -112,18 +112,55 @@ def test_denoise_resume_matches_an_uninterrupted_run(engravings, tmp_path):
     assert "start a new run to change the objective" in "".join(messages)
 
 
+def test_a_v_run_records_its_parameterisation_and_resumes_only_as_v(engravings, tmp_path):
+    out = tmp_path / "out"
+    v = ["--parameterisation", "v", "--seed", "5"]
+    assert main(args(engravings, out, "--epochs", "1", *v)) == 0
+    run = only_run(out)
+    meta = load_checkpoint(run / "checkpoints" / "epoch-001.safetensors").meta
+    assert meta.diffusion == Schedule(parameterisation="v").to_dict()
+    assert meta.settings["parameterisation"] == "v"
+    assert (run / "samples" / "epoch-001.png").exists()
+    # The validation figure judges the predicted clean image, so it compares with x0 runs'.
+    assert 5.0 < metrics(run)[0]["val_psnr"] < 40.0
+
+    messages: list[str] = []
+    sink = logger.add(messages.append, level="ERROR")
+    try:
+        again = args(engravings, out, "--epochs", "2", "--resume", "latest", "--seed", "5")
+        assert main(again) == 1  # x0 by default
+    finally:
+        logger.remove(sink)
+    assert "start a new run to change the parameterisation" in "".join(messages)
+    assert main(args(engravings, out, "--epochs", "2", "--resume", "latest", *v)) == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "word"),
+    [
+        (["--parameterisation", "v", "--perceptual-weight", "0.5"], "perceptual_weight"),
+        (["--parameterisation", "v", "--objective", "reconstruct"], "parameterisation"),
+    ],
+)
+def test_bad_parameterisation_settings_name_the_setting(engravings, tmp_path, capsys, extra, word):
+    assert main([*args(engravings, tmp_path / "out"), *extra]) != 0
+    assert f"{word} (--{word.replace('_', '-')}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("run-*"))
+
+
 def test_training_noise_is_reseeded_per_epoch_and_differs_by_rank():
     cpu = torch.device("cpu")
     pixels = torch.rand(2, 3, 8, 8)
     first = TrainingNoise(Schedule(), seed=1, rank=0, device=cpu)
-    a = first.noised(pixels)
-    b = first.noised(pixels)
+    a, target = first.pair(pixels)
+    assert target is pixels  # x0: the clean image is the target
+    b, _ = first.pair(pixels)
     first.start_epoch(0)
-    assert torch.equal(first.noised(pixels), a) and not torch.equal(a, b)
+    assert torch.equal(first.pair(pixels)[0], a) and not torch.equal(a, b)
     other_rank = TrainingNoise(Schedule(), seed=1, rank=1, device=cpu)
-    assert not torch.equal(other_rank.noised(pixels), a)
+    assert not torch.equal(other_rank.pair(pixels)[0], a)
     first.start_epoch(1)
-    assert not torch.equal(first.noised(pixels), a)
+    assert not torch.equal(first.pair(pixels)[0], a)
 
 
 def test_denoise_validation_figure_is_deterministic_and_keyed_by_image():

@@ -57,8 +57,8 @@ def evaluate(
     sums = torch.zeros(5, dtype=torch.float64, device=device)
     for batch, keys in batches:
         pixels = device_pixels(batch, device, channels_last)
-        for inputs in figure.inputs(pixels, keys):
-            output = figure.space.to_pixels(model(inputs).float())
+        for inputs, level in figure.inputs(pixels, keys):
+            output = figure.clean(model(inputs), inputs, level)
             sums += _sums(output, pixels, loss_fn)
     model.train(was_training)
     loss, mse, perceptual, psnr, count = sums.tolist()

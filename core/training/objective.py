@@ -34,11 +34,13 @@ from core.checkpoint import CheckpointMeta
 from core.diffusion import (
     SamplerSettings,
     Schedule,
+    clean_pixels,
     image_seed,
     noised,
     sample,
     sample_levels,
     seeded_noise,
+    target,
 )
 from core.space import ImageSpace, imagenet
 
@@ -56,9 +58,9 @@ def loss_parts(objective: str) -> tuple[str, ...]:
     return ("loss", "mse", "perceptual")
 
 
-def schedule_for(objective: str) -> Schedule | None:
+def schedule_for(objective: str, parameterisation: str = "x0") -> Schedule | None:
     """The noise schedule a run of ``objective`` trains with (None: no noise)."""
-    return Schedule() if objective == "denoise" else None
+    return Schedule(parameterisation=parameterisation) if objective == "denoise" else None
 
 
 def space_for(objective: str) -> ImageSpace:
@@ -69,10 +71,12 @@ def space_for(objective: str) -> ImageSpace:
     return imagenet()
 
 
-def objective_meta(objective: str, strength: float, steps: int, eta: float) -> dict[str, object]:
+def objective_meta(
+    objective: str, strength: float, steps: int, eta: float, parameterisation: str = "x0"
+) -> dict[str, object]:
     """The checkpoint metadata fields that depend on the objective: ``objective``,
     ``normalization``, ``diffusion`` (the schedule) and ``sampler`` (the recommendation)."""
-    schedule = schedule_for(objective)
+    schedule = schedule_for(objective, parameterisation)
     if schedule is None:
         return {"objective": objective}
     return {
@@ -107,20 +111,21 @@ class TrainingNoise:
         self._levels.manual_seed(_seed("train-levels", **where))
         self._noise.manual_seed(_seed("train-noise", **where))
 
-    def noised(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The network's input for a batch of 0..1 pixels: each image at its own level."""
+    def pair(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's input and target for a batch of 0..1 pixels, each image at its own
+        level (``core.diffusion.noised`` and ``core.diffusion.target``)."""
         t = sample_levels(pixels.shape[0], self._levels)
         noise = torch.randn(
             pixels.shape, generator=self._noise, device=pixels.device, dtype=pixels.dtype
         )
-        return noised(pixels, t, noise, self.schedule)
+        return noised(pixels, t, noise, self.schedule), target(pixels, t, noise, self.schedule)
 
 
 def training_noise(
-    objective: str, seed: int, rank: int, device: torch.device
+    objective: str, seed: int, rank: int, device: torch.device, parameterisation: str = "x0"
 ) -> TrainingNoise | None:
     """The run's :class:`TrainingNoise`, or None for a one-pass objective."""
-    schedule = schedule_for(objective)
+    schedule = schedule_for(objective, parameterisation)
     return None if schedule is None else TrainingNoise(schedule, seed, rank, device)
 
 
@@ -141,18 +146,31 @@ class Figure:
     def to(self, device: torch.device) -> Figure:
         return Figure(self.space.to(device), self.schedule)
 
-    def inputs(self, pixels: torch.Tensor, keys: Sequence[str]) -> Iterator[torch.Tensor]:
+    def inputs(
+        self, pixels: torch.Tensor, keys: Sequence[str]
+    ) -> Iterator[tuple[torch.Tensor, float | None]]:
         """The network inputs for one batch of 0..1 pixels whose images are ``keys`` (content
-        hashes): one for reconstruct, one per validation level for denoise."""
+        hashes), each with its level: one (level None) for reconstruct, one per validation
+        level for denoise."""
         if self.schedule is None:
-            yield self.space.normalize(pixels)
+            yield self.space.normalize(pixels), None
             return
         if len(keys) != pixels.shape[0]:
             raise ValueError(f"need one key per image: {len(keys)} keys, {pixels.shape[0]} images")
         for level in VAL_LEVELS:
             seeds = [_seed("validation", image=key, level=level) for key in keys]
             noise = seeded_noise(seeds, pixels.shape[1:], pixels.device).to(pixels.dtype)
-            yield noised(pixels, level, noise, self.schedule)
+            yield noised(pixels, level, noise, self.schedule), level
+
+    def clean(
+        self, output: torch.Tensor, inputs: torch.Tensor, level: float | None
+    ) -> torch.Tensor:
+        """The predicted clean pixels from the network's ``output`` for ``inputs`` at ``level``
+        (what the figure judges, so checkpoints of either parameterisation compare alike)."""
+        pixels = self.space.to_pixels(output.float())
+        if self.schedule is None or level is None:
+            return pixels
+        return clean_pixels(pixels, inputs, level, self.schedule)
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ import argparse
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.config import add_settings_flags, check_device, settings_from_args
@@ -47,6 +47,11 @@ class TrainSettings(BaseSettings):
         "transpose",
         description="the network's 2x upsampling: the seed's transposed convolutions, or "
         "nearest upsampling + 3x3 convolution (no checkerboard, ~4x the decoder's cost)",
+    )
+    parameterisation: Literal["x0", "v"] = Field(
+        "x0",
+        description="denoise: what the network's output means: x0 (the clean image) or v "
+        "(Salimans & Ho 2022: the photo is kept at low strength; needs perceptual_weight 0)",
     )
     out: Path = Field(Path("checkpoints"), description="where run-<timestamp>/ folders go")
     epochs: int = Field(150, ge=1, description="epochs to train (total, also when resuming)")
@@ -123,6 +128,23 @@ class TrainSettings(BaseSettings):
         if self.content_data is not None and self.objective != "style":
             raise ValueError("content_data is only for --objective style")
         return self
+
+    @field_validator("parameterisation")
+    @classmethod
+    def _denoise_only(cls, value: str, info: ValidationInfo) -> str:
+        if value != "x0" and info.data.get("objective") != "denoise":
+            raise ValueError(f"parameterisation {value} is only for --objective denoise")
+        return value
+
+    @field_validator("perceptual_weight")
+    @classmethod
+    def _images_only(cls, value: float, info: ValidationInfo) -> float:
+        if value != 0 and info.data.get("parameterisation", "x0") != "x0":
+            raise ValueError(
+                "must be 0 with parameterisation v: the network's output is v, not an image "
+                "a perceptual loss could judge"
+            )
+        return value
 
     def resolved_cache_dir(self) -> Path:
         """Where the decode-once cache lives: ``cache_dir``, else ``OUT/.cache``."""
