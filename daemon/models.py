@@ -58,11 +58,17 @@ class ModelCache:
         self._lock = threading.Lock()
         self.errors: dict[str, str] = {}
         self.evictions = 0
+        # Counts engines let go (replaced by a reload, or unloaded): whoever keeps its own
+        # references to engines (the pipeline's per-group Inferences) drops them on a change.
+        self.generation = 0
 
     def put(self, path: Path | str, engine: Engine) -> None:
         """Serve ``engine`` for ``path`` (the default model, loaded or hot-reloaded)."""
         with self._lock:
             entry = _Loaded(engine, identity(Path(path)), time.monotonic(), engine_bytes(engine))
+            previous = self._loaded.get(str(path))
+            if previous is not None and previous.engine is not engine:
+                self.generation += 1
             self._loaded[str(path)] = entry
             self._loaded.move_to_end(str(path))
             self._evict(keep=str(path))
@@ -112,6 +118,7 @@ class ModelCache:
                 break  # one model always stays, whatever the budget
             gone = self._loaded.pop(oldest)
             self.evictions += 1
+            self.generation += 1
             logger.info("model {} unloaded (memory budget)", gone.engine.version)
 
     def is_loaded(self, engine: Engine) -> bool:

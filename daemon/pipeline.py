@@ -46,6 +46,7 @@ from core.inference import Inference, InferenceError, OutputSettings
 from core.origin import Origin
 from core.reasons import Reason
 from core.sampling import SamplingSettings
+from daemon import memory
 from daemon.decoders import (
     DecoderPool,
     DecoderUnavailableError,
@@ -162,6 +163,7 @@ class Pipeline:
         )
         self.models.put(self._default_checkpoint, engine)
         self._inferences: dict[Group, Inference] = {}
+        self._models_seen = self.models.generation  # engines let go that _inferences knows of
         self._outputs: dict[Group, JobOutput] = {}
         self._decodes: dict[Group, DecodeSettings] = {}
         self.metrics = metrics
@@ -196,7 +198,18 @@ class Pipeline:
         with self._engine_lock:
             old, self._inference = self.engine, Inference(engine, self._output, self._sampling)
             self.models.put(self._default_checkpoint, engine)
+            self._forget_unloaded()
         logger.info("model switched: {} -> {}", old.version, engine.version)
+        # The caller (the service) gives the old engine's memory back: daemon.memory.
+
+    def _forget_unloaded(self) -> None:
+        """Drop the groups' Inferences of engines the model cache no longer serves (engine
+        lock held): each held a whole old engine (weights, folded copies) alive until its
+        group came again, one per job group and hot reload (docs/soak.md, "Memory")."""
+        self._models_seen = self.models.generation
+        stale = [g for g, i in self._inferences.items() if not self.models.is_loaded(i.engine)]
+        for group in stale:
+            del self._inferences[group]
 
     @property
     def free_slots(self) -> int:
@@ -330,6 +343,10 @@ class Pipeline:
         if job is None:
             return self._inference
         engine = self.models.get(job["checkpoint"])
+        if self.models.generation != self._models_seen:
+            # A preset's model reloaded or unloaded: other groups may still hold the old one.
+            self._forget_unloaded()
+            memory.release("a preset model's reload or unload")
         cached = self._inferences.get(item.group)
         if cached is None or cached.engine is not engine:
             if len(self._inferences) >= MAX_INFERENCES:

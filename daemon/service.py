@@ -14,7 +14,7 @@ from loguru import logger
 
 from core.checkpoint import CheckpointError
 from core.engine import Engine
-from daemon import http, sidecars, systemd
+from daemon import http, memory, sidecars, systemd
 from daemon.decoders import DecoderPool
 from daemon.intake import Intake
 from daemon.metrics import Health, Metrics
@@ -23,10 +23,14 @@ from daemon.presets import Resolver
 from daemon.reload import ModelWatcher, identity
 from daemon.settings import DaemonSettings
 from daemon.spool import Claim, Spool, SpoolError
+from daemon.web.retry import Retry
+
+RETRY_RECORDS = Path(".artd") / "page" / "retry"  # daemon.web.retry.Retry.records
 
 EXIT_OK, EXIT_FATAL, EXIT_STUCK = 0, 1, 70
 HOUSEKEEPING_S = 5.0
-# How often a running daemon looks for dead peers' claims to adopt (shared roots).
+# How often a running daemon looks for dead peers' claims to adopt (shared roots), and
+# finishes the page's retries that a kill cut short (daemon.web.retry.Retry.recover).
 ADOPT_EVERY_S = 30.0
 DECODER_START_S = 120.0
 CLAIM_RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)  # probes of a disk that refused claims
@@ -65,6 +69,7 @@ class Service:
         self._held: dict[Path, float] = {}
         self._next_orphan_sweep = 0.0
         self._next_adoption = time.monotonic() + ADOPT_EVERY_S  # start adopts by itself
+        self._retry: Retry | None = None  # recovers page retries when the page is off
 
     def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
         if signum is not None:
@@ -83,6 +88,7 @@ class Service:
         if engine is None:
             return EXIT_FATAL
         self._start_pipeline(engine)
+        del engine  # this frame lives as long as the daemon: it must not pin the first model
         self._resume_claimed()
         self.intake = self._create_intake()
         self.model_watcher = self._create_model_watcher()
@@ -299,6 +305,7 @@ class Service:
                 self.backlog.extend(spool.adopt_stale())
             except OSError as exc:
                 logger.warning("cannot adopt the work of dead instances: {}", exc)
+            self._recover_retries()
         if time.monotonic() >= self._next_orphan_sweep:
             orphan_s = self.settings.sidecar_orphan_seconds
             self._next_orphan_sweep = time.monotonic() + min(60.0, orphan_s / 4)
@@ -308,6 +315,22 @@ class Service:
                 logger.warning("cannot sweep sidecars without images: {}", exc)
         if self.intake.healthy:
             systemd.notify("WATCHDOG=1")
+
+    def _recover_retries(self) -> None:
+        """Finish a page retry that a kill cut short (its file held aside in the quarantine,
+        or not yet in the inbox) once its record is old enough, without waiting for a
+        restart or the next retry POST. The page's own Retry when it runs (its lock keeps
+        a POST and this apart); otherwise one of our own, if any retry record was ever made."""
+        page = getattr(self.server, "page", None)
+        retry = page.retry if page is not None else self._retry
+        if retry is None:
+            if not (self.spool.root / RETRY_RECORDS).is_dir():
+                return
+            retry = self._retry = Retry(self.spool.root)
+        try:
+            retry.recover()
+        except OSError as exc:
+            logger.warning("cannot finish interrupted retries: {}", exc)
 
     def _engine_stuck(self) -> bool:
         busy = self.health.engine_busy_since
@@ -319,6 +342,7 @@ class Service:
         self.metrics.reloads.labels(result="ok").inc()
         self.health.update(model_version=engine.version, reload_error=None)
         self.pipeline.publish_models()
+        memory.release("a model switch")  # the old engine's pages back to the system
 
     def _reload_failed(self, message: str) -> None:
         self.metrics.reloads.labels(result="failed").inc()

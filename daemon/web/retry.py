@@ -40,6 +40,7 @@ import json
 import os
 import signal
 import stat
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -147,10 +148,17 @@ class Retry:
         self.quarantine = root / "quarantine"
         self.records = root / ".artd" / "page" / "retry"
         self.records.mkdir(parents=True, exist_ok=True)
+        # One retry or recovery at a time in this process: the page's POSTs and the
+        # service's periodic recover() would otherwise race to finish the same record.
+        self._lock = threading.RLock()
 
     def retry(self, raw_rel: str) -> Retried:
         """Move ``quarantine/<raw_rel>`` back to the inbox; RetryError when it cannot be,
         OSError when the disk refuses (the record stays: the next retry finishes it)."""
+        with self._lock:
+            return self._retry(raw_rel)
+
+    def _retry(self, raw_rel: str) -> Retried:
         self.recover()
         try:
             rel = check_rel(raw_rel)
@@ -191,7 +199,12 @@ class Retry:
     def recover(self, older_than_s: float = RECOVER_AFTER_S) -> None:
         """Finish the retries a killed daemon left (module docstring, steps 3 to 5). Only
         records older than ``older_than_s``: a live retry (another daemon's, right now)
-        takes milliseconds, and must not be finished under its feet."""
+        takes milliseconds, and must not be finished under its feet. The page runs it before
+        each retry, the service every ``daemon.service.ADOPT_EVERY_S`` and at each start."""
+        with self._lock:
+            self._recover(older_than_s)
+
+    def _recover(self, older_than_s: float) -> None:
         for entry in os.scandir(self.records):
             if entry.name.startswith(".") and entry.name.endswith(".tmp"):
                 # A record write killed before its rename: nothing was moved after it.

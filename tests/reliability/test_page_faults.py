@@ -50,6 +50,7 @@ from soak_kit import (
     where,
 )
 
+from daemon.service import ADOPT_EVERY_S
 from daemon.spool import SIDECAR_SUFFIX
 from daemon.web.retry import RECOVER_AFTER_S, STEPS
 
@@ -202,6 +203,45 @@ def test_kill_9_at_every_step_of_a_retry(
         f"(never moved); each photo exactly once in the outbox; record temp files left "
         f"{stale_temps}"
     )
+
+
+@pytest.mark.timeout(300)
+def test_a_running_daemon_finishes_a_retry_cut_by_a_kill(
+    pixel_checkpoint: Path, tmp_path: Path
+) -> None:
+    """A retry killed with its file held aside is finished by the running daemon's periodic
+    recovery (daemon.service, every ADOPT_EVERY_S), with no restart and no new POST."""
+    root = tmp_path / "root"
+    data = payload(7)
+    digest = hashlib.sha256(data).hexdigest()
+    with Daemon(root, pixel_checkpoint, instance="low", max_pixels=LOW_PIXELS) as daemon:
+        (root / "inbox" / ".held.jpg").write_bytes(data)
+        os.rename(root / "inbox" / ".held.jpg", root / "inbox" / "held.jpg")
+        wait_until(lambda: (root / "quarantine" / "held.jpg").exists(), 60, "quarantined", daemon)
+        time.sleep(0.3)
+        assert daemon.stop() == 0
+    daemon = Daemon(root, pixel_checkpoint, instance="page", page_token=TOKEN)
+    daemon.log_path = tmp_path / "daemon-page.log"
+    daemon.env[KILL_ENV] = "place:move"  # taken aside, not yet in the inbox
+    daemon.start()
+    post_dies(daemon, "held.jpg")
+    killed = time.monotonic()
+    del daemon.env[KILL_ENV]
+    daemon.start()  # at once: the record is younger than RECOVER_AFTER_S, the start leaves it
+    held = copies(root, digest)
+    assert len(held) == 1 and HELD_MARK in held[0], held
+    assert [n for n in records(root) if not n.startswith(".")], records(root)
+    out = lambda: where(root).outbox[digest] == 1  # noqa: E731
+    # The first periodic recovery after the record is RECOVER_AFTER_S old: about 30 s after
+    # the start (ADOPT_EVERY_S), or the one after it; nothing else touches the root meanwhile.
+    wait_until(out, RECOVER_AFTER_S + 2 * ADOPT_EVERY_S + 15, "the retry finished", daemon)
+    waited = time.monotonic() - killed
+    time.sleep(0.3)
+    assert daemon.stop() == 0
+    assert waited >= RECOVER_AFTER_S, waited  # not finished under a live retry's feet
+    assert copies(root, digest) == ["outbox (1x)"], copies(root, digest)
+    assert not [n for n in records(root) if not n.startswith(".")], records(root)
+    assert not list((root / "quarantine").rglob("*")), list((root / "quarantine").rglob("*"))
 
 
 def malformed_requests() -> list[bytes]:
