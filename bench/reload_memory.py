@@ -40,13 +40,11 @@ from pathlib import Path
 
 import numpy as np
 import skimage.data
-import torch
 from PIL import Image
 
+from bench.common import ROOT, seeded_model_state
 from core.checkpoint import CheckpointMeta, save_checkpoint
-from core.model import ConvDiffusionModel
 
-ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry")
 SIDECARS = ('{"size": 40}', '{"output_format": "jpeg", "size": 48}', '{"seed": 7, "size": 72}')
 DAEMON_SETTINGS = {
@@ -167,19 +165,8 @@ sys.exit(main(["run"]))
 """
 
 
-def seeded_model(seed: int) -> ConvDiffusionModel:
-    """A fixed random network with non-trivial BatchNorm statistics (tests/conftest.py's)."""
-    torch.manual_seed(seed)
-    model = ConvDiffusionModel()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 1.5)
-    return model.eval()
-
-
 def write_checkpoint(path: Path, seed: int) -> None:
-    save_checkpoint(path, seeded_model(seed).state_dict(), CheckpointMeta(epoch=seed))
+    save_checkpoint(path, seeded_model_state(seed), CheckpointMeta(epoch=seed))
 
 
 def free_port() -> int:

@@ -23,9 +23,8 @@ from daemon.presets import Resolver
 from daemon.reload import ModelWatcher, identity
 from daemon.settings import DaemonSettings
 from daemon.spool import Claim, Spool, SpoolError
+from daemon.web.retry import RECORDS as RETRY_RECORDS
 from daemon.web.retry import Retry
-
-RETRY_RECORDS = Path(".artd") / "page" / "retry"  # daemon.web.retry.Retry.records
 
 EXIT_OK, EXIT_FATAL, EXIT_STUCK = 0, 1, 70
 HOUSEKEEPING_S = 5.0

@@ -56,6 +56,7 @@ from daemon.web.paths import BadPath, check_rel, lstat_inside, open_inside
 
 RENAME_NOREPLACE = 1
 RECOVER_AFTER_S = 30.0
+RECORDS = Path(".artd") / "page" / "retry"  # under the root: one record per retry in flight
 MAX_SIDECAR_BYTES = 1 << 20
 _MAX_NAMES = 1000
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -146,7 +147,7 @@ class Retry:
     def __init__(self, root: Path) -> None:
         self.inbox = root / "inbox"
         self.quarantine = root / "quarantine"
-        self.records = root / ".artd" / "page" / "retry"
+        self.records = root / RECORDS
         self.records.mkdir(parents=True, exist_ok=True)
         # One retry or recovery at a time in this process: the page's POSTs and the
         # service's periodic recover() would otherwise race to finish the same record.
