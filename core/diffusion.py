@@ -43,6 +43,8 @@ Denoise = Callable[[torch.Tensor], torch.Tensor]
 # What the network's output means (module docstring), and the v parameterisation's range.
 PARAMETERISATIONS: tuple[str, ...] = ("x0", "v")
 V_RANGE = 4.0
+# A denoise checkpoint's recorded image space: ImageSpace.normalize(p) == to_model(p).
+DENOISE_NORMALIZATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ where that op is missing or refuses the input, plain ``conv2d`` + ``relu_`` does
 Weights are stored in the serving dtype, so no per-call casting (autocast) is needed.
 In fp32 the result equals the original model's to rounding (about 3e-7). The ``upsample``
 decoder variant (core.model) folds the same way: its stages are plain convolutions that run
-on the nearest-upsampled input.
+on the nearest-upsampled input; so does ``upsample-full``, whose full-resolution stages
+(``fine``, ``dec3``, ``mix``) are more of the same blocks and run in the output layer's dtype.
 """
 
 from __future__ import annotations
@@ -112,7 +113,17 @@ class FoldedModel(nn.Module):
                 self._cast(stage, dtype, channels_last)
                 for stage, dtype in zip(stages, self.dtypes, strict=False)
             ]
-            last, dtype = model.dec3[0], self.dtypes[-1]
+            dtype = self.dtypes[-1]
+            # upsample-full: (fine, dec3, mix), next to the image like the output layer.
+            self._full = (
+                [
+                    self._cast(_fold(block[0], block[2]), dtype, channels_last)
+                    for block in (model.fine, model.dec3, model.mix)
+                ]
+                if model.full
+                else []
+            )
+            last = model.out[0] if model.full else model.dec3[0]
             layout = torch.channels_last if channels_last else torch.contiguous_format
             self._last_weight = last.weight.detach().to(dtype).contiguous(memory_format=layout)
             assert last.bias is not None
@@ -138,6 +149,7 @@ class FoldedModel(nn.Module):
         return self._fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image = x
         skips = []
         for stage in self._stages[:3]:
             x = self._encode(stage, x.to(stage.weight.dtype))
@@ -145,6 +157,10 @@ class FoldedModel(nn.Module):
         for stage, skip in zip(self._stages[3:], (skips[1], skips[0]), strict=True):
             x = self._decode(stage, x.to(stage.weight.dtype))
             x = x.add_(skip.to(x.dtype))
+        if self._full:
+            fine, up, mix = self._full
+            x = self._decode(up, x.to(up.weight.dtype))
+            x = self._decode(mix, x.add_(self._decode(fine, image.to(fine.weight.dtype))))
         x = _conv(
             x.to(self._last_weight.dtype), self._last_weight, self._last_bias, self._last_kind
         )

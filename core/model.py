@@ -11,6 +11,13 @@ convolution paints when each output pixel sees an uneven share of the kernel (Od
 Dumoulin and Olah, "Deconvolution and Checkerboard Artifacts", 2016). The parameter names
 stay the same; the decoder's weights are (out, in, 3, 3) instead of (in, out, 3, 3). It
 costs about four times the transposed convolution's multiply-adds in the decoder.
+
+A second variant, ``upsample-full``, gives the ``upsample`` network the full-resolution
+level a U-Net has and the seed lacks (its finest features are at half resolution, so it
+must repaint every pixel from them; docs/art-benchmark.md). ``fine`` (a 3x3 convolution of
+the input at full resolution) is added to ``dec3``, which now upsamples to ``FULL_WIDTH``
+channels instead of the image's 3; ``mix`` (3x3) and ``out`` (3x3 to 3 channels, then the
+Sigmoid) follow. The seed's names keep their meaning and shapes but for ``dec3``'s outputs.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from core.shapes import SIZE_MULTIPLE
 __all__ = [
     "ARCHITECTURE",
     "DECODERS",
+    "FULL_WIDTH",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SIZE_MULTIPLE",
@@ -33,19 +41,23 @@ __all__ = [
 
 ARCHITECTURE = "ConvDiffusionModel"
 # The decoder's 2x upsampling: the seed's transposed convolutions, or upsample-then-convolve.
-DECODERS: tuple[str, ...] = ("transpose", "upsample")
+DECODERS: tuple[str, ...] = ("transpose", "upsample", "upsample-full")
+# Channels of the upsample-full variant's full-resolution level.
+FULL_WIDTH = 32
 # The seed normalizes inputs with ImageNet statistics; VGG's perceptual loss expects them too.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _encoder(cin: int, cout: int) -> nn.Sequential:
+def _block(cin: int, cout: int) -> nn.Sequential:
+    """The seed's ``conv -> ReLU -> BN`` at one resolution (3x3, padding 1)."""
     return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel_size=3, stride=1, padding=1),
-        nn.ReLU(),
-        nn.BatchNorm2d(cout),
-        nn.MaxPool2d(kernel_size=2, stride=2),
+        nn.Conv2d(cin, cout, kernel_size=3, stride=1, padding=1), nn.ReLU(), nn.BatchNorm2d(cout)
     )
+
+
+def _encoder(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(*_block(cin, cout), nn.MaxPool2d(kernel_size=2, stride=2))
 
 
 class UpsampleConv2d(nn.Conv2d):
@@ -60,7 +72,7 @@ class UpsampleConv2d(nn.Conv2d):
 
 def _decoder(cin: int, cout: int, decoder: str, last: bool = False) -> nn.Sequential:
     up: nn.Module
-    if decoder == "upsample":
+    if decoder != "transpose":
         up = UpsampleConv2d(cin, cout)
     else:
         up = nn.ConvTranspose2d(cin, cout, kernel_size=3, stride=2, padding=1, output_padding=1)
@@ -83,7 +95,15 @@ class ConvDiffusionModel(nn.Module):
         self.enc3 = _encoder(128, 256)
         self.dec1 = _decoder(256, 128, decoder)
         self.dec2 = _decoder(128, 64, decoder)
-        self.dec3 = _decoder(64, 3, decoder, last=True)
+        self.full = decoder == "upsample-full"
+        if self.full:
+            self.fine = _block(3, FULL_WIDTH)
+            self.dec3 = _decoder(64, FULL_WIDTH, decoder)
+            self.mix = _block(FULL_WIDTH, FULL_WIDTH)
+            last = nn.Conv2d(FULL_WIDTH, 3, kernel_size=3, padding=1)
+            self.out = nn.Sequential(last, nn.Sigmoid())
+        else:
+            self.dec3 = _decoder(64, 3, decoder, last=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         enc1 = self.enc1(x)
@@ -91,6 +111,8 @@ class ConvDiffusionModel(nn.Module):
         enc3 = self.enc3(enc2)
         dec1 = self.dec1(enc3) + enc2
         dec2 = self.dec2(dec1) + enc1
+        if self.full:
+            return self.out(self.mix(self.dec3(dec2) + self.fine(x)))
         return self.dec3(dec2)
 
 

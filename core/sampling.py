@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from core.diffusion import SamplerSettings, Schedule, image_seed, sample
+from core.diffusion import DENOISE_NORMALIZATION, SamplerSettings, Schedule, image_seed, sample
 from core.space import ImageSpace
 
 if TYPE_CHECKING:
@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 Network = Callable[[torch.Tensor], torch.Tensor]
 # The settings a denoise checkpoint is served with when it recommends none.
 DEFAULT_SAMPLER = SamplerSettings(strength=0.5, steps=25, eta=1.0)
-# A denoise checkpoint's image space: ImageSpace.normalize(p) == core.diffusion.to_model(p).
-DENOISE_NORMALIZATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
 
 class SinglePass(nn.Module):

@@ -1,4 +1,5 @@
-"""The ``upsample`` decoder variant (core.model): folded parity, checkpoint round trip,
+"""The ``upsample`` and ``upsample-full`` decoder variants (core.model): folded parity,
+what the full-resolution level adds, checkpoint round trip,
 refusal of weights that do not match the recorded variant, and a denoise run that trains,
 records and serves it. Real torch, real files."""
 
@@ -16,16 +17,18 @@ from core.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, sa
 from core.engine import Engine
 from core.inference import Inference, OutputSettings
 from core.inference_net import FoldedModel
-from core.model import ConvDiffusionModel
+from core.model import FULL_WIDTH, ConvDiffusionModel
 from core.sampling import SamplingSettings
 from core.train import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def upsample_model(seed: int = 0, negative: bool = False) -> ConvDiffusionModel:
+def upsample_model(
+    seed: int = 0, negative: bool = False, decoder: str = "upsample"
+) -> ConvDiffusionModel:
     torch.manual_seed(seed)
-    model = ConvDiffusionModel("upsample")
+    model = ConvDiffusionModel(decoder)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -46,10 +49,45 @@ def test_variants_share_names_not_decoder_shapes() -> None:
         ConvDiffusionModel("pixelshuffle")
 
 
+def test_full_variant_adds_a_full_resolution_level() -> None:
+    seed, full = ConvDiffusionModel().state_dict(), ConvDiffusionModel("upsample-full").state_dict()
+    added = {k.split(".")[0] for k in full.keys() - seed.keys()}
+    assert added == {"fine", "dec3", "mix", "out"}  # dec3 gains a BatchNorm: it is no longer last
+    assert seed.keys() <= full.keys()
+    assert full["dec3.0.weight"].shape == (FULL_WIDTH, 64, 3, 3)
+    assert full["fine.0.weight"].shape == (FULL_WIDTH, 3, 3, 3)
+    assert full["out.0.weight"].shape == (3, FULL_WIDTH, 3, 3)
+
+
+def test_full_variant_learns_pixel_detail_the_seed_layout_cannot() -> None:
+    """Copying single-pixel noise through the network: the seed's layout, whose finest
+    features are at half resolution, stays far off; the full-resolution level learns it."""
+
+    def fitted_error(decoder: str) -> float:
+        torch.manual_seed(0)
+        model = ConvDiffusionModel(decoder)
+        optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(150):
+            x = torch.rand(8, 3, 16, 16, generator=g)
+            loss = torch.nn.functional.mse_loss(model(x * 2 - 1), x)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        model.eval()
+        x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            return torch.nn.functional.mse_loss(model(x * 2 - 1), x).item()
+
+    upsample, full = fitted_error("upsample"), fitted_error("upsample-full")
+    assert full < 0.25 * upsample, (full, upsample)
+
+
+@pytest.mark.parametrize("decoder", ["upsample", "upsample-full"])
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("negative", [False, True])
-def test_folded_upsample_equals_the_module(fused: bool, negative: bool) -> None:
-    model = upsample_model(1, negative)
+def test_folded_upsample_equals_the_module(decoder: str, fused: bool, negative: bool) -> None:
+    model = upsample_model(1, negative, decoder)
     x = torch.randn(2, 3, 24, 40, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         want = model(x)

@@ -32,6 +32,7 @@ from torch import nn
 
 from core.checkpoint import CheckpointMeta
 from core.diffusion import (
+    DENOISE_NORMALIZATION,
     SamplerSettings,
     Schedule,
     clean_pixels,
@@ -48,7 +49,6 @@ from core.space import ImageSpace, imagenet
 VAL_LEVELS = (0.25, 0.5, 0.75)
 SAMPLE_STRENGTHS = (0.3, 0.5, 0.7)
 # Model space is [-1, 1]: x = (p - 0.5) / 0.5 (the contract core.inference serves by).
-DENOISE_NORMALIZATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
 
 def loss_parts(objective: str) -> tuple[str, ...]:

@@ -43,10 +43,11 @@ class TrainSettings(BaseSettings):
         description="reconstruct (the seed's recipe), denoise (diffusion) or style (photos "
         "in the collection's manner; needs VGG16 weights)",
     )
-    decoder: Literal["transpose", "upsample"] = Field(
+    decoder: Literal["transpose", "upsample", "upsample-full"] = Field(
         "transpose",
-        description="the network's 2x upsampling: the seed's transposed convolutions, or "
-        "nearest upsampling + 3x3 convolution (no checkerboard, ~4x the decoder's cost)",
+        description="the network's 2x upsampling: the seed's transposed convolutions, "
+        "nearest upsampling + 3x3 convolution (no checkerboard, ~4x the decoder's cost), or "
+        "upsample-full: upsample plus a full-resolution level (core/model.py)",
     )
     parameterisation: Literal["x0", "v"] = Field(
         "x0",
