@@ -176,6 +176,15 @@ def bench(run: Run) -> None:
     bench_shipped(run)
 
 
+def shipped_settings() -> dict[str, object]:
+    """The daemon's own size and resize defaults, for :class:`Daemon` (which pins the seed
+    loop's 128 px stretch): what a user running the shipped model gets."""
+    from daemon.settings import DaemonSettings
+
+    defaults = DaemonSettings.model_fields
+    return {"size": defaults["size"].default, "resize": defaults["resize"].default}
+
+
 def bench_shipped(run: Run) -> None:
     """The model users actually run: the shipped checkpoint at the daemon's own defaults
     (output size, its recommended strength and steps), on the photo mix. Reported per image
@@ -183,20 +192,15 @@ def bench_shipped(run: Run) -> None:
     import core
     from core.checkpoint import load_checkpoint
     from core.diffusion import step_count
-    from daemon.settings import DaemonSettings
 
     meta = load_checkpoint(core.DEFAULT_CHECKPOINT).meta
-    defaults = DaemonSettings.model_fields
-    size = defaults["size"].default
+    settings = shipped_settings()
+    size = settings["size"]
     strength, steps = meta.sampler.get("strength", 0.5), int(meta.sampler.get("steps", 25))
     passes = max(1, step_count(strength, steps)) if meta.objective == "denoise" else 1
     files = photo_mix(run.out, run.pick(8, 48))
     work = run.out / "daemon-shipped"
-    # ARTD_SIZE/RESIZE back to the daemon's defaults (the class pins the seed loop's 128).
-    with Daemon(
-        work / "root", core.DEFAULT_CHECKPOINT, run.device,
-        size=size, resize=defaults["resize"].default,
-    ) as daemon:  # fmt: skip
+    with Daemon(work / "root", core.DEFAULT_CHECKPOINT, run.device, **settings) as daemon:
         seconds = [drop_and_wait(daemon, files, work / "staging") for _ in range(run.pick(1, 2))]
     n, wall = len(files), median(seconds)
     r = {"images": n, "size": size, "passes": passes, "ips": n / wall}

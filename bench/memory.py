@@ -1,20 +1,26 @@
 """Peak resident memory (VmHWM) of the daemon working through a backlog of small files that
-sit in the inbox before it starts, 100 files and 5,000 files: it must be flat."""
+sit in the inbox before it starts, 100 files and 5,000 files: it must be flat. Then the
+shipped model at the daemon's defaults (512 px, 10 network passes per image) through a
+smaller backlog, since it takes seconds per image."""
 
 from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 from bench.common import Run, bench_checkpoints, fmt, table
-from bench.daemon_run import Daemon, wait_settled
+from bench.daemon_run import Daemon, shipped_settings, wait_settled
 from bench.datasets import small_set
 
 
-def backlog_peak(run: Run, count: int) -> dict[str, float]:
-    checkpoint, _ = bench_checkpoints(run.out)
+def backlog_peak(
+    run: Run, count: int, checkpoint: Path | None = None, **settings: object
+) -> dict[str, float]:
+    checkpoint = checkpoint or bench_checkpoints(run.out)[0]
+    name = "shipped-" if settings else ""
     sources = small_set(run.out, run.pick(64, 300))
-    root = run.out / "memory" / f"root-{count}"
+    root = run.out / "memory" / f"root-{name}{count}"
     # The backlog is in the inbox before the daemon starts (copied from a cached staging set).
     staging = run.out / "memory" / f"backlog-{count}"
     if not (staging.exists() and len(list(staging.iterdir())) == count):
@@ -25,25 +31,32 @@ def backlog_peak(run: Run, count: int) -> dict[str, float]:
     shutil.rmtree(root, ignore_errors=True)
     root.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(staging, root / "inbox")
-    with Daemon(root, checkpoint, run.device, fresh=False) as daemon:
+    with Daemon(root, checkpoint, run.device, fresh=False, **settings) as daemon:
         started = time.perf_counter()
         # Quick mode stops after 1,000 outputs: the whole backlog is still listed and waiting.
         settled = min(count, run.pick(1000, count))
         wait_settled(daemon, settled, timeout_s=1800, poll_s=0.5)
         seconds = time.perf_counter() - started
-        return {"files": count, "measured_after": settled, "peak_mb": daemon.status("VmHWM") / 1024,
+        return {"model": "shipped" if settings else "bench", "files": count,
+                "measured_after": settled, "peak_mb": daemon.status("VmHWM") / 1024,
                 "end_mb": daemon.status("VmRSS") / 1024, "ips": settled / seconds}  # fmt: skip
 
 
 def bench(run: Run) -> None:
+    import core
+
     results = [backlog_peak(run, n) for n in (100, 5000)]
+    results.append(
+        backlog_peak(run, run.pick(24, 100), core.DEFAULT_CHECKPOINT, **shipped_settings())
+    )
     run.figures["memory"] = results
     rows = [
-        [r["files"], r["measured_after"], f"**{fmt(r['peak_mb'], 0)}**", fmt(r["end_mb"], 0),
-         fmt(r["ips"])]
+        [r["model"], r["files"], r["measured_after"], f"**{fmt(r['peak_mb'], 0)}**",
+         fmt(r["end_mb"], 0), fmt(r["ips"])]
         for r in results
     ]  # fmt: skip
     headers = [
+        "model",
         "backlog (files)",
         "outputs when read",
         "peak RSS MB (VmHWM)",
