@@ -23,7 +23,7 @@ CARD = Path(core.__file__).parent / "assets" / "MODEL_CARD.md"
 
 def test_the_shipped_model_is_the_denoise_model_of_its_card() -> None:
     meta = load_checkpoint(core.DEFAULT_CHECKPOINT).meta
-    assert meta.objective == "denoise" and meta.decoder == "upsample"
+    assert meta.objective == "denoise" and meta.decoder == "upsample-full"
     assert set(meta.sampler) == {"strength", "steps", "eta"}
     assert meta.dataset_hash and meta.dataset_hash in CARD.read_text(encoding="utf-8")
 

@@ -1,0 +1,69 @@
+"""Two checkpoints side by side: seconds per image through the product's inference path.
+
+``python -m bench.model_ab OLD.safetensors NEW.safetensors [--precision P] [--repeats N]``
+runs four scikit-image photos, resized to 512x344 (the daemon's default size for a 3:2
+photo), as one batch through ``core.inference.Inference`` at each checkpoint's recommended
+sampler settings, alternating the two ``repeats`` times on this machine, and prints the
+medians and their ratio. Without ``--precision`` each engine picks its own, as the daemon
+does; ``--precision fp32`` compares the networks' work alone. Use it before shipping a new
+default model (``git show HEAD:core/assets/default.safetensors > old.safetensors``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench.art import photo
+from bench.common import median
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+SIZE = (512, 344)
+
+
+def batch() -> list[np.ndarray]:
+    """The photos as HWC RGBA uint8 (the decoders' layout), resized to SIZE."""
+    rgb = [np.asarray(Image.fromarray(photo(n)).resize(SIZE, Image.LANCZOS)) for n in PHOTOS]
+    return [np.dstack([p, np.full(p.shape[:2], 255, np.uint8)]) for p in rgb]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import time
+
+    from core.checkpoint import load_checkpoint
+    from core.engine import Engine
+    from core.inference import Inference, OutputSettings
+    from core.sampling import SamplingSettings
+
+    parser = argparse.ArgumentParser(prog="python -m bench.model_ab", description=__doc__)
+    parser.add_argument("old", type=Path)
+    parser.add_argument("new", type=Path)
+    parser.add_argument("--precision", help="force one precision on both (default: each picks)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    forced = {"precision": args.precision} if args.precision else {}
+    pixels, hashes = batch(), [f"{i:064x}" for i in range(len(PHOTOS))]
+    runs = {}
+    for name, path in (("old", args.old), ("new", args.new)):
+        engine = Engine(load_checkpoint(path), device="cpu", **forced)
+        runs[name] = (
+            engine.precision,
+            Inference(engine, OutputSettings(SIZE[0]), SamplingSettings()),
+        )
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.repeats):
+        for name, (_, inference) in runs.items():
+            started = time.perf_counter()
+            inference.run(pixels, hashes)
+            seconds[name].append((time.perf_counter() - started) / len(pixels))
+    for name, (precision, _) in runs.items():
+        print(f"{name}: {median(seconds[name]):.3f} s per image ({precision})")
+    print(f"new / old: {median(seconds['new']) / median(seconds['old']):.3f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
