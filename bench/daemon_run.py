@@ -185,6 +185,17 @@ def shipped_settings() -> dict[str, object]:
     return {"size": defaults["size"].default, "resize": defaults["resize"].default}
 
 
+def daemon_model(out: Path, which: str) -> tuple[Path, dict[str, object]]:
+    """(checkpoint, :class:`Daemon` settings) for ``which``: "bench", the seeded one-pass
+    model at the seed loop's 128 px, or "shipped", the default model at the daemon's own
+    defaults."""
+    if which == "bench":
+        return bench_checkpoints(out)[0], {}
+    import core
+
+    return core.DEFAULT_CHECKPOINT, shipped_settings()
+
+
 def bench_shipped(run: Run) -> None:
     """The model users actually run: the shipped checkpoint at the daemon's own defaults
     (output size, its recommended strength and steps), on the photo mix. Reported per image

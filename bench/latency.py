@@ -9,20 +9,21 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from pathlib import Path
 
-from bench.common import Run, bench_checkpoints, fmt, median, table
-from bench.daemon_run import Daemon, shipped_settings
+from bench.common import Run, fmt, median, table
+from bench.daemon_run import Daemon, daemon_model
 from bench.datasets import small_set
 
 SETTLE_S = 1.0
 
 
-def drop_latency(run: Run, checkpoint: Path, name: str, **settings: object) -> list[float]:
-    """Seconds from each drop into an idle daemon's inbox to its output."""
+def drop_latency(run: Run, which: str) -> list[float]:
+    """Seconds from each drop into an idle daemon's inbox to its output, with the
+    :func:`daemon_model` ``which``."""
+    checkpoint, settings = daemon_model(run.out, which)
     source = small_set(run.out, run.pick(64, 300))[0]
     samples = []
-    root = run.out / "latency" / name
+    root = run.out / "latency" / ("root" if which == "bench" else which)
     with Daemon(root, checkpoint, run.device, settle_seconds=SETTLE_S, **settings) as d:
         time.sleep(2)  # let start-up work (scan, probe, first heartbeat) finish: "idle"
         for i in range(run.pick(5, 15)):
@@ -38,18 +39,16 @@ def drop_latency(run: Run, checkpoint: Path, name: str, **settings: object) -> l
     return samples
 
 
-def bench(run: Run) -> None:
-    import core
+MODELS = (  # (daemon_model, figures key, table label)
+    ("bench", "latency", "bench model (128 px, one pass)"),
+    ("shipped", "latency.shipped", "shipped model (daemon defaults)"),
+)
 
-    checkpoint, _ = bench_checkpoints(run.out)
-    models = {
-        "bench model (128 px, one pass)": drop_latency(run, checkpoint, "root"),
-        "shipped model (daemon defaults)": drop_latency(
-            run, core.DEFAULT_CHECKPOINT, "shipped", **shipped_settings()
-        ),
-    }
+
+def bench(run: Run) -> None:
     rows = []
-    for (label, samples), key in zip(models.items(), ("latency", "latency.shipped"), strict=True):
+    for which, key, label in MODELS:
+        samples = drop_latency(run, which)
         latency = median(samples)
         run.figures[key] = {
             "settle_s": SETTLE_S, "median_s": latency, "max_s": max(samples), "samples": samples,

@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import shutil
 import time
-from pathlib import Path
 
-from bench.common import Run, bench_checkpoints, fmt, table
-from bench.daemon_run import Daemon, shipped_settings, wait_settled
+from bench.common import Run, fmt, table
+from bench.daemon_run import Daemon, daemon_model, wait_settled
 from bench.datasets import small_set
 
 
-def backlog_peak(
-    run: Run, count: int, checkpoint: Path | None = None, **settings: object
-) -> dict[str, float]:
-    checkpoint = checkpoint or bench_checkpoints(run.out)[0]
-    name = "shipped-" if settings else ""
+def backlog_peak(run: Run, count: int, which: str = "bench") -> dict[str, float]:
+    """Peak and end RSS through a ``count``-file backlog, with the :func:`daemon_model`
+    ``which``."""
+    checkpoint, settings = daemon_model(run.out, which)
+    name = "" if which == "bench" else f"{which}-"
     sources = small_set(run.out, run.pick(64, 300))
     root = run.out / "memory" / f"root-{name}{count}"
     # The backlog is in the inbox before the daemon starts (copied from a cached staging set).
@@ -37,18 +36,14 @@ def backlog_peak(
         settled = min(count, run.pick(1000, count))
         wait_settled(daemon, settled, timeout_s=1800, poll_s=0.5)
         seconds = time.perf_counter() - started
-        return {"model": "shipped" if settings else "bench", "files": count,
+        return {"model": which, "files": count,
                 "measured_after": settled, "peak_mb": daemon.status("VmHWM") / 1024,
                 "end_mb": daemon.status("VmRSS") / 1024, "ips": settled / seconds}  # fmt: skip
 
 
 def bench(run: Run) -> None:
-    import core
-
     results = [backlog_peak(run, n) for n in (100, 5000)]
-    results.append(
-        backlog_peak(run, run.pick(24, 100), core.DEFAULT_CHECKPOINT, **shipped_settings())
-    )
+    results.append(backlog_peak(run, run.pick(24, 100), "shipped"))
     run.figures["memory"] = results
     rows = [
         [r["model"], r["files"], r["measured_after"], f"**{fmt(r['peak_mb'], 0)}**",

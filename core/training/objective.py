@@ -48,7 +48,6 @@ from core.space import ImageSpace, imagenet
 # The levels every validation image is judged at (denoise), and the sample grids' strengths.
 VAL_LEVELS = (0.25, 0.5, 0.75)
 SAMPLE_STRENGTHS = (0.3, 0.5, 0.7)
-# Model space is [-1, 1]: x = (p - 0.5) / 0.5 (the contract core.inference serves by).
 
 
 def loss_parts(objective: str) -> tuple[str, ...]:
