@@ -38,9 +38,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from bench import art_models
+from bench import art_models, denoise_floor
 from bench.common import ROOT, Run, alternate, fmt, median, table
 from bench.style_signature import Signature, distance, set_signature, term_distances
+from core.diffusion import Schedule
 
 STRENGTHS = (0.0, 0.05, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 QUICK_STRENGTHS = (0.0, 0.05, 0.5, 1.0)
@@ -53,6 +54,7 @@ GALLERY_LIMIT = 1_400_000  # bytes: the README shows it, the repository keeps it
 MAX_MOVEMENT = 0.8  # at the recommended strength
 SPECIFIC_FROM = 0.4  # specificity must hold at every strength from here up
 SSIM_STRENGTH, MIN_SSIM = 0.5, 0.6
+NEAR_ZERO = 0.05  # strengths up to here must give the photo back
 MAX_LEVELS_NEAR_ZERO = 3.0  # mean abs difference, 0..255 levels
 MAX_COST_RATIO = 1.15  # per-step cost against the model-alone floor
 
@@ -130,6 +132,7 @@ class Model:
             raise ValueError(f"{path} is not a denoise checkpoint")
         self.recommended = recommended
         self.size = self.engine.checkpoint.meta.train_size
+        self.schedule = Schedule.from_dict(self.engine.checkpoint.meta.diffusion or {})
 
     def run(self, images: Sequence[np.ndarray], hashes: Sequence[str], strength: float):
         from core.inference import Inference, InferenceError, OutputSettings, SamplingSettings
@@ -225,6 +228,8 @@ def evaluate(config: Config) -> dict[str, Any]:
     noise = {w: m.from_noise(config.noise_samples) for w, m in models.items()}
     noise_d = {w: distance(set_signature(noise[w], size), held[w]) for w in "ab"}
     cost = {w: step_cost(m, photos, config.repeats) for w, m in models.items()}
+    near_zero = [s for s in strengths if 0.0 < s <= NEAR_ZERO]
+    floor = denoise_floor.floor(photos, near_zero, models["a"].schedule)
     return {
         "models": {w: str(m.path) for w, m in models.items()},
         "styles": {"a": config.recipe.style_a, "b": config.recipe.style_b},
@@ -239,7 +244,8 @@ def evaluate(config: Config) -> dict[str, Any]:
             "noise_a_vs_a": noise_d["a"], "noise_b_vs_b": noise_d["b"],
             "photo_terms": {w: term_distances(photo_sig, held[w]) for w in "ab"},
         },
-        "cost": cost, "seconds": time.perf_counter() - started,
+        "cost": cost, "floor": {f"{s:g}": v for s, v in floor.items()},
+        "seconds": time.perf_counter() - started,
         "_pictures": {"photos": photos, "outputs": outputs, "noise": noise},
     }  # fmt: skip
 
@@ -269,11 +275,13 @@ def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
             v = rows[SSIM_STRENGTH][f"ssim_{w}"]
             check(f"blurred-luminance SSIM {w.upper()} at strength {SSIM_STRENGTH}",
                   f"{v:.3f}", f">= {MIN_SSIM}", v >= MIN_SSIM)  # fmt: skip
-    near_zero = [s for s in sorted(rows) if s <= 0.05]
+    near_zero = [s for s in sorted(rows) if s <= NEAR_ZERO]
     for s in near_zero:
+        floor = results["floor"].get(f"{s:g}")
+        seen = "" if floor is None else f" (oracle NL-means floor {floor['nl_means']:.2f})"
         for w in "ab":
             v = rows[s][f"levels_{w}"]
-            check(f"strength {s:g}: mean abs levels {w.upper()}", f"{v:.2f}",
+            check(f"strength {s:g}: mean abs levels {w.upper()}", f"{v:.2f}{seen}",
                   f"<= {MAX_LEVELS_NEAR_ZERO}", v <= MAX_LEVELS_NEAR_ZERO)  # fmt: skip
     for w in "ab":
         c = results["cost"][w]
@@ -318,7 +326,23 @@ def markdown(results: dict[str, Any], verdicts: list[dict[str, Any]]) -> str:
         + table(["model", "setting", "ms/image/step", "model-alone floor", "ratio"], cost_rows)
         + f"\n\n({results['cost']['a']['repeats']} alternating repeats, medians.)\n\n"
         + table(["must hold", "measured", "limit", "verdict"], verdict_rows)
+        + floor_text(results["floor"])
         + f"\n\nBench time {results['seconds']:.0f} s.\n"
+    )
+
+
+def floor_text(floor: dict[str, dict[str, float]]) -> str:
+    """The near-zero floor (``bench.denoise_floor``) as a table, or nothing."""
+    if not floor:
+        return ""
+    rows = [[s, fmt(f["noise_sd"], 1), fmt(f["none"], 2), fmt(f["tv"], 2), fmt(f["nl_means"], 2)]
+            for s, f in floor.items()]  # fmt: skip
+    return (
+        "\n\nThe floor at low strength (bench.denoise_floor): the noise the sampler puts on "
+        "the photo before the network sees it, and how close to the photo that comes back "
+        "with no denoising and with two classical denoisers tuned per photo against the clean "
+        "photo (an oracle), in the same mean abs levels:\n\n"
+        + table(["strength", "noise sd", "no denoising", "TV, oracle", "NL-means, oracle"], rows)
     )
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import art, art_models
+from bench import art, art_models, denoise_floor
 from bench.style_signature import (
     TERMS,
     distance,
@@ -22,7 +22,7 @@ from bench.style_signature import (
     set_signature,
     term_distances,
 )
-from core.diffusion import step_count
+from core.diffusion import Schedule, step_count
 
 RECIPE = art_models.TINY
 
@@ -159,3 +159,33 @@ def test_strength_zero_returns_the_photo_and_content_fades_with_strength(bench_r
         assert rows[0.0][f"movement_{w}"] == pytest.approx(1.0)
         assert rows[0.0][f"ssim_{w}"] > rows[1.0][f"ssim_{w}"]
         assert rows[1.0][f"levels_{w}"] > rows[0.0][f"levels_{w}"]
+
+
+# -- the floor at low strength -------------------------------------------------------------
+
+
+def test_the_floor_follows_the_noise_the_sampler_adds() -> None:
+    """On real photos: with no denoising the error is the Gaussian's mean absolute value,
+    about 0.8 sd (less where clipping at 0 and 255 bites); the oracle denoisers do better,
+    and every figure grows with strength."""
+    schedule = Schedule()
+    photos = [art.square(art.photo(name), 64) for name in ("astronaut", "coffee")]
+    found = denoise_floor.floor(photos, (0.02, 0.05), schedule)
+    assert found[0.05]["noise_sd"] == pytest.approx(11.4, abs=0.1)
+    for level in found.values():
+        assert 0.6 * level["noise_sd"] < level["none"] < 0.82 * level["noise_sd"]
+        assert level["nl_means"] < level["none"] and level["tv"] < level["none"]
+    for name in ("noise_sd", *denoise_floor.DENOISERS):
+        assert found[0.02][name] < found[0.05][name]
+    with pytest.raises(ValueError, match="strength in"):
+        denoise_floor.floor(photos, (0.0,), schedule)
+
+
+def test_the_benchmark_reports_the_floor_beside_the_near_zero_check(bench_results) -> None:
+    out, results = bench_results
+    assert set(results["floor"]) == {"0.05"}  # the quick strengths' one in (0, NEAR_ZERO]
+    floor = results["floor"]["0.05"]
+    (check,) = [c for c in results["checks"] if c["check"].startswith("strength 0.05") and
+                c["check"].endswith(" A")]  # fmt: skip
+    assert f"oracle NL-means floor {floor['nl_means']:.2f}" in check["measured"]
+    assert "NL-means, oracle" in (out / "art-bench.md").read_text()
