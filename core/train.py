@@ -64,6 +64,7 @@ from core.training.objective import (
     TrainingNoise,
     denoise_samples,
     loss_parts,
+    low_noise_prior,
     objective_meta,
     schedule_for,
     training_noise,
@@ -95,7 +96,13 @@ def train(s: TrainSettings, d: Dist, closing: contextlib.ExitStack) -> int:
     data = load_data(s, d, run)
     loss_fn = build_loss(s, d, vgg, data)
     learner = build_learner(s, d, state, channels_last)
-    noise = training_noise(s.objective, s.seed, d.rank, d.device, s.parameterisation)
+    prior = low_noise_prior(s.low_noise_prior, s.low_noise_below, s.low_noise_share, s.seed,
+                            s.image_size, d.device)  # fmt: skip
+    if prior is not None:
+        logger.info("low-noise prior: {} {} images swapped in for {:.0%} of those below level {}",
+                    prior.images.shape[0], s.low_noise_prior, s.low_noise_share,
+                    s.low_noise_below)  # fmt: skip
+    noise = training_noise(s.objective, s.seed, d.rank, d.device, s.parameterisation, prior)
     draw = style_draw(s, d, loss_fn, data.style_set)  # None unless --style-target sample
     logger.info(
         "training {} ({}) epochs from {} on {} x{} ({}), global batch {}, {} train / {} val images",

@@ -112,6 +112,27 @@ def test_denoise_resume_matches_an_uninterrupted_run(engravings, tmp_path):
     assert "start a new run to change the objective" in "".join(messages)
 
 
+def test_a_run_with_the_low_noise_prior_records_it_and_resumes_bit_exactly(engravings, tmp_path):
+    common = ["--deterministic", "--seed", "5", "--low-noise-prior", "dead-leaves",
+              "--low-noise-below", "0.3"]  # fmt: skip
+    straight, resumed, plain = tmp_path / "straight", tmp_path / "resumed", tmp_path / "plain"
+    assert main(args(engravings, straight, "--epochs", "2", *common)) == 0
+    assert main(args(engravings, resumed, "--epochs", "1", *common)) == 0
+    assert main(args(engravings, resumed, "--epochs", "2", "--resume", "latest", *common)) == 0
+    assert main(args(engravings, plain, "--epochs", "2", "--deterministic", "--seed", "5")) == 0
+
+    def weights(out: Path) -> dict[str, torch.Tensor]:
+        return load_file(only_run(out) / "checkpoints" / "epoch-002.safetensors")
+
+    a, b, c = weights(straight), weights(resumed), weights(plain)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the prior changed what was learnt
+    meta = load_checkpoint(only_run(straight) / "checkpoints" / "epoch-002.safetensors").meta
+    assert meta.settings["low_noise_prior"] == "dead-leaves"
+    assert meta.settings["low_noise_below"] == 0.3 and meta.settings["low_noise_share"] == 0.8
+    assert "1024 dead-leaves images swapped in" in (only_run(straight) / "train.log").read_text()
+
+
 def test_a_v_run_records_its_parameterisation_and_resumes_only_as_v(engravings, tmp_path):
     out = tmp_path / "out"
     v = ["--parameterisation", "v", "--seed", "5"]
@@ -140,6 +161,9 @@ def test_a_v_run_records_its_parameterisation_and_resumes_only_as_v(engravings, 
     [
         (["--parameterisation", "v", "--perceptual-weight", "0.5"], "perceptual_weight"),
         (["--parameterisation", "v", "--objective", "reconstruct"], "parameterisation"),
+        (["--low-noise-prior", "dead-leaves", "--objective", "reconstruct"], "low_noise_prior"),
+        (["--low-noise-prior", "dead-leaves", "--low-noise-below", "0"], "low_noise_below"),
+        (["--low-noise-prior", "dead-leaves", "--low-noise-share", "1.5"], "low_noise_share"),
     ],
 )
 def test_bad_parameterisation_settings_name_the_setting(engravings, tmp_path, capsys, extra, word):

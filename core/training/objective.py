@@ -16,6 +16,14 @@ of their own, re-seeded at the start of every epoch from (seed, rank, epoch), th
 epoch's end with the settings and the epoch, so a resumed run draws exactly the noise an
 uninterrupted one would, on every rank, without saving each rank's generator.
 
+A low-noise prior (:class:`LowNoisePrior`, ``--low-noise-prior dead-leaves``): a model that has
+seen only its collection redraws a photo in the collection's tones even at a faint noise
+level, so a low strength does not give the photo back. With the prior, a share of the images
+drawn at a level below ``--low-noise-below`` are swapped for dead-leaves images
+(``core.dead_leaves``), whose statistics are a photograph's: there the network learns to
+denoise like a denoiser of photographs, while above it the collection alone decides. The
+swap is drawn from the levels' generator, so a resumed run swaps exactly as before.
+
 The validation figure (:class:`Figure`) is deterministic: every validation image is judged
 at the fixed levels :data:`VAL_LEVELS`, with noise from ``core.diffusion.seeded_noise`` seeded
 by the image's content hash and the level, so two nights (and the gate's two checkpoints)
@@ -91,14 +99,62 @@ def _seed(label: str, **values: object) -> int:
     return image_seed(label, values)
 
 
+LOW_NOISE_PRIORS = ("none", "dead-leaves")
+PRIOR_POOL = 1024  # dead-leaves images drawn once per run
+
+
+@dataclass(frozen=True)
+class LowNoisePrior:
+    """Images that replace a ``share`` of the training images drawn below level ``below``."""
+
+    images: torch.Tensor  # (N, 3, H, W) 0..1 pixels, on the training device
+    below: float
+    share: float
+
+    def mix(self, pixels: torch.Tensor, t: torch.Tensor, generator: torch.Generator):
+        """``pixels`` with the chosen images swapped; the same draws whatever is swapped."""
+        n = pixels.shape[0]
+        swap = (t < self.below) & (torch.rand(n, generator=generator) < self.share)
+        pick = torch.randint(0, self.images.shape[0], (n,), generator=generator)
+        if not swap.any():
+            return pixels
+        swap = swap.to(pixels.device).view(-1, 1, 1, 1)
+        prior = self.images[pick.to(self.images.device)].to(pixels.dtype)
+        return torch.where(swap, prior, pixels)
+
+
+def low_noise_prior(
+    kind: str, below: float, share: float, seed: int, size: int, device: torch.device
+) -> LowNoisePrior | None:
+    """The run's :class:`LowNoisePrior` (None for ``none``): :data:`PRIOR_POOL` dead-leaves
+    images at the training size, the same on every rank for the run's seed."""
+    if kind == "none":
+        return None
+    if kind != "dead-leaves":
+        raise ValueError(f"low-noise prior must be one of {', '.join(LOW_NOISE_PRIORS)}")
+    from core.dead_leaves import dead_leaves_batch
+
+    pool = dead_leaves_batch(_seed("low-noise-prior", seed=seed), PRIOR_POOL, size)
+    images = torch.from_numpy(pool).permute(0, 3, 1, 2).contiguous().to(device)
+    return LowNoisePrior(images.float().div_(255), below, share)
+
+
 class TrainingNoise:
-    """A denoise run's levels and noise, re-seeded per epoch from (seed, rank, epoch).
+    """A denoise run's levels and noise, re-seeded per epoch from (seed, rank, epoch), and
+    its :class:`LowNoisePrior` if it has one.
 
     Levels are drawn on the CPU (``core.diffusion.sample_levels``); the noise on the training
     device, from a generator there (no host-to-device copy per step)."""
 
-    def __init__(self, schedule: Schedule, seed: int, rank: int, device: torch.device) -> None:
-        self.schedule = schedule
+    def __init__(
+        self,
+        schedule: Schedule,
+        seed: int,
+        rank: int,
+        device: torch.device,
+        prior: LowNoisePrior | None = None,
+    ) -> None:
+        self.schedule, self.prior = schedule, prior
         self.seed, self.rank, self.device = seed, rank, device
         self._levels = torch.Generator()
         self._noise = torch.Generator(device=device)
@@ -114,6 +170,8 @@ class TrainingNoise:
         """The network's input and target for a batch of 0..1 pixels, each image at its own
         level (``core.diffusion.noised`` and ``core.diffusion.target``)."""
         t = sample_levels(pixels.shape[0], self._levels)
+        if self.prior is not None:
+            pixels = self.prior.mix(pixels, t, self._levels)
         noise = torch.randn(
             pixels.shape, generator=self._noise, device=pixels.device, dtype=pixels.dtype
         )
@@ -121,11 +179,16 @@ class TrainingNoise:
 
 
 def training_noise(
-    objective: str, seed: int, rank: int, device: torch.device, parameterisation: str = "x0"
+    objective: str,
+    seed: int,
+    rank: int,
+    device: torch.device,
+    parameterisation: str = "x0",
+    prior: LowNoisePrior | None = None,
 ) -> TrainingNoise | None:
     """The run's :class:`TrainingNoise`, or None for a one-pass objective."""
     schedule = schedule_for(objective, parameterisation)
-    return None if schedule is None else TrainingNoise(schedule, seed, rank, device)
+    return None if schedule is None else TrainingNoise(schedule, seed, rank, device, prior)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,17 @@ class TrainSettings(BaseSettings):
         description="denoise: what the network's output means: x0 (the clean image) or v "
         "(Salimans & Ho 2022: the photo is kept at low strength; needs perceptual_weight 0)",
     )
+    low_noise_prior: Literal["none", "dead-leaves"] = Field(
+        "none",
+        description="denoise: images swapped in at low noise levels so that a low strength "
+        "gives a photo back: none, or dead-leaves (core/dead_leaves.py)",
+    )
+    low_noise_below: float = Field(
+        0.1, gt=0, le=1, description="denoise: the level below which the prior is swapped in"
+    )
+    low_noise_share: float = Field(
+        0.8, ge=0, le=1, description="denoise: the share of those images swapped for the prior"
+    )
     out: Path = Field(Path("checkpoints"), description="where run-<timestamp>/ folders go")
     epochs: int = Field(150, ge=1, description="epochs to train (total, also when resuming)")
     batch_size: int = Field(32, ge=1, description="images per step per process")
@@ -135,6 +146,13 @@ class TrainSettings(BaseSettings):
     def _denoise_only(cls, value: str, info: ValidationInfo) -> str:
         if value != "x0" and info.data.get("objective") != "denoise":
             raise ValueError(f"parameterisation {value} is only for --objective denoise")
+        return value
+
+    @field_validator("low_noise_prior")
+    @classmethod
+    def _prior_denoise_only(cls, value: str, info: ValidationInfo) -> str:
+        if value != "none" and info.data.get("objective") != "denoise":
+            raise ValueError(f"low_noise_prior {value} is only for --objective denoise")
         return value
 
     @field_validator("perceptual_weight")
