@@ -55,6 +55,12 @@ class Recipe:
     # x0: the shipped model's. v keeps the photo at low strength but moved and told the
     # collections apart less in its trial (docs/art-benchmark.md, "v parameterisation").
     parameterisation: str = "x0"
+    # none: the shipped model's. dead-leaves below 0.1 gave the photo back closer at 0.05
+    # but left colour grain at 0.2 and cost B its movement target in its trials
+    # (docs/art-benchmark.md, "The floor at low strength").
+    low_noise_prior: str = "none"
+    low_noise_below: float = 0.1
+    low_noise_share: float = 0.8
     seed: int = 2026
     strength: float = 0.5  # the checkpoint's recommended sampler settings
     steps: int = 20
@@ -63,6 +69,9 @@ class Recipe:
         fields = asdict(self)
         if fields["parameterisation"] == "x0":  # recipes from before the field keep their key
             del fields["parameterisation"]
+        if fields["low_noise_prior"] == "none":  # and before the prior
+            for name in ("low_noise_prior", "low_noise_below", "low_noise_share"):
+                del fields[name]
         text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -75,6 +84,9 @@ class Recipe:
             "-m", "core.train", "--data", str(data), "--out", str(runs),
             "--objective", "denoise", "--decoder", self.decoder,
             "--parameterisation", self.parameterisation, "--epochs", str(self.epochs),
+            "--low-noise-prior", self.low_noise_prior,
+            "--low-noise-below", str(self.low_noise_below),
+            "--low-noise-share", str(self.low_noise_share),
             "--batch-size", str(self.batch_size), "--lr-step", str(self.lr_step),
             "--image-size", str(self.image_size), "--resize", "crop",
             "--perceptual-weight", "0", "--num-workers", "0", "--device", "cpu",
