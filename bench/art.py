@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw
 from bench import art_models, denoise_floor
 from bench.common import ROOT, Run, alternate, fmt, median, table
 from bench.style_signature import Signature, distance, set_signature, term_distances
-from core.diffusion import Schedule
+from core.diffusion import Schedule, step_count
 
 STRENGTHS = (0.0, 0.05, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 QUICK_STRENGTHS = (0.0, 0.05, 0.5, 1.0)
@@ -228,7 +228,9 @@ def evaluate(config: Config) -> dict[str, Any]:
     noise = {w: m.from_noise(config.noise_samples) for w, m in models.items()}
     noise_d = {w: distance(set_signature(noise[w], size), held[w]) for w in "ab"}
     cost = {w: step_cost(m, photos, config.repeats) for w, m in models.items()}
-    near_zero = [s for s in strengths if 0.0 < s <= NEAR_ZERO]
+    # Where a step is taken: below that the sampler returns the photo itself.
+    steps = models["a"].recommended.steps
+    near_zero = [s for s in strengths if 0.0 < s <= NEAR_ZERO and step_count(s, steps) > 0]
     floor = denoise_floor.floor(photos, near_zero, models["a"].schedule)
     return {
         "models": {w: str(m.path) for w, m in models.items()},

@@ -27,8 +27,8 @@ import torch
 from core.diffusion import Schedule, noised, seeded_noise
 
 # Each denoiser's strength grid, in units of the true noise sd (nl_means' h) or absolute (tv).
-NL_MEANS_H = (0.4, 0.6, 0.8, 1.0, 1.2)
-TV_WEIGHTS = (0.01, 0.02, 0.04, 0.08)
+NL_MEANS_H = (0.4, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5)
+TV_WEIGHTS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
 DENOISERS = ("none", "tv", "nl_means")
 
 
@@ -47,7 +47,12 @@ def _levels(estimate: np.ndarray, photo: np.ndarray) -> float:
 def _best(
     denoise: Callable[[float], np.ndarray], grid: Sequence[float], photo: np.ndarray
 ) -> float:
-    return min(_levels(denoise(k), photo) for k in grid)
+    """The best of ``denoise`` over ``grid`` against the clean photo (the oracle); a setting
+    that gives NaN (non-local means does with a tiny h) is skipped."""
+    found = [e for e in (denoise(k) for k in grid) if np.isfinite(e).all()]
+    if not found:
+        raise ValueError("every setting of the grid gave NaN")
+    return min(_levels(e, photo) for e in found)
 
 
 def photo_floor(

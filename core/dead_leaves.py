@@ -29,7 +29,7 @@ def dead_leaves(rng: np.random.Generator, size: int) -> np.ndarray:
         raise ValueError(f"size must be >= 1, got {size!r}")
     draw = 2 * size
     palette = rng.random((int(rng.integers(3, 7)), 3)) ** rng.uniform(0.6, 1.6)
-    # Smallest disc 1-3 output pixels at 64 px, the same share of the image at other sizes.
+    # Smallest disc 1-3 output pixels up to 64 px, the same share of the image above.
     r_min = rng.uniform(2.0, 6.0) * max(1.0, size / 64)
     a, b = r_min**-2.0, float(draw) ** -2.0  # inverse CDF of p(r) ~ r^-3 on [r_min, draw]
     canvas = np.empty((draw, draw, 3), np.float32)

@@ -55,6 +55,9 @@ def test_the_prior_swaps_only_below_its_level_at_its_share() -> None:
     assert (mixed[~swapped] == 2.0).all()
     assert float(swapped[t < 0.3].float().mean()) == pytest.approx(0.75, abs=0.04)
     assert all(any(torch.equal(m, p) for p in pool) for m in mixed[swapped][:50])
+    layout = pixels.contiguous(memory_format=torch.channels_last)
+    kept = prior.mix(layout, t, torch.Generator().manual_seed(1))
+    assert kept.is_contiguous(memory_format=torch.channels_last) and torch.equal(kept, mixed)
     again = prior.mix(pixels, t, torch.Generator().manual_seed(1))
     assert torch.equal(mixed, again)
     none = LowNoisePrior(pool, below=0.3, share=0.0).mix(pixels, t, torch.Generator())
@@ -73,6 +76,8 @@ def test_training_noise_with_the_prior_is_reseeded_per_epoch() -> None:
     noise.start_epoch(2)
     x_again, goal_again = noise.pair(pixels)
     assert torch.equal(x_t, x_again) and torch.equal(goal, goal_again)
+    noise.start_epoch(3)
+    assert not torch.equal(noise.pair(pixels)[1], goal)  # another epoch, other swaps
     swapped = (goal != 0.5).flatten(1).any(1)
     assert 0 < int(swapped.sum()) < 64  # levels below 0.5 only, about half of them
     plain = TrainingNoise(Schedule(), seed=1, rank=0, device=cpu)

@@ -116,11 +116,12 @@ class LowNoisePrior:
         n = pixels.shape[0]
         swap = (t < self.below) & (torch.rand(n, generator=generator) < self.share)
         pick = torch.randint(0, self.images.shape[0], (n,), generator=generator)
-        if not swap.any():
+        rows = swap.nonzero().flatten()
+        if rows.numel() == 0:
             return pixels
-        swap = swap.to(pixels.device).view(-1, 1, 1, 1)
-        prior = self.images[pick.to(self.images.device)].to(pixels.dtype)
-        return torch.where(swap, prior, pixels)
+        out = pixels.clone()  # keeps the batch's memory format (channels_last on CUDA)
+        out[rows.to(out.device)] = self.images[pick[rows].to(self.images.device)].to(out)
+        return out
 
 
 def low_noise_prior(
