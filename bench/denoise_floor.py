@@ -95,3 +95,28 @@ def floor(
             name: float(np.mean([f[name] for f in per])) for name in DENOISERS
         }
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.denoise_floor [--strengths S ...] [--size PX]``: the floor for the
+    art bench's photos, as a table."""
+    import argparse
+
+    from bench.art import PHOTOS, photo, square
+    from bench.common import fmt, table
+
+    parser = argparse.ArgumentParser(prog="python -m bench.denoise_floor", description=__doc__)
+    parser.add_argument("--strengths", type=float, nargs="+", default=[0.01, 0.02, 0.05])
+    parser.add_argument("--size", type=int, default=64, help="the art bench's size")
+    parser.add_argument("--photos", nargs="+", default=list(PHOTOS), choices=PHOTOS)
+    args = parser.parse_args(argv)
+    photos = [square(photo(name), args.size) for name in args.photos]
+    found = floor(photos, args.strengths, Schedule())
+    rows = [[f"{s:g}", fmt(f["noise_sd"], 1), *(fmt(f[d], 2) for d in DENOISERS)]
+            for s, f in found.items()]  # fmt: skip
+    print(table(["strength", "noise sd", "no denoising", "TV, oracle", "NL-means, oracle"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -189,3 +189,10 @@ def test_the_benchmark_reports_the_floor_beside_the_near_zero_check(bench_result
                 c["check"].endswith(" A")]  # fmt: skip
     assert f"oracle NL-means floor {floor['nl_means']:.2f}" in check["measured"]
     assert "NL-means, oracle" in (out / "art-bench.md").read_text()
+
+
+def test_the_floor_has_a_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert denoise_floor.main(["--strengths", "0.05", "--photos", "coffee", "--size", "32"]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0.05")]
+    sd, none, tv, nl_means = (float(cell) for cell in row.strip("|").split("|")[1:])
+    assert sd == 11.4 and nl_means < none and tv < none
