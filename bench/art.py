@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from bench import art_models, denoise_floor
+from bench import art_models
 from bench.common import ROOT, Run, alternate, fmt, median, table
 from bench.style_signature import Signature, distance, set_signature, term_distances
 from core.diffusion import Schedule, step_count
@@ -228,6 +228,8 @@ def evaluate(config: Config) -> dict[str, Any]:
     noise = {w: m.from_noise(config.noise_samples) for w, m in models.items()}
     noise_d = {w: distance(set_signature(noise[w], size), held[w]) for w in "ab"}
     cost = {w: step_cost(m, photos, config.repeats) for w, m in models.items()}
+    from bench import denoise_floor  # it reads this module's photos
+
     # Where a step is taken: below that the sampler returns the photo itself.
     steps = models["a"].recommended.steps
     near_zero = [s for s in strengths if 0.0 < s <= NEAR_ZERO and step_count(s, steps) > 0]

@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from bench.art import PHOTOS, mean_levels, photo, square
+from bench.common import fmt, table
 from core.diffusion import Schedule, noised, seeded_noise
 
 # Each denoiser's strength grid, in units of the true noise sd (nl_means' h) or absolute (tv).
@@ -38,30 +40,30 @@ def noise_sd_levels(strength: float, schedule: Schedule) -> float:
     return 127.5 * math.sqrt(1 - ab) / math.sqrt(ab)
 
 
-def _levels(estimate: np.ndarray, photo: np.ndarray) -> float:
+def _levels(estimate: np.ndarray, reference: np.ndarray) -> float:
     """``bench.art.mean_levels`` of a 0..1 float estimate, quantised as an output would be."""
-    out = (np.clip(estimate, 0.0, 1.0) * 255 + 0.5).astype(np.int16)
-    return float(np.abs(out - photo.astype(np.int16)).mean())
+    return mean_levels((np.clip(estimate, 0.0, 1.0) * 255 + 0.5).astype(np.uint8), reference)
 
 
 def _best(
-    denoise: Callable[[float], np.ndarray], grid: Sequence[float], photo: np.ndarray
+    denoise: Callable[[float], np.ndarray], grid: Sequence[float], reference: np.ndarray
 ) -> float:
     """The best of ``denoise`` over ``grid`` against the clean photo (the oracle); a setting
     that gives NaN (non-local means does with a tiny h) is skipped."""
     found = [e for e in (denoise(k) for k in grid) if np.isfinite(e).all()]
     if not found:
         raise ValueError("every setting of the grid gave NaN")
-    return min(_levels(e, photo) for e in found)
+    return min(_levels(e, reference) for e in found)
 
 
 def photo_floor(
-    photo: np.ndarray, strength: float, seed: int, schedule: Schedule
+    clean: np.ndarray, strength: float, seed: int, schedule: Schedule
 ) -> dict[str, float]:
-    """Each of :data:`DENOISERS`' levels for one HWC uint8 photo noised to ``strength``."""
+    """Each of :data:`DENOISERS`' levels for one HWC uint8 photo ``clean`` noised to
+    ``strength``."""
     from skimage.restoration import denoise_nl_means, denoise_tv_chambolle
 
-    pixels = torch.from_numpy(np.array(photo)).permute(2, 0, 1)[None].float() / 255
+    pixels = torch.from_numpy(np.array(clean)).permute(2, 0, 1)[None].float() / 255
     x_t = noised(pixels, strength, seeded_noise([seed], pixels.shape[1:]), schedule)
     a = math.sqrt(float(schedule.alpha_bar(strength)))
     seen = ((x_t[0] / a + 1) / 2).permute(1, 2, 0).numpy().astype(np.float64)
@@ -75,9 +77,9 @@ def photo_floor(
         return denoise_tv_chambolle(seen, weight=weight, channel_axis=-1)
 
     return {
-        "none": _levels(seen, photo),
-        "tv": _best(tv, TV_WEIGHTS, photo),
-        "nl_means": _best(nl_means, NL_MEANS_H, photo),
+        "none": _levels(seen, clean),
+        "tv": _best(tv, TV_WEIGHTS, clean),
+        "nl_means": _best(nl_means, NL_MEANS_H, clean),
     }
 
 
@@ -101,9 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m bench.denoise_floor [--strengths S ...] [--size PX]``: the floor for the
     art bench's photos, as a table."""
     import argparse
-
-    from bench.art import PHOTOS, photo, square
-    from bench.common import fmt, table
 
     parser = argparse.ArgumentParser(prog="python -m bench.denoise_floor", description=__doc__)
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.01, 0.02, 0.05])

@@ -141,18 +141,13 @@ class TrainSettings(BaseSettings):
             raise ValueError("content_data is only for --objective style")
         return self
 
-    @field_validator("parameterisation")
+    @field_validator("parameterisation", "low_noise_prior")
     @classmethod
     def _denoise_only(cls, value: str, info: ValidationInfo) -> str:
-        if value != "x0" and info.data.get("objective") != "denoise":
-            raise ValueError(f"parameterisation {value} is only for --objective denoise")
-        return value
-
-    @field_validator("low_noise_prior")
-    @classmethod
-    def _prior_denoise_only(cls, value: str, info: ValidationInfo) -> str:
-        if value != "none" and info.data.get("objective") != "denoise":
-            raise ValueError(f"low_noise_prior {value} is only for --objective denoise")
+        """Anything but the field's default needs ``--objective denoise``."""
+        default = cls.model_fields[info.field_name].default
+        if value != default and info.data.get("objective") != "denoise":
+            raise ValueError(f"{info.field_name} {value} is only for --objective denoise")
         return value
 
     @field_validator("perceptual_weight")
