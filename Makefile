@@ -52,7 +52,7 @@ soak: $(STAMP)
 DEFAULT_MODEL_EPOCHS ?= 40
 default-model: $(STAMP)
 	rm -rf build/default-model
-	$(PY) -m core.procedural --out build/default-model/data --count 1000 --size 64 --seed 2026 \
+	$(PY) -m core.synthetic.procedural --out build/default-model/data --count 1000 --size 64 --seed 2026 \
 		--style engraving --flat --format png
 	OMP_NUM_THREADS=1 $(PY) -m core.train --data build/default-model/data --out build/default-model/runs \
 		--objective denoise --decoder upsample-full --epochs $(DEFAULT_MODEL_EPOCHS) --lr-step 30 \

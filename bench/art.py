@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw
 from bench import art_models
 from bench.common import ROOT, Run, alternate, fmt, median, table
 from bench.style_signature import Signature, distance, set_signature, term_distances
-from core.diffusion import Schedule, step_count
+from core.diffusion.schedule import Schedule, step_count
 
 STRENGTHS = (0.0, 0.05, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 QUICK_STRENGTHS = (0.0, 0.05, 0.5, 1.0)
@@ -72,8 +72,8 @@ def photo(name: str) -> np.ndarray:
 
 
 def square(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop to a square, then the product's resize (core.imaging) to ``size``."""
-    from core.imaging import resize
+    """Centre-crop to a square, then the product's resize (core.images.loading) to ``size``."""
+    from core.images.loading import resize
 
     h, w = rgb.shape[:2]
     side = min(h, w)
@@ -120,10 +120,10 @@ class Config:
 
 
 class Model:
-    """One checkpoint on the CPU engine, the product's path (core.inference)."""
+    """One checkpoint on the CPU engine, the product's path (core.runtime.img2img)."""
 
     def __init__(self, path: Path) -> None:
-        from core.engine import Engine
+        from core.runtime.engine import Engine
 
         self.path = path
         self.engine = Engine.from_path(path, device="cpu")
@@ -135,7 +135,8 @@ class Model:
         self.schedule = Schedule.from_dict(self.engine.checkpoint.meta.diffusion or {})
 
     def run(self, images: Sequence[np.ndarray], hashes: Sequence[str], strength: float):
-        from core.inference import Inference, InferenceError, OutputSettings, SamplingSettings
+        from core.runtime.errors import InferenceError
+        from core.runtime.img2img import Inference, OutputSettings, SamplingSettings
 
         sampling = SamplingSettings(strength=strength, steps=self.recommended.steps)
         inference = Inference(self.engine, OutputSettings(self.size), sampling)
@@ -154,8 +155,8 @@ def step_cost(model: Model, photos: Sequence[np.ndarray], repeats: int) -> dict[
     """ms per image per step through the engine at the recommended settings, against the
     model-alone floor: the same engine's network call (``Engine._run_model``, the one the
     sampler makes) on a batch of the same shape, as many times as there are steps."""
-    from core.diffusion import step_count, to_model
-    from core.inference import SamplingSettings
+    from core.diffusion.schedule import step_count, to_model
+    from core.runtime.img2img import SamplingSettings
 
     engine, rec = model.engine, model.recommended
     batch = min(engine.max_batch, len(photos))

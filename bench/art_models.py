@@ -1,6 +1,7 @@
 """The art benchmark's two models: one documented recipe, trained once, cached by its hash.
 
-A :class:`Recipe` names two procedural collections A and B (``core.procedural`` styles), how
+A :class:`Recipe` names two procedural collections A and B (``core.synthetic.procedural`` styles),
+how
 they are drawn (count, size, seed) and how a denoise model is trained on each (the same
 ``python -m core.train`` arguments for both). :func:`build` draws the collections and trains
 the two models side by side, one CPU thread each (as ``make default-model`` trains, so model
@@ -11,7 +12,7 @@ the trainer's code: after a change to ``core/train.py`` delete ``build/art-bench
 re-train.)
 
 Each collection has a *train* split (what the model sees) and a *held-out* split drawn with
-another data-set seed (disjoint image seeds, see ``core.procedural.write_dataset``), which
+another data-set seed (disjoint image seeds, see ``core.synthetic.procedural.write_dataset``), which
 the benchmark measures against. ``python -m bench.art_models`` builds and prints the paths.
 """
 
@@ -124,7 +125,7 @@ def style_of(recipe: Recipe, which: str) -> str:
 
 def draw_collection(recipe: Recipe, which: str, split: str, folder: Path) -> Path:
     """Write collection ``which`` (a or b), ``split``, as PNGs into ``folder`` (once)."""
-    from core.procedural import write_dataset
+    from core.synthetic.procedural import write_dataset
 
     done = folder / ".done"
     if not done.exists():

@@ -60,9 +60,9 @@ def photo_mix(folder: Path, count: int) -> list[Path]:
 
 
 def bench(run: Run) -> None:
-    from core.colour import ColourPolicy
-    from core.engine import Engine
-    from core.inference import OutputSettings
+    from core.images.colour import ColourPolicy
+    from core.runtime.engine import Engine
+    from core.runtime.img2img import OutputSettings
     from daemon.oneshot import process
 
     checkpoint, _ = bench_checkpoints(run.out)
@@ -116,8 +116,8 @@ def bench(run: Run) -> None:
 def stage_costs(files: list[Path], settings: dict, repeats: int) -> dict[str, dict[str, float]]:
     """CPU ms per image of decode and of encode for each setting, one thread: the settings
     alternate file by file (a shared machine's drift hits both alike), medians of the sums."""
-    from core import imaging
-    from core.inference import encode_output
+    from core.images import loading
+    from core.runtime.img2img import encode_output
 
     meta = {"ai_generated": "true", "Software": "artd", "artd:model": "bench",
             "artd:input_sha256": "0" * 64, "artd:settings": "{}"}  # fmt: skip
@@ -128,7 +128,7 @@ def stage_costs(files: list[Path], settings: dict, repeats: int) -> dict[str, di
         for data in datas:
             for name, out in settings.items():
                 started = time.process_time()
-                image, origin = imaging.load_with_origin(
+                image, origin = loading.load_with_origin(
                     data, out.size, colour=out.colour, keep_alpha=out.keep_alpha
                 )
                 middle = time.process_time()

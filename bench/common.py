@@ -83,7 +83,7 @@ def last_json_line(text: str) -> dict[str, Any]:
 
 def seeded_model_state(seed: int = 0) -> dict[str, torch.Tensor]:
     """A fixed random ConvDiffusionModel with non-trivial BatchNorm statistics."""
-    from core.model import ConvDiffusionModel
+    from core.network.model import ConvDiffusionModel
 
     torch.manual_seed(seed)
     model = ConvDiffusionModel()

@@ -202,7 +202,7 @@ def bench_shipped(run: Run) -> None:
     and per sampling step (network passes), since a denoise model's cost is the step count."""
     import core
     from core.checkpoint import load_checkpoint
-    from core.diffusion import step_count
+    from core.diffusion.schedule import step_count
 
     meta = load_checkpoint(core.DEFAULT_CHECKPOINT).meta
     settings = shipped_settings()

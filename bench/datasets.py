@@ -19,7 +19,7 @@ def textured(seed: int, width: int, height: int) -> Image.Image:
     """Procedural art (shapes, fields) drawn at a quarter scale, upscaled, plus full-res grain:
     the entropy of a photo (decode cost depends on it) at a fraction of the generation time."""
     try:
-        from core.procedural import generate
+        from core.synthetic.procedural import generate
     except ImportError:  # the procedural module is optional for the bench
         generate = None
     rng = np.random.default_rng(seed)

@@ -1,7 +1,8 @@
 """How close to the photo any denoiser can come at a low strength: the art bench's floor.
 
 At strength s the sampler noises the photo to level t = s, as SDEdit defines strength, before
-the network sees it: ``x_t = a x0 + n eps`` in model space (``core.diffusion.noised``), so the
+the network sees it: ``x_t = a x0 + n eps`` in model space (``core.diffusion.schedule.noised``), so
+the
 photo is under noise of standard deviation ``n / a`` in model space, ``127.5 n / a`` in
 0..255 levels (11.4 at strength 0.05 on the cosine schedule). Whatever the network, what it
 gives back is at best that photo denoised. For the same photos this measures the mean
@@ -26,7 +27,7 @@ import torch
 
 from bench.art import PHOTOS, mean_levels, photo, square
 from bench.common import fmt, table
-from core.diffusion import Schedule, noised, seeded_noise
+from core.diffusion.schedule import Schedule, noised, seeded_noise
 
 # Each denoiser's strength grid, in units of the true noise sd (nl_means' h) or absolute (tv).
 NL_MEANS_H = (0.4, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5)

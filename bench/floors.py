@@ -29,17 +29,17 @@ def per_item_ms(work: Callable[[], object], items: int, repeats: int) -> float:
 
 
 def decode_ms(files: list[Path], repeats: int) -> float:
-    from core import imaging
+    from core.images import loading
 
     blobs = [p.read_bytes() for p in files]  # from memory: the page cache holds them anyway
     return per_item_ms(
-        lambda: [imaging.load(b, 128, "stretch") for b in blobs], len(blobs), repeats
+        lambda: [loading.load(b, 128, "stretch") for b in blobs], len(blobs), repeats
     )
 
 
 def model_ms(checkpoint: Path, device: str, repeats: int) -> dict[str, float]:
     """ms/image for each (precision, batch); the engine's own choices (layout, probe) apply."""
-    from core.engine import Engine
+    from core.runtime.engine import Engine
 
     figures = {}
     for precision in ("fp32", "auto"):
@@ -56,7 +56,7 @@ def model_ms(checkpoint: Path, device: str, repeats: int) -> dict[str, float]:
 
 def seed_layout_ms(checkpoint: Path, device: str, repeats: int) -> float:
     """The seed's model call: fp32, NCHW, batch 1, no_grad."""
-    from core.model import ConvDiffusionModel
+    from core.network.model import ConvDiffusionModel
 
     model = ConvDiffusionModel().to(device).eval()
     model.load_state_dict(torch.load(checkpoint, map_location=device))
@@ -79,7 +79,7 @@ def encode_ms(repeats: int) -> tuple[float, float, float]:
     import zlib
 
     from bench.datasets import textured
-    from core.encoding import encode
+    from core.outputs.encoding import encode
 
     images = [textured(i, 128, 128) for i in range(16)]  # texture like the model's outputs
     meta = {f"artd:{k}": "x" * 64 for k in ("model", "input", "settings", "time", "ai")}
@@ -98,7 +98,7 @@ def encode_ms(repeats: int) -> tuple[float, float, float]:
 
 def unfolded_ms(checkpoint: Path, device: str, repeats: int) -> dict[str, float]:
     """The seed's module (BatchNorm not folded), channels_last, batch 4: what the engine ran
-    before core.inference_net, for the side-by-side."""
+    before core.network.folded, for the side-by-side."""
     from core.checkpoint import build_model, load_checkpoint
 
     model = build_model(load_checkpoint(checkpoint)).to(device)

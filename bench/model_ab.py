@@ -2,7 +2,7 @@
 
 ``python -m bench.model_ab OLD.safetensors NEW.safetensors [--precision P] [--repeats N]``
 runs four scikit-image photos, resized to 512x344 (the daemon's default size for a 3:2
-photo), as one batch through ``core.inference.Inference`` at each checkpoint's recommended
+photo), as one batch through ``core.runtime.img2img.Inference`` at each checkpoint's recommended
 sampler settings, alternating the two ``repeats`` times on this machine, and prints the
 medians and their ratio. Without ``--precision`` each engine picks its own, as the daemon
 does; ``--precision fp32`` compares the networks' work alone. Use it before shipping a new
@@ -32,9 +32,9 @@ def batch() -> list[np.ndarray]:
 
 def main(argv: list[str] | None = None) -> int:
     from core.checkpoint import load_checkpoint
-    from core.engine import Engine
-    from core.inference import Inference, OutputSettings
-    from core.sampling import SamplingSettings
+    from core.runtime.engine import Engine
+    from core.runtime.img2img import Inference, OutputSettings
+    from core.runtime.samplers import SamplingSettings
 
     parser = argparse.ArgumentParser(prog="python -m bench.model_ab", description=__doc__)
     parser.add_argument("old", type=Path)

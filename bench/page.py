@@ -2,7 +2,7 @@
 outputs the page and API answer in under 200 ms and the daemon's memory stays flat).
 
 ``python -m bench.page [--outputs 10000] [--rounds 400] [--out build/page-bench.json]``
-fills a data root with real PNG outputs (artd's own metadata, encoded by core.encoding) and
+fills a data root with real PNG outputs (artd's own metadata, encoded by core.outputs.encoding) and
 archived JPEG originals in one flat folder (the worst case for a listing), plus quarantined
 files with sidecars, starts the real daemon on it (the shipped model, on the CPU) and
 times every endpoint the page polls: the first (cold) request, then medians, p95 and
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from daemon_harness import Daemon  # noqa: E402
 
-from core.encoding import encode  # noqa: E402
+from core.outputs.encoding import encode  # noqa: E402
 
 ENDPOINTS = (
     "/",

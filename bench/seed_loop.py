@@ -21,7 +21,7 @@ from PIL import Image  # noqa: E402
 from torchvision import transforms  # noqa: E402
 from torchvision.utils import save_image  # noqa: E402
 
-from core.model import ConvDiffusionModel  # noqa: E402  (the seed's network, same layers)
+from core.network.model import ConvDiffusionModel  # noqa: E402  (the seed's network, same layers)
 
 
 def main() -> None:

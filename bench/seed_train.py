@@ -19,7 +19,7 @@ from torch import nn, optim
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from core.model import ConvDiffusionModel
+from core.network.model import ConvDiffusionModel
 
 
 def is_valid_image(path: str) -> bool:

@@ -28,7 +28,7 @@ _DEVICE_SPEC = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 def check_device(value: str) -> str:
     """A ``device`` setting's validator (daemon, ``artd process``, trainer): the spec's shape
-    only; whether that device exists is core.devices.pick_device's question, at start."""
+    only; whether that device exists is core.runtime.devices.pick_device's question, at start."""
     if not _DEVICE_SPEC.fullmatch(value):
         raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
     return value

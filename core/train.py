@@ -21,7 +21,8 @@ gate kept the served model, also when that model has another objective (under to
 
 ``--objective style`` (issue 13) trains photo -> the collection's manner (Johnson et al. 2016):
 the content photos (``--content-data``, default the collection) are the input, the loss is
-``core.losses.StyleLoss`` against the collection's Gram statistics (``core.training.style``).
+``core.training.losses.StyleLoss`` against the collection's Gram statistics
+(``core.training.style``).
 It needs VGG16 weights whatever ``--perceptual-weight`` says, and stops before any work when
 none are found.
 """
@@ -46,7 +47,12 @@ from torch.utils.data import DataLoader
 
 from core.checkpoint import CheckpointMeta
 from core.config import SettingsError
-from core.losses import (
+from core.training.distributed import Dist, main_first, setup
+from core.training.evaluate import batch_to_device, device_pixels, evaluate
+from core.training.gate import EXIT_NOT_PROMOTED, promotion_gate
+from core.training.learner import Learner, build_learner
+from core.training.loaders import Data, load_data
+from core.training.losses import (
     WITHOUT_VGG_STYLE,
     PerceptualLoss,
     StyleFeatures,
@@ -54,11 +60,6 @@ from core.losses import (
     TrainingLoss,
     resolve_vgg_features,
 )
-from core.training.distributed import Dist, main_first, setup
-from core.training.evaluate import batch_to_device, device_pixels, evaluate
-from core.training.gate import EXIT_NOT_PROMOTED, promotion_gate
-from core.training.learner import Learner, build_learner
-from core.training.loaders import Data, load_data
 from core.training.objective import (
     Figure,
     TrainingNoise,
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
 def _expected(exc: Exception) -> bool:
     """Errors whose message says it all (no traceback needed)."""
     from core.checkpoint import CheckpointError
-    from core.losses import VGGWeightsError
+    from core.training.losses import VGGWeightsError
 
     return isinstance(exc, VGGWeightsError | CheckpointError | FileNotFoundError | SettingsError)
 

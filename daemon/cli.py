@@ -65,7 +65,7 @@ def run_process(argv: list[str]) -> int:
     except (CheckpointError, ValueError, RuntimeError) as exc:
         logger.error("cannot load the model: {}", exc)
         return EXIT_FATAL
-    from core.inference import OutputSettings
+    from core.runtime.img2img import OutputSettings
 
     report = process(
         paths,

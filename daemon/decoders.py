@@ -17,9 +17,9 @@ Test hook, inert in production: a pool built with ``test_segfault=True`` (the de
 SIGSEGV on any file whose bytes start with :data:`SEGFAULT_MARKER`.
 
 Colour and transparency (issue 15): workers convert by the file's ICC profile to sRGB
-(``DecodeSettings.colour``, core.colour) and, with ``keep_alpha``, return HWC *RGBA* arrays
-for inputs with transparency (core.inference re-attaches the alpha). :meth:`DecoderPool.
-decode_with_origin` also returns the input's core.origin.Origin (format, profile, metadata).
+(``DecodeSettings.colour``, core.images.colour) and, with ``keep_alpha``, return HWC *RGBA* arrays
+for inputs with transparency (core.runtime.img2img re-attaches the alpha). :meth:`DecoderPool.
+decode_with_origin` also returns the input's core.images.origin.Origin (format, profile, metadata).
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
-from core import imaging
-from core.colour import ColourPolicy
 from core.durable import open_regular
-from core.imaging import ImageError, ResizePolicy
-from core.origin import Origin
+from core.images import loading
+from core.images.colour import ColourPolicy
+from core.images.loading import ImageError, ResizePolicy
+from core.images.origin import Origin
 from core.reasons import Reason
 
 DECODE_TIMEOUT_S = 120.0  # far beyond any real image at max_pixels: a hang, not slowness
@@ -54,7 +54,7 @@ _SEGFAULT_FROM_ENV = os.environ.get("_ARTD_TEST_SEGFAULT") == "1"
 class DecodeSettings:
     size: int | str
     resize: ResizePolicy = "fit"
-    max_pixels: int = imaging.DEFAULT_MAX_PIXELS
+    max_pixels: int = loading.DEFAULT_MAX_PIXELS
     background: tuple[int, int, int] = (255, 255, 255)
     colour: ColourPolicy = field(default_factory=ColourPolicy)
     keep_alpha: bool = False
@@ -101,7 +101,7 @@ def _decode(request: _Request) -> tuple[Any, ...]:
             mtime = os.fstat(handle.fileno()).st_mtime
         if test_segfault and data.startswith(SEGFAULT_MARKER):
             ctypes.string_at(0)  # a real SIGSEGV, as a broken native decoder would give
-        image, origin = imaging.load_with_origin(
+        image, origin = loading.load_with_origin(
             data, size, resize, max_pixels=max_pixels, background=background,
             colour=colour, keep_alpha=keep_alpha,
         )  # fmt: skip
@@ -227,7 +227,7 @@ class DecoderPool:
     def decode_with_origin(
         self, path: os.PathLike[str] | str, settings: DecodeSettings | None = None
     ) -> tuple[np.ndarray, float, Origin]:
-        """:meth:`decode` and the input's Origin (for core.inference.Inference.encode)."""
+        """:meth:`decode` and the input's Origin (for core.runtime.img2img.Inference.encode)."""
         s = settings or self.settings
         request = (os.fspath(path), s.size, s.resize, s.max_pixels, s.background)
         request += (self._test_segfault, s.colour, s.keep_alpha)

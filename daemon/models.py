@@ -20,7 +20,7 @@ from pathlib import Path
 from loguru import logger
 
 from core.checkpoint import CheckpointError
-from core.engine import Engine
+from core.runtime.engine import Engine
 from daemon.reload import Identity, identity, probe
 
 

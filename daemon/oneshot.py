@@ -1,17 +1,17 @@
 """``artd process`` and ``artd generate``: run a checkpoint once and write the outputs.
 
 ``process``: files or folders through the model. The inference step is the daemon's
-(core.inference); only the files' way in and out differs. A denoise checkpoint's noise is
+(core.runtime.img2img); only the files' way in and out differs. A denoise checkpoint's noise is
 seeded from each input file's content hash, so the same file gives the same pixels on every
 run. Decoding and encoding run in a thread pool (Pillow releases the GIL) while the engine
 works on the previous chunk, so the model is rarely idle. Bad inputs are reported and
 skipped; the rest are still processed.
 
-``generate``: images from noise (core.generate), named ``<seed>-<index>.<ext>``; a name
+``generate``: images from noise (core.diffusion.generate), named ``<seed>-<index>.<ext>``; a name
 that already exists is never overwritten: the run is refused before the model starts.
 
 Outputs are written durably (core.durable). Colour, transparency, quality, the AI label and
-the input's metadata follow ``OutputSettings`` (core.inference, docs/colour.md); with
+the input's metadata follow ``OutputSettings`` (core.runtime.img2img, docs/colour.md); with
 ``format = "same"`` each output's extension is the input's format, sniffed from its first bytes.
 """
 
@@ -32,14 +32,15 @@ from loguru import logger
 from PIL import Image
 from tqdm import tqdm
 
-from core import imaging
 from core.durable import write_atomic
-from core.encoding import OUTPUT_FORMATS, encode
-from core.engine import Engine
-from core.inference import Inference, InferenceError, OutputSettings
-from core.origin import Origin
+from core.images import loading
+from core.images.origin import Origin
+from core.outputs.encoding import OUTPUT_FORMATS, encode
 from core.reasons import Reason
-from core.sampling import SamplingSettings
+from core.runtime.engine import Engine
+from core.runtime.errors import InferenceError
+from core.runtime.img2img import Inference, OutputSettings
+from core.runtime.samplers import SamplingSettings
 
 EXIT_OK, EXIT_FATAL, EXIT_SOME_REJECTED = 0, 1, 2
 # Files decoded ahead of the engine; bounds memory however many inputs there are.
@@ -133,7 +134,7 @@ def process(
     engine: Engine,
     *,
     size: int,
-    resize: imaging.ResizePolicy,
+    resize: loading.ResizePolicy,
     fmt: str,
     workers: int | None = None,
     progress: bool | None = None,
@@ -216,7 +217,7 @@ def generate_files(
     Raises GenerateRefused before any model work when the checkpoint cannot generate or an
     output name exists; an image the model fails on, or one whose write fails, is reported
     in the Report and the rest are still written."""
-    from core.generate import generate, generated_provenance, generation_settings
+    from core.diffusion.generate import generate, generated_provenance, generation_settings
 
     try:
         generation_settings(engine, sampling)
@@ -263,14 +264,14 @@ def generate_files(
 def _decode(job: Job, settings: OutputSettings) -> Job:
     data = job.source.read_bytes()
     job.sha256 = hashlib.sha256(data).hexdigest()
-    image, job.origin = imaging.load_with_origin(
+    image, job.origin = loading.load_with_origin(
         data, settings.size, settings.resize, background=settings.background,
         colour=settings.colour, keep_alpha=settings.keep_alpha,
     )  # fmt: skip
     if image.mode == "RGBA":
-        job.pixels = np.asarray(image)  # core.inference splits and re-attaches the alpha
+        job.pixels = np.asarray(image)  # core.runtime.img2img splits and re-attaches the alpha
     else:
-        job.pixels = imaging.to_uint8_array(image)
+        job.pixels = loading.to_uint8_array(image)
     return job
 
 
@@ -278,7 +279,7 @@ def _sniffed(path: Path) -> str | None:
     """The format named by the file's first bytes (None: unknown or unreadable)."""
     try:
         with path.open("rb") as handle:
-            return imaging.sniff(handle.read(64))
+            return loading.sniff(handle.read(64))
     except OSError:
         return None
 
@@ -295,7 +296,7 @@ def _gather(futures: list[Future[Job]], jobs: list[Job]) -> tuple[list[Job], lis
     for job, future in zip(jobs, futures, strict=True):
         try:
             ready.append(future.result())
-        except imaging.ImageError as exc:
+        except loading.ImageError as exc:
             failed.append((job.source, exc.reason, exc.message))
         except OSError as exc:
             failed.append((job.source, Reason.UNREADABLE, str(exc)))

@@ -47,7 +47,7 @@ class OutputOptions(BaseSettings):
         if self.copy_gps and not self.copy_metadata:
             raise ValueError("copy_gps needs copy_metadata: GPS is copied only with the rest")
         if self.cmyk_profile is not None:
-            from core.colour import ColourError, load_profile, profile_space
+            from core.images.colour import ColourError, load_profile, profile_space
 
             try:
                 data = load_profile(self.cmyk_profile.expanduser())
@@ -61,7 +61,7 @@ class OutputOptions(BaseSettings):
                 f"{missing} is needed too: Content Credentials need both c2pa_cert and c2pa_key"
             )
         if self.c2pa_cert is not None and self.c2pa_key is not None:
-            from core.content_credentials import CredentialsError, load_credentials
+            from core.outputs.content_credentials import CredentialsError, load_credentials
 
             try:
                 load_credentials(self.c2pa_cert.expanduser(), self.c2pa_key.expanduser())

@@ -3,7 +3,7 @@
 One thread owns the engine (the device); decoding runs in worker processes (daemon.decoders:
 a decoder that segfaults costs one file, not the service), driven by a thread pool of the
 same size; encoding runs in a thread pool (Pillow releases the GIL). What the model does to
-an image and how the result is encoded is core.inference's, shared with ``artd process``;
+an image and how the result is encoded is core.runtime.img2img's, shared with ``artd process``;
 a denoise checkpoint's noise is seeded from each claimed file's content hash, so the same
 file dropped twice gives the same pixels, whatever shares its batch.
 The number of claimed files in memory is bounded by ``max_in_flight``: intake simply stops
@@ -37,15 +37,16 @@ import numpy as np
 from loguru import logger
 from PIL import Image
 
-from core import imaging
-from core.batcher import Batcher
 from core.checkpoint import CheckpointError
-from core.colour import ColourPolicy
-from core.engine import Engine
-from core.inference import Inference, InferenceError, OutputSettings
-from core.origin import Origin
+from core.images import loading
+from core.images.colour import ColourPolicy
+from core.images.origin import Origin
 from core.reasons import Reason
-from core.sampling import SamplingSettings
+from core.runtime.batcher import Batcher
+from core.runtime.engine import Engine
+from core.runtime.errors import InferenceError
+from core.runtime.img2img import Inference, OutputSettings
+from core.runtime.samplers import SamplingSettings
 from daemon import memory
 from daemon.decoders import (
     DecoderPool,
@@ -82,7 +83,7 @@ class Decoded:
     pixels: np.ndarray  # HWC uint8, the model's input size
     input_mtime: float
     group: Group = ("", "")
-    origin: Origin | None = None  # format, profile, metadata (core.origin)
+    origin: Origin | None = None  # format, profile, metadata (core.images.origin)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class _JobView:
 
 def job_output(job: dict[str, Any], daemon: DaemonSettings) -> JobOutput:
     """The OutputSettings of a job: every output field from its settings, through the one
-    constructor core.inference has for settings (new output fields need no code here)."""
+    constructor core.runtime.img2img has for settings (new output fields need no code here)."""
     return JobOutput.from_settings(_JobView(job, daemon), job=job)  # type: ignore[return-value]
 
 
@@ -293,7 +294,7 @@ class Pipeline:
             self._retry_later(claim, RETRY_DELAYS_S[1])
             self._finished()
             return
-        except imaging.ImageError as exc:
+        except loading.ImageError as exc:
             self._quarantine(claim, exc.reason, exc.message)
             return
         except OSError as exc:

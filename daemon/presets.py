@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsConfigDict
 
 from core.config import InitOnly
-from core.encoding import OUTPUT_FORMATS
+from core.outputs.encoding import OUTPUT_FORMATS
 from daemon import sidecars
 from daemon.settings import DaemonSettings, RenderSettings
 

@@ -16,7 +16,7 @@ import torch
 from loguru import logger
 
 from core.checkpoint import CheckpointError
-from core.engine import Engine
+from core.runtime.engine import Engine
 
 Identity = tuple[str, int, int, int]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from loguru import logger
 
 from core.checkpoint import CheckpointError
-from core.engine import Engine
+from core.runtime.engine import Engine
 from daemon import http, memory, sidecars, systemd
 from daemon.decoders import DecoderPool
 from daemon.intake import Intake

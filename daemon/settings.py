@@ -21,17 +21,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import core
 from core.config import FlagNames, InitOnly, check_device
-from core.encoding import OUTPUT_FORMATS
-from core.imaging import DEFAULT_MAX_PIXELS
-from core.precision import PRECISIONS
-from core.shapes import check_output_size, check_size
+from core.images.loading import DEFAULT_MAX_PIXELS
+from core.network.precision import PRECISIONS
+from core.network.shapes import check_output_size, check_size
+from core.outputs.encoding import OUTPUT_FORMATS
 from daemon.logs import LogSettings
 from daemon.output_settings import OutputOptions
 from daemon.page_settings import PageSettings
 
 if TYPE_CHECKING:
-    from core.engine import Engine
-    from core.sampling import SamplingSettings
+    from core.runtime.engine import Engine
+    from core.runtime.samplers import SamplingSettings
 
 _INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
@@ -41,7 +41,8 @@ def _default_instance() -> str:
     return name if _INSTANCE_NAME.match(name) else "artd"
 
 
-# A seed is hashed into each image's noise seed (core.diffusion.image_seed): any size works,
+# A seed is hashed into each image's noise seed (core.diffusion.schedule.image_seed): any size
+# works,
 # this bound keeps it a 64-bit signed integer everywhere it is recorded.
 MAX_SEED = 2**63 - 1
 MAX_STEPS = 1000
@@ -51,7 +52,7 @@ class ModelSettings(BaseSettings):
     """The model, where it runs and how its sampler is driven: shared by the daemon,
     ``artd process`` and ``artd generate``. The sampler settings (``strength``, ``steps``,
     ``eta``, ``seed``) are read by a denoise checkpoint; unset, each is the checkpoint's
-    recommendation (else core.sampling.DEFAULT_SAMPLER); a reconstruct checkpoint ignores
+    recommendation (else core.runtime.samplers.DEFAULT_SAMPLER); a reconstruct checkpoint ignores
     them and says so in one log line."""
 
     checkpoint: Path = Field(
@@ -104,8 +105,8 @@ class ModelSettings(BaseSettings):
         return self
 
     def sampling(self) -> SamplingSettings:
-        """The sampler settings as core.sampling takes them (None fields: the model's)."""
-        from core.sampling import SamplingSettings  # here: building flags needs no torch
+        """The sampler settings as core.runtime.samplers takes them (None fields: the model's)."""
+        from core.runtime.samplers import SamplingSettings  # here: building flags needs no torch
 
         return SamplingSettings(
             strength=self.strength, steps=self.steps, eta=self.eta, seed=self.seed
@@ -113,7 +114,7 @@ class ModelSettings(BaseSettings):
 
     def load_engine(self, path: os.PathLike[str] | str | None = None) -> Engine:
         """The model at ``path`` (default: ``checkpoint``) on these settings' device."""
-        from core.engine import Engine  # here: building a command's flags needs no model
+        from core.runtime.engine import Engine  # here: building a command's flags needs no model
 
         return Engine.from_path(
             path or self.checkpoint,
@@ -259,7 +260,7 @@ MAX_GENERATE_COUNT = 10_000
 
 class GenerateSettings(InitOnly, FlagNames, ModelSettings):
     """``artd generate``'s settings: flags only, as ``artd process``. ``seed`` is the run's:
-    image ``i`` is made from ``generate:<seed>:<i>`` (core.generate), so a run repeats;
+    image ``i`` is made from ``generate:<seed>:<i>`` (core.diffusion.generate), so a run repeats;
     ``strength`` is accepted and ignored (generation is always strength 1)."""
 
     model_config = SettingsConfigDict(extra="forbid", validate_default=True)

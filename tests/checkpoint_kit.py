@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from core.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
-from core.model import ConvDiffusionModel
+from core.network.model import ConvDiffusionModel
 
 
 def random_state_dict(seed: int) -> dict[str, torch.Tensor]:

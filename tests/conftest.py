@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.checkpoint import CheckpointMeta, save_checkpoint  # noqa: E402
-from core.model import ConvDiffusionModel  # noqa: E402
+from core.network.model import ConvDiffusionModel  # noqa: E402
 
 
 def seeded_model(seed: int = 0) -> ConvDiffusionModel:

@@ -22,7 +22,7 @@ from bench.style_signature import (
     set_signature,
     term_distances,
 )
-from core.diffusion import Schedule, step_count
+from core.diffusion.schedule import Schedule, step_count
 
 RECIPE = art_models.TINY
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import art_styles
-from core.art_styles import STYLES, contact_sheet, render
+from core.synthetic import art_styles
+from core.synthetic.art_styles import STYLES, contact_sheet, render
 
 NAMES = list(STYLES)
 

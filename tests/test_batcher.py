@@ -1,10 +1,11 @@
-"""core.batcher: the timing rules, with a hand-driven clock, and one-shot batches by shape."""
+"""core.runtime.batcher: the timing rules, with a hand-driven clock, and one-shot batches by
+shape."""
 
 from __future__ import annotations
 
 import pytest
 
-from core.batcher import Batcher, by_shape
+from core.runtime.batcher import Batcher, by_shape
 
 
 class Clock:

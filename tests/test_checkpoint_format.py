@@ -33,7 +33,7 @@ from core.checkpoint import (
     save_checkpoint,
 )
 from core.durable import file_sha256, fsync_dir, write_atomic
-from core.model import ARCHITECTURE, ConvDiffusionModel
+from core.network.model import ARCHITECTURE, ConvDiffusionModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -266,7 +266,7 @@ def test_save_into_read_only_folder_fails_cleanly(tmp_path: Path) -> None:
     script = (
         "import sys\n"
         "from core.checkpoint import CheckpointError, CheckpointMeta, save_checkpoint\n"
-        "from core.model import ConvDiffusionModel\n"
+        "from core.network.model import ConvDiffusionModel\n"
         "try:\n"
         "    save_checkpoint(sys.argv[1], ConvDiffusionModel().state_dict(), CheckpointMeta())\n"
         "except CheckpointError as exc:\n"

@@ -24,7 +24,7 @@ from core.checkpoint import (
     save_checkpoint,
     validate_state_dict,
 )
-from core.model import ARCHITECTURE, ConvDiffusionModel
+from core.network.model import ARCHITECTURE, ConvDiffusionModel
 
 # --- metadata ------------------------------------------------------------------------------------
 

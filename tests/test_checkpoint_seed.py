@@ -20,7 +20,7 @@ from checkpoint_kit import (
 )
 
 from core.checkpoint import build_model, load_checkpoint, save_checkpoint
-from core.model import ARCHITECTURE, ConvDiffusionModel
+from core.network.model import ARCHITECTURE, ConvDiffusionModel
 
 # --- seed imports --------------------------------------------------------------------------------
 

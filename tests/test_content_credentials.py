@@ -13,9 +13,9 @@ c2pa = pytest.importorskip("c2pa")
 from c2pa_kit import make_chain  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from core.content_credentials import DIGITAL_SOURCE_TYPE, read_manifest  # noqa: E402
-from core.engine import Engine  # noqa: E402
-from core.inference import OutputSettings  # noqa: E402
+from core.outputs.content_credentials import DIGITAL_SOURCE_TYPE, read_manifest  # noqa: E402
+from core.runtime.engine import Engine  # noqa: E402
+from core.runtime.img2img import OutputSettings  # noqa: E402
 from daemon.oneshot import process  # noqa: E402
 from daemon.settings import ProcessSettings  # noqa: E402
 

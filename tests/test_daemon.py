@@ -22,7 +22,7 @@ from test_oneshot import artd
 from test_sampling_commands import pixels, sampler_of, save_denoise_checkpoint
 
 from core.checkpoint import CheckpointMeta, promote, save_checkpoint
-from core.encoding import read_metadata
+from core.outputs.encoding import read_metadata
 
 
 def jpeg_bytes(seed: int, size: tuple[int, int] = (96, 64)) -> bytes:

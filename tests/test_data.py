@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import procedural
-from core.data import CachedImages, assign_splits, prepare, scan
+from core.synthetic import procedural
+from core.training.data import CachedImages, assign_splits, prepare, scan
 
 
 def make_collection(root: Path, count: int = 12, size: int = 40) -> list[Path]:
@@ -40,7 +40,7 @@ def test_procedural_is_deterministic_and_varied(tmp_path):
 
     out = tmp_path / "set"
     result = subprocess.run(
-        [sys.executable, "-m", "core.procedural", "--out", str(out), "--count", "5",
+        [sys.executable, "-m", "core.synthetic.procedural", "--out", str(out), "--count", "5",
          "--size", "32", "--seed", "7", "--format", "png"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip

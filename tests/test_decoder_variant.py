@@ -1,4 +1,4 @@
-"""The ``upsample`` and ``upsample-full`` decoder variants (core.model): folded parity,
+"""The ``upsample`` and ``upsample-full`` decoder variants (core.network.model): folded parity,
 what the full-resolution level adds, checkpoint round trip,
 refusal of weights that do not match the recorded variant, and a denoise run that trains,
 records and serves it. Real torch, real files."""
@@ -12,13 +12,13 @@ import pytest
 import torch
 from loguru import logger
 
-from core import procedural
 from core.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
-from core.engine import Engine
-from core.inference import Inference, OutputSettings
-from core.inference_net import FoldedModel
-from core.model import FULL_WIDTH, ConvDiffusionModel
-from core.sampling import SamplingSettings
+from core.network.folded import FoldedModel
+from core.network.model import FULL_WIDTH, ConvDiffusionModel
+from core.runtime.engine import Engine
+from core.runtime.img2img import Inference, OutputSettings
+from core.runtime.samplers import SamplingSettings
+from core.synthetic import procedural
 from core.train import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,8 +15,8 @@ from test_oneshot import artd
 
 import core
 from bench.style_signature import Signature, set_signature, term_distances
-from core import procedural
 from core.checkpoint import load_checkpoint
+from core.synthetic import procedural
 
 CARD = Path(core.__file__).parent / "assets" / "MODEL_CARD.md"
 

@@ -1,4 +1,4 @@
-"""core.diffusion: schedule, settings, the SDEdit/DDIM sampler and a toy denoise training.
+"""core.diffusion.schedule: schedule, settings, the SDEdit/DDIM sampler and a toy denoise training.
 
 Real torch on the CPU with tiny shapes; the denoiser is the real ConvDiffusionModel."""
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.diffusion import (
+from core.diffusion.schedule import (
     V_RANGE,
     SamplerSettings,
     Schedule,
@@ -27,7 +27,7 @@ from core.diffusion import (
     target,
     timesteps,
 )
-from core.model import ConvDiffusionModel
+from core.network.model import ConvDiffusionModel
 
 SIZE = 16
 SCHEDULE = Schedule()

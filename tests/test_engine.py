@@ -1,4 +1,4 @@
-"""core.engine and core.inference with real checkpoints and real torch: seed parity,
+"""core.runtime.engine and core.runtime.img2img with real checkpoints and real torch: seed parity,
 batching, failures, the recorded image space."""
 
 from __future__ import annotations
@@ -13,17 +13,18 @@ from conftest import seeded_model, textured_image
 from PIL import Image
 from torchvision import transforms
 
-from core import imaging
 from core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from core.encoding import read_metadata
-from core.engine import Engine, InferenceError, pick_device
-from core.inference import Inference, OutputSettings
-from core.model import IMAGENET_MEAN, IMAGENET_STD
+from core.images import loading
+from core.network.model import IMAGENET_MEAN, IMAGENET_STD
+from core.outputs.encoding import read_metadata
+from core.runtime.engine import Engine, pick_device
+from core.runtime.errors import InferenceError
+from core.runtime.img2img import Inference, OutputSettings
 
 
 def seed_inference(checkpoint: Path, image_path: Path) -> np.ndarray:
     """The seed's own inference script (docs/seed.md), returning what its save_image writes."""
-    from core.model import ConvDiffusionModel
+    from core.network.model import ConvDiffusionModel
 
     mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
     transform = transforms.Compose(
@@ -46,7 +47,7 @@ def test_seed_checkpoint_matches_seed_inference(seed_checkpoint: Path, tmp_path:
     for i, size in enumerate([(200, 150), (96, 160), (128, 128)]):
         path = tmp_path / f"in{i}.png"
         textured_image(*size, seed=i).save(path)
-        [ours] = engine.run([imaging.load(path, 128, "stretch")])
+        [ours] = engine.run([loading.load(path, 128, "stretch")])
         expected = seed_inference(seed_checkpoint, path)
         diff = np.abs(np.asarray(ours).astype(int) - expected.astype(int))
         assert diff.max() <= 1, f"image {i}: max diff {diff.max()}/255"
@@ -54,7 +55,7 @@ def test_seed_checkpoint_matches_seed_inference(seed_checkpoint: Path, tmp_path:
 
 def test_pixel_space_output_is_the_sigmoid(pixel_checkpoint: Path) -> None:
     engine = Engine.from_path(pixel_checkpoint, device="cpu", precision="fp32")
-    x = imaging.to_tensor(textured_image(64, 48)).unsqueeze(0)
+    x = loading.to_tensor(textured_image(64, 48)).unsqueeze(0)
     model = seeded_model(0)
     normalized = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
         IMAGENET_STD
@@ -124,13 +125,14 @@ def test_compiled_model_matches_eager(pixel_checkpoint: Path) -> None:
 
 
 def test_the_recorded_normalization_drives_the_input(tmp_path: Path) -> None:
-    """Pre-processing comes from the checkpoint's metadata (core.space), not from constants."""
+    """Pre-processing comes from the checkpoint's metadata (core.network.space), not from
+    constants."""
     mean, std = [0.5, 0.5, 0.5], [0.25, 0.5, 1.0]
     path = tmp_path / "own-stats.safetensors"
     meta = CheckpointMeta(normalization={"mean": mean, "std": std})
     save_checkpoint(path, seeded_model(0).state_dict(), meta)
     engine = Engine(load_checkpoint(path), device="cpu", precision="fp32")
-    x = imaging.to_tensor(textured_image(32, 24)).unsqueeze(0)
+    x = loading.to_tensor(textured_image(32, 24)).unsqueeze(0)
     normalized = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     with torch.no_grad():
         expected = seeded_model(0)(normalized)
@@ -140,11 +142,11 @@ def test_the_recorded_normalization_drives_the_input(tmp_path: Path) -> None:
 def test_the_inference_step_batches_by_shape_and_encodes_with_provenance(
     pixel_checkpoint: Path,
 ) -> None:
-    """core.inference, the step the daemon and `artd process` share."""
+    """core.runtime.img2img, the step the daemon and `artd process` share."""
     engine = Engine.from_path(pixel_checkpoint, device="cpu", precision="fp32", max_batch=2)
     step = Inference(engine, OutputSettings(64, "fit", "png"))
     images = [textured_image(64, 48, seed=i) for i in range(3)] + [textured_image(32, 64)]
-    pixels = [imaging.to_uint8_array(image) for image in images]
+    pixels = [loading.to_uint8_array(image) for image in images]
     for ours, theirs in zip(step.run_all(pixels), engine.run(images), strict=True):
         assert np.asarray(ours).tobytes() == np.asarray(theirs).tobytes()
     [broken] = step.run([np.zeros((8, 12, 4), np.uint8)])  # four channels: the model refuses

@@ -1,4 +1,5 @@
-"""core.imaging and core.encoding: safe decode of real (good, broken, hostile) files, resize,
+"""core.images.loading and core.outputs.encoding: safe decode of real (good, broken, hostile)
+files, resize,
 tensors, encode."""
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from PIL import Image, ImageFile
 from torchvision import transforms
 from torchvision.utils import save_image
 
-from core import imaging
-from core.encoding import OUTPUT_FORMATS, encode, read_metadata
-from core.imaging import ImageError, decode, load, resize, target_size
+from core.images import loading
+from core.images.loading import ImageError, decode, load, resize, target_size
+from core.outputs.encoding import OUTPUT_FORMATS, encode, read_metadata
 from core.reasons import DECODE_REASONS
 
 WHITE = (255, 255, 255)
@@ -385,14 +386,14 @@ def test_load_without_draft_is_decode_plus_resize(tmp_path: Path) -> None:
 
 def test_to_tensor_matches_torchvision_exactly() -> None:
     img = Image.fromarray(samples.pattern())
-    tensor = imaging.to_tensor(img)
+    tensor = loading.to_tensor(img)
     assert tensor.dtype == torch.float32 and tensor.shape == (3, 32, 48)
     assert torch.equal(tensor, transforms.ToTensor()(img))
     assert tensor.is_contiguous()
 
 
 def test_to_uint8_array_is_hwc_rgb() -> None:
-    arr = imaging.to_uint8_array(Image.fromarray(samples.pattern()).convert("L"))
+    arr = loading.to_uint8_array(Image.fromarray(samples.pattern()).convert("L"))
     assert arr.dtype == np.uint8 and arr.shape == (32, 48, 3)
 
 
@@ -400,16 +401,16 @@ def test_from_tensor_rounds_as_save_image(tmp_path: Path) -> None:
     t = torch.rand(3, 16, 24, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.1
     save_image(t, tmp_path / "ref.png")
     with Image.open(tmp_path / "ref.png") as ref:
-        assert imaging.from_tensor(t).tobytes() == ref.convert("RGB").tobytes()
-    assert imaging.from_tensor(t.unsqueeze(0)).size == (24, 16)
-    assert imaging.from_tensor(t.half()).size == (24, 16)
+        assert loading.from_tensor(t).tobytes() == ref.convert("RGB").tobytes()
+    assert loading.from_tensor(t.unsqueeze(0)).size == (24, 16)
+    assert loading.from_tensor(t.half()).size == (24, 16)
     with pytest.raises(ValueError):
-        imaging.from_tensor(torch.zeros(2, 4, 4))
+        loading.from_tensor(torch.zeros(2, 4, 4))
 
 
 def test_tensor_round_trip_is_lossless() -> None:
     img = Image.fromarray(samples.pattern())
-    assert imaging.from_tensor(imaging.to_tensor(img)).tobytes() == img.tobytes()
+    assert loading.from_tensor(loading.to_tensor(img)).tobytes() == img.tobytes()
 
 
 # --- encode -----------------------------------------------------------------------------
@@ -461,8 +462,8 @@ def test_draft_decoding_stays_close_to_a_full_decode(tmp_path: Path, policy: str
     # 7/255 off; keeping twice the target bounds it. Pure white noise is worse (5/255).
     path = tmp_path / "big.jpg"
     textured_image(1600, 1200, seed=3).save(path, quality=90)
-    fast = np.asarray(imaging.load(path, 128, policy, draft=True)).astype(int)
-    full = np.asarray(imaging.load(path, 128, policy, draft=False)).astype(int)
+    fast = np.asarray(loading.load(path, 128, policy, draft=True)).astype(int)
+    full = np.asarray(loading.load(path, 128, policy, draft=False)).astype(int)
     assert fast.shape == full.shape
     assert np.abs(fast - full).max() <= 3
     assert np.abs(fast - full).mean() < 1

@@ -1,4 +1,4 @@
-"""core.inference_net: the BatchNorm-folded network against the seed's module, real torch."""
+"""core.network.folded: the BatchNorm-folded network against the seed's module, real torch."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import torch
 from conftest import seeded_model
 
 from core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from core.devices import native_reduced_dtype
-from core.engine import Engine
-from core.inference_net import FoldedModel, _has_fused_ops, stage_dtypes
-from core.model import ConvDiffusionModel
-from core.precision import PRECISIONS
+from core.network.folded import FoldedModel, _has_fused_ops, stage_dtypes
+from core.network.model import ConvDiffusionModel
+from core.network.precision import PRECISIONS
+from core.runtime.devices import native_reduced_dtype
+from core.runtime.engine import Engine
 
 
 def negative_scale_model() -> ConvDiffusionModel:

@@ -1,5 +1,6 @@
-"""The denoise sampler in the one inference path (core.sampling, core.engine, core.inference,
-core.generate): real checkpoint files, the real network, real torch on the CPU, 32 px."""
+"""The denoise sampler in the one inference path (core.runtime.samplers, core.runtime.engine,
+core.runtime.img2img,
+core.diffusion.generate): real checkpoint files, the real network, real torch on the CPU, 32 px."""
 
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ import torch
 from conftest import seeded_model, textured_image
 from loguru import logger
 
-from core import imaging
 from core.checkpoint import CheckpointMeta, save_checkpoint
-from core.diffusion import SamplerSettings, Schedule
-from core.encoding import read_metadata
-from core.engine import Engine
-from core.generate import generate, generated_provenance
-from core.inference import Inference, OutputSettings, SamplingSettings
-from core.sampling import DEFAULT_SAMPLER, DiffusionSampler, content_seeds, sampler_for
+from core.diffusion.generate import generate, generated_provenance
+from core.diffusion.schedule import SamplerSettings, Schedule
+from core.images import loading
+from core.outputs.encoding import read_metadata
+from core.runtime.engine import Engine
+from core.runtime.img2img import Inference, OutputSettings, SamplingSettings
+from core.runtime.samplers import DEFAULT_SAMPLER, DiffusionSampler, content_seeds, sampler_for
 
 HALF = {"mean": [0.5] * 3, "std": [0.5] * 3}
 FEW = SamplingSettings(strength=0.5, steps=6)  # three network calls per image
@@ -52,7 +53,7 @@ def engine(denoise_checkpoint: Path) -> Engine:
 
 
 def arrays(count: int, size: int = 32) -> list[np.ndarray]:
-    return [imaging.to_uint8_array(textured_image(size, size, seed=i)) for i in range(count)]
+    return [loading.to_uint8_array(textured_image(size, size, seed=i)) for i in range(count)]
 
 
 def sha(array: np.ndarray) -> str:
@@ -198,7 +199,7 @@ def test_provenance_records_objective_and_sampler_settings(engine: Engine) -> No
 
 
 def test_run_all_pairs_hashes_with_their_images_across_shapes(engine: Engine) -> None:
-    images = [*arrays(3), imaging.to_uint8_array(textured_image(16, 32, seed=5))]
+    images = [*arrays(3), loading.to_uint8_array(textured_image(16, 32, seed=5))]
     hashes = [sha(a) for a in images]
     step = Inference(engine, OutputSettings(32), FEW)
     together = pixels_of(step.run_all(images, hashes))

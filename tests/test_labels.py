@@ -15,10 +15,10 @@ import skimage.data
 from PIL import ExifTags, Image, TiffImagePlugin
 from test_colour import exiftool
 
-from core.encoding import read_metadata
-from core.engine import Engine
-from core.inference import OutputSettings
-from core.labels import DIGITAL_SOURCE_TYPE
+from core.outputs.encoding import read_metadata
+from core.outputs.labels import DIGITAL_SOURCE_TYPE
+from core.runtime.engine import Engine
+from core.runtime.img2img import OutputSettings
 from daemon.oneshot import process
 
 pytestmark = [
@@ -140,7 +140,7 @@ def test_format_same_keeps_each_inputs_format(engine: Engine, tmp_path: Path) ->
 
 
 def test_private_metadata_round_trips_in_every_format() -> None:
-    from core.inference import encode_output
+    from core.runtime.img2img import encode_output
 
     meta = {"ai_generated": "true", "artd:model": "été", "artd:input_sha256": "ab" * 32}
     img = Image.fromarray(np.zeros((16, 16, 3), np.uint8))

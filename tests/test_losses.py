@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.models.vgg import cfgs, make_layers
 
-from core.losses import (
+from core.training.losses import (
     VGG16_FILENAME,
     PerceptualLoss,
     TrainingLoss,

@@ -1,4 +1,4 @@
-"""The low-noise prior: dead-leaves images (``core.dead_leaves``) swapped in below a noise
+"""The low-noise prior: dead-leaves images (``core.synthetic.dead_leaves``) swapped in below a noise
 level while a denoise model trains (``core.training.objective.LowNoisePrior``), so that a low
 strength gives a photograph back. Real images, real torch, real training steps."""
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from bench.art import photo, square
-from core import procedural
-from core.dead_leaves import dead_leaves, dead_leaves_batch
-from core.diffusion import Schedule, noised, seeded_noise, target
-from core.model import ConvDiffusionModel
+from core.diffusion.schedule import Schedule, noised, seeded_noise, target
+from core.network.model import ConvDiffusionModel
+from core.synthetic import procedural
+from core.synthetic.dead_leaves import dead_leaves, dead_leaves_batch
 from core.training.objective import LowNoisePrior, TrainingNoise, low_noise_prior
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,7 +13,7 @@ from conftest import seeded_model, textured_image
 from daemon_harness import Daemon, files_under, wait_for
 
 from core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from core.encoding import read_metadata
+from core.outputs.encoding import read_metadata
 
 STYLES = ["ink", "oil", "pastel", "chalk"]
 

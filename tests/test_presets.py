@@ -18,7 +18,7 @@ from daemon_harness import Daemon, files_under, wait_for
 from PIL import Image
 
 from core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from core.encoding import read_metadata
+from core.outputs.encoding import read_metadata
 from daemon.presets import Resolver
 from daemon.settings import DaemonSettings
 from daemon.spool import Spool

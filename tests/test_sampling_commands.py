@@ -15,8 +15,8 @@ from test_oneshot import artd
 
 from core.checkpoint import CheckpointMeta, save_checkpoint
 from core.config import SettingsError, load_settings, settings_from_flags
-from core.diffusion import Schedule
-from core.encoding import read_metadata
+from core.diffusion.schedule import Schedule
+from core.outputs.encoding import read_metadata
 from daemon.settings import DaemonSettings, GenerateSettings, ProcessSettings
 
 RECOMMENDED = {"strength": 0.5, "steps": 4, "eta": 1.0}

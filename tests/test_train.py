@@ -19,13 +19,13 @@ import torch
 from safetensors.torch import load_file
 from torchvision.models.vgg import cfgs, make_layers
 
-from core import procedural
 from core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from core.config import SettingsError
-from core.losses import VGG16_FILENAME
-from core.model import ConvDiffusionModel
+from core.network.model import ConvDiffusionModel
+from core.synthetic import procedural
 from core.train import main
 from core.training.gate import EXIT_NOT_PROMOTED
+from core.training.losses import VGG16_FILENAME
 from core.training.settings import parse_settings
 
 REPO = Path(__file__).resolve().parents[1]

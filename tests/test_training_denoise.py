@@ -16,13 +16,13 @@ from loguru import logger
 from PIL import Image
 from safetensors.torch import load_file
 
-from core import procedural
 from core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from core.diffusion import Schedule
-from core.losses import TrainingLoss
-from core.model import ConvDiffusionModel
+from core.diffusion.schedule import Schedule
+from core.network.model import ConvDiffusionModel
+from core.synthetic import procedural
 from core.train import main
 from core.training.evaluate import evaluate
+from core.training.losses import TrainingLoss
 from core.training.objective import VAL_LEVELS, Figure, TrainingNoise, space_for
 
 SIZE = 32

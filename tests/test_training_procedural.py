@@ -1,4 +1,5 @@
-"""``python -m core.procedural --style``: the art styles as training collections, one style
+"""``python -m core.synthetic.procedural --style``: the art styles as training collections, one
+style
 or a mix, next to the procedural ones (real files, small images)."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import art_styles, procedural
+from core.synthetic import art_styles, procedural
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +24,7 @@ def images_in(folder: Path) -> list[Path]:
 def test_the_cli_writes_an_engraving_collection(tmp_path):
     out = tmp_path / "engravings"
     result = subprocess.run(
-        [sys.executable, "-m", "core.procedural", "--out", str(out), "--count", "3",
+        [sys.executable, "-m", "core.synthetic.procedural", "--out", str(out), "--count", "3",
          "--size", "24", "--seed", "2", "--style", "engraving", "--flat"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip

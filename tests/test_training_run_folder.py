@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from core.checkpoint import CheckpointMeta, load_checkpoint
-from core.model import ConvDiffusionModel
-from core.space import imagenet
+from core.network.model import ConvDiffusionModel
+from core.network.space import imagenet
 from core.training.evaluate import batch_to_device
 from core.training.run_folder import RunFolder
 from core.training.state import LAST_STATE, load_training_state

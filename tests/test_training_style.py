@@ -22,16 +22,16 @@ from skimage import data as photos
 from test_oneshot import artd
 from torchvision.models.vgg import cfgs, make_layers
 
-from core import procedural
 from core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from core.encoding import read_metadata
-from core.losses import StyleFeatures, gram, load_vgg_file
-from core.model import IMAGENET_MEAN, IMAGENET_STD, ConvDiffusionModel
-from core.sampling import SinglePass, sampler_for
-from core.space import imagenet
+from core.network.model import IMAGENET_MEAN, IMAGENET_STD, ConvDiffusionModel
+from core.network.space import imagenet
+from core.outputs.encoding import read_metadata
+from core.runtime.samplers import SinglePass, sampler_for
+from core.synthetic import procedural
 from core.train import main
 from core.training.distributed import Dist
 from core.training.loaders import load_data
+from core.training.losses import StyleFeatures, gram, load_vgg_file
 from core.training.run_folder import RunFolder
 from core.training.settings import parse_settings
 from core.training.style import build_style_loss, evaluate_style, mean_grams

@@ -11,10 +11,10 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from core import imaging
-from core.colour import ColourPolicy
-from core.engine import Engine
-from core.inference import OutputSettings
+from core.images import loading
+from core.images.colour import ColourPolicy
+from core.runtime.engine import Engine
+from core.runtime.img2img import OutputSettings
 from daemon.oneshot import process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,14 +62,14 @@ def _write_png16_rgba(path: Path, pixels: np.ndarray) -> None:
 def test_decode_keeps_alpha_and_resizes_it(tmp_path: Path) -> None:
     files = write_inputs(tmp_path)
     for name in ("rgba", "deep"):
-        img = imaging.load(files[name], 64, colour=ColourPolicy(), keep_alpha=True)
+        img = loading.load(files[name], 64, colour=ColourPolicy(), keep_alpha=True)
         assert img.mode == "RGBA" and img.size == (64, 64)
         alpha = np.asarray(img)[..., 3].astype(int)
         assert np.abs(alpha - gradient_alpha(64, 64)).max() <= 3, name
-    flat = imaging.load(files["rgba"], 64, colour=ColourPolicy())
+    flat = loading.load(files["rgba"], 64, colour=ColourPolicy())
     assert flat.mode == "RGB"
     assert (np.asarray(flat)[:, 0] > 245).all()  # alpha 0 at the left: the white background
-    palette = imaging.load(files["palette"], 64, colour=ColourPolicy(), keep_alpha=True)
+    palette = loading.load(files["palette"], 64, colour=ColourPolicy(), keep_alpha=True)
     alpha = np.asarray(palette)[..., 3]
     assert (alpha[:, :30] == 0).all() and (alpha[:, 34:] == 255).all()
 
@@ -112,7 +112,7 @@ def test_jpeg_composites_on_the_background(pixel_checkpoint: Path, tmp_path: Pat
 
 
 def test_identity_alpha_round_trip_restores_straight_colour() -> None:
-    from core.inference import _attach_alpha, _composite
+    from core.runtime.img2img import _attach_alpha, _composite
 
     rgba = np.dstack([skimage.data.coffee()[:64, :64], gradient_alpha(64, 64)])
     background = np.asarray((255, 255, 255), np.float32)

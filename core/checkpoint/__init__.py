@@ -1,7 +1,7 @@
 """Checkpoints: what weights are, how they are stored, imported, validated and served.
 
 - ``meta``: :class:`CheckpointMeta` (the metadata every checkpoint records, its
-  ``normalization`` and ``image_space`` read by ``core.space``), :class:`Checkpoint`,
+  ``normalization`` and ``image_space`` read by ``core.network.space``), :class:`Checkpoint`,
   :class:`CheckpointError`.
 - ``weights``: :func:`validate_state_dict` against ConvDiffusionModel, wrapper prefixes,
   :func:`build_model`.

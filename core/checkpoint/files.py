@@ -1,7 +1,7 @@
 """Saving and loading checkpoint files: content sniffing, validation, atomic writes.
 
 The kind of file is decided by its content, never by its extension: artd's safetensors
-format (``safetensors_format``) or a torch file from the seed's script (``seed``).
+format (``safetensors_format``) or a torch file from the post's script (``post``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from loguru import logger
 
-from core.checkpoint import safetensors_format, seed
+from core.checkpoint import post, safetensors_format
 from core.checkpoint.meta import Checkpoint, CheckpointError, CheckpointMeta
 from core.checkpoint.weights import strip_wrapper_prefixes, validate_state_dict
 from core.durable import open_regular, write_atomic
-from core.model import ARCHITECTURE
+from core.network.model import ARCHITECTURE
 
 # ConvDiffusionModel weighs about 5 MB; anything near this is not one of ours.
 MAX_CHECKPOINT_BYTES = 1 << 30
@@ -89,8 +89,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     # safetensors first: its length prefix may well start with 0x80 (a header of 384 bytes).
     if safetensors_format.looks_like_safetensors(data):
         state_dict, meta = safetensors_format.parse(data, label)
-    elif seed.looks_like_torch_file(data):
-        state_dict, meta = seed.load_seed(data, real, label)
+    elif post.looks_like_torch_file(data):
+        state_dict, meta = post.load_seed(data, real, label)
     else:
         raise CheckpointError(
             f"not a checkpoint (content is neither safetensors nor a torch file; "

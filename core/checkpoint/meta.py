@@ -3,7 +3,8 @@
 
 The metadata is stored as JSON in the safetensors header (``core.checkpoint.safetensors_format``)
 under the field names below; renaming a field changes the on-disk format. ``normalization`` and
-``image_space`` drive how the checkpoint's network sees images (``core.space.ImageSpace.of``).
+``image_space`` drive how the checkpoint's network sees images
+(``core.network.space.ImageSpace.of``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import torch
 
 from core import __version__
-from core.model import ARCHITECTURE, DECODERS, IMAGENET_MEAN, IMAGENET_STD
+from core.network.model import ARCHITECTURE, DECODERS, IMAGENET_MEAN, IMAGENET_STD
 
 # Bump when the layout changes incompatibly; readers refuse versions newer than they know.
 FORMAT_VERSION = 1
@@ -27,12 +28,13 @@ ImageSpaceName = Literal["pixel", "seed"]
 IMAGE_SPACES: tuple[str, ...] = ("pixel", "seed")
 RESIZE_POLICIES: tuple[str, ...] = ("fit", "stretch")
 # reconstruct: the seed's (one pass, image -> image; bare seed state_dicts are this).
-# denoise: trained to recover the clean image from a noised one (core.diffusion), served
+# denoise: trained to recover the clean image from a noised one (core.diffusion.schedule), served
 # through the multi-step sampler; its ``diffusion`` records the schedule.
 # style: trained to render a photo in a collection's manner (Johnson et al. 2016; one pass,
 # the photo in ImageNet normalisation, like reconstruct; core.training.style).
 OBJECTIVES: tuple[str, ...] = ("reconstruct", "denoise", "style")
-# Recommended sampler settings a checkpoint may carry (core.diffusion.SamplerSettings' keys).
+# Recommended sampler settings a checkpoint may carry (core.diffusion.schedule.SamplerSettings'
+# keys).
 SAMPLER_KEYS = frozenset({"strength", "steps", "eta"})
 
 
@@ -72,11 +74,11 @@ class CheckpointMeta:
     settings: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     objective: str = "reconstruct"
-    # denoise only: core.diffusion.Schedule.to_dict(); None for one-pass objectives.
+    # denoise only: core.diffusion.schedule.Schedule.to_dict(); None for one-pass objectives.
     diffusion: dict[str, Any] | None = None
     # Recommended sampler settings ({"strength": .., "steps": .., "eta": ..}), may be empty.
     sampler: dict[str, float] = field(default_factory=dict)
-    # The network's decoder variant (core.model.DECODERS); files written before it existed,
+    # The network's decoder variant (core.network.model.DECODERS); files written before it existed,
     # and every seed file, are the seed's "transpose".
     decoder: str = "transpose"
 

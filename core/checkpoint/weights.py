@@ -13,7 +13,7 @@ import torch
 from loguru import logger
 
 from core.checkpoint.meta import Checkpoint, CheckpointError
-from core.model import ARCHITECTURE, ConvDiffusionModel, expected_shapes
+from core.network.model import ARCHITECTURE, ConvDiffusionModel, expected_shapes
 
 # Wrapper prefixes stripped from every key when all keys carry them.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")

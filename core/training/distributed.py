@@ -17,7 +17,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from core.devices import pick_device
+from core.runtime.devices import pick_device
 
 T = TypeVar("T")
 

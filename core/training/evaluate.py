@@ -1,7 +1,7 @@
 """Batches onto the device, and the validation metrics every epoch and the gate report.
 
 A batch from the training cache is uint8 NHWC; the network gets it normalised the way its
-image space says (``core.space``) and the loss compares 0..1 pixels, whatever the space.
+image space says (``core.network.space``) and the loss compares 0..1 pixels, whatever the space.
 Validation batches come with their images' keys (content hashes): a denoise checkpoint's
 figure noises each image with noise seeded by its key (``core.training.objective.Figure``).
 """
@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from core.losses import TrainingLoss
-from core.space import ImageSpace, imagenet, uint8_to_pixels
+from core.network.space import ImageSpace, imagenet, uint8_to_pixels
+from core.training.losses import TrainingLoss
 from core.training.objective import Figure
 
 # One validation batch: uint8 NHWC pixels and each image's key (its content hash).

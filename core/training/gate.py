@@ -2,7 +2,7 @@
 
 The gate evaluates the run's best checkpoint and the currently served one on the *current*
 validation split with the same loss, each in the image space its metadata records
-(``core.space.ImageSpace.of``: a served seed-space checkpoint is judged by the seed's own
+(``core.network.space.ImageSpace.of``: a served seed-space checkpoint is judged by the seed's own
 post-processing), and moves the pointer (atomically, via ``core.checkpoint.promote``) only
 when the new loss is at most ``served x (1 + tolerance)``.
 
@@ -35,9 +35,9 @@ import torch
 from loguru import logger
 
 from core.checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, promote
-from core.losses import StyleLoss, TrainingLoss
-from core.space import ImageSpace
+from core.network.space import ImageSpace
 from core.training.evaluate import KeyedBatch, evaluate
+from core.training.losses import StyleLoss, TrainingLoss
 from core.training.objective import Figure
 from core.training.style import evaluate_style
 

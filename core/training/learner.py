@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from core.devices import native_reduced_dtype
-from core.model import ConvDiffusionModel
-from core.space import ImageSpace
+from core.network.model import ConvDiffusionModel
+from core.network.space import ImageSpace
+from core.runtime.devices import native_reduced_dtype
 from core.training.distributed import Dist
 from core.training.objective import space_for
 from core.training.settings import TrainSettings

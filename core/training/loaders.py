@@ -1,6 +1,7 @@
 """The data a run trains and validates on: the prepared set and the loaders over its splits.
 
-``core.data`` scans, decodes once into a memory-mapped cache and splits; this module runs that
+``core.training.data`` scans, decodes once into a memory-mapped cache and splits; this module runs
+that
 on rank 0 only, hands the result to the other ranks and builds each rank's loader: a
 ``DistributedSampler`` shuffled by (seed, epoch), so a resumed epoch sees the same order.
 Validation batches carry each image's content hash (:class:`ValBatches`), the key of the
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from core.data import CachedImages, PreparedData, prepare
+from core.training.data import CachedImages, PreparedData, prepare
 from core.training.distributed import Dist, share_from_main
 from core.training.run_folder import RunFolder
 from core.training.settings import TrainSettings

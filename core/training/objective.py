@@ -4,7 +4,7 @@
 loss's parts (:func:`loss_parts`) and, like reconstruct, sees photos in ImageNet statistics.
 
 ``reconstruct`` (the seed's): the input is the image, normalised with ImageNet's statistics;
-the target is the image. ``denoise`` (issue 12, ``core.diffusion``): the input is the image
+the target is the image. ``denoise`` (issue 12, ``core.diffusion.schedule``): the input is the image
 noised to a random level t, ``x_t = noised(pixels, t, noise, schedule)``; the target is the
 clean image, which the network's Sigmoid predicts in 0..1. Its checkpoints record
 ``normalization`` mean = std = 0.5, so ``ImageSpace.normalize(p) == to_model(p) == 2p - 1``
@@ -20,12 +20,13 @@ A low-noise prior (:class:`LowNoisePrior`, ``--low-noise-prior dead-leaves``): a
 seen only its collection redraws a photo in the collection's tones even at a faint noise
 level, so a low strength does not give the photo back. With the prior, a share of the images
 drawn at a level below ``--low-noise-below`` are swapped for dead-leaves images
-(``core.dead_leaves``), whose statistics are a photograph's: there the network learns to
+(``core.synthetic.dead_leaves``), whose statistics are a photograph's: there the network learns to
 denoise like a denoiser of photographs, while above it the collection alone decides. The
 swap is drawn from the levels' generator, so a resumed run swaps exactly as before.
 
 The validation figure (:class:`Figure`) is deterministic: every validation image is judged
-at the fixed levels :data:`VAL_LEVELS`, with noise from ``core.diffusion.seeded_noise`` seeded
+at the fixed levels :data:`VAL_LEVELS`, with noise from ``core.diffusion.schedule.seeded_noise``
+seeded
 by the image's content hash and the level, so two nights (and the gate's two checkpoints)
 see the same noisy inputs.
 """
@@ -39,7 +40,7 @@ import torch
 from torch import nn
 
 from core.checkpoint import CheckpointMeta
-from core.diffusion import (
+from core.diffusion.schedule import (
     DENOISE_NORMALIZATION,
     SamplerSettings,
     Schedule,
@@ -51,7 +52,7 @@ from core.diffusion import (
     seeded_noise,
     target,
 )
-from core.space import ImageSpace, imagenet
+from core.network.space import ImageSpace, imagenet
 
 # The levels every validation image is judged at (denoise), and the sample grids' strengths.
 VAL_LEVELS = (0.25, 0.5, 0.75)
@@ -95,7 +96,7 @@ def objective_meta(
 
 
 def _seed(label: str, **values: object) -> int:
-    """A stable seed for one purpose (``core.diffusion.image_seed`` over a label)."""
+    """A stable seed for one purpose (``core.diffusion.schedule.image_seed`` over a label)."""
     return image_seed(label, values)
 
 
@@ -133,7 +134,7 @@ def low_noise_prior(
         return None
     if kind != "dead-leaves":
         raise ValueError(f"low-noise prior must be one of {', '.join(LOW_NOISE_PRIORS)}")
-    from core.dead_leaves import dead_leaves_batch
+    from core.synthetic.dead_leaves import dead_leaves_batch
 
     pool = dead_leaves_batch(_seed("low-noise-prior", seed=seed), PRIOR_POOL, size)
     images = torch.from_numpy(pool).permute(0, 3, 1, 2).contiguous().to(device)
@@ -144,7 +145,8 @@ class TrainingNoise:
     """A denoise run's levels and noise, re-seeded per epoch from (seed, rank, epoch), and
     its :class:`LowNoisePrior` if it has one.
 
-    Levels are drawn on the CPU (``core.diffusion.sample_levels``); the noise on the training
+    Levels are drawn on the CPU (``core.diffusion.schedule.sample_levels``); the noise on the
+    training
     device, from a generator there (no host-to-device copy per step)."""
 
     def __init__(
@@ -169,7 +171,7 @@ class TrainingNoise:
 
     def pair(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The network's input and target for a batch of 0..1 pixels, each image at its own
-        level (``core.diffusion.noised`` and ``core.diffusion.target``)."""
+        level (``core.diffusion.schedule.noised`` and ``core.diffusion.schedule.target``)."""
         t = sample_levels(pixels.shape[0], self._levels)
         if self.prior is not None:
             pixels = self.prior.mix(pixels, t, self._levels)
@@ -247,7 +249,8 @@ def denoise_samples(
     eta: float,
 ) -> tuple[torch.Tensor, int]:
     """The denoise sample grid's images, row by row: each held-out image, then it sampled at
-    :data:`SAMPLE_STRENGTHS` (``core.diffusion.sample``, fixed seeds), then one row from pure
+    :data:`SAMPLE_STRENGTHS` (``core.diffusion.schedule.sample``, fixed seeds), then one row from
+    pure
     noise (strength 1). Returns the (rows x columns, 3, H, W) pixels and the column count."""
 
     def denoise(x: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,8 @@ import io
 import torch
 from torchvision.utils import make_grid
 
-from core import imaging
-from core.encoding import encode
+from core.images import loading
+from core.outputs.encoding import encode
 
 # (metrics.jsonl key, legend label) of each curve in loss.png.
 CURVES = (
@@ -66,4 +66,4 @@ def sample_grid(inputs: torch.Tensor, outputs: torch.Tensor) -> tuple[bytes, tor
 def image_grid(images: torch.Tensor, columns: int) -> tuple[bytes, torch.Tensor]:
     """0..1 NCHW images laid out row by row, ``columns`` to a row: PNG and CHW tensor."""
     grid = make_grid(images.float().cpu(), nrow=columns, padding=2, pad_value=1.0)
-    return encode(imaging.from_tensor(grid), "png"), grid
+    return encode(loading.from_tensor(grid), "png"), grid

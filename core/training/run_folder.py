@@ -26,8 +26,8 @@ import torch
 from loguru import logger
 
 from core.checkpoint import CheckpointMeta, save_checkpoint
-from core.data import PreparedData
 from core.durable import write_atomic
+from core.training.data import PreparedData
 from core.training.pictures import image_grid, loss_plot_png, sample_grid
 from core.training.state import LAST_STATE, save_training_state
 

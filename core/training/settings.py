@@ -10,7 +10,7 @@ Under ``torchrun`` every process uses ``batch_size``: the global batch is
 global batch, scale ``lr`` yourself (linearly is the usual first guess for Adam at these sizes).
 
 ``objective`` picks what the network learns: ``reconstruct`` (the seed's: the image itself) or
-``denoise`` (the clean image from a noised one, ``core.diffusion``; see
+``denoise`` (the clean image from a noised one, ``core.diffusion.schedule``; see
 ``core.training.objective``). The ``sample_*`` settings are the img2img sampler a denoise
 checkpoint recommends (its ``meta.sampler``), also used for the run's sample grids.
 ``style`` (issue 13) trains photo -> the collection's manner (``core.training.style``): the
@@ -28,8 +28,8 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.config import add_settings_flags, check_device, settings_from_args
-from core.imaging import DEFAULT_MAX_PIXELS
-from core.shapes import check_size
+from core.images.loading import DEFAULT_MAX_PIXELS
+from core.network.shapes import check_size
 
 
 class TrainSettings(BaseSettings):
@@ -47,7 +47,7 @@ class TrainSettings(BaseSettings):
         "transpose",
         description="the network's 2x upsampling: the seed's transposed convolutions, "
         "nearest upsampling + 3x3 convolution (no checkerboard, ~4x the decoder's cost), or "
-        "upsample-full: upsample plus a full-resolution level (core/model.py)",
+        "upsample-full: upsample plus a full-resolution level (core/network/model.py)",
     )
     parameterisation: Literal["x0", "v"] = Field(
         "x0",
@@ -57,7 +57,7 @@ class TrainSettings(BaseSettings):
     low_noise_prior: Literal["none", "dead-leaves"] = Field(
         "none",
         description="denoise: images swapped in at low noise levels so that a low strength "
-        "gives a photo back: none, or dead-leaves (core/dead_leaves.py)",
+        "gives a photo back: none, or dead-leaves (core/synthetic/dead_leaves.py)",
     )
     low_noise_below: float = Field(
         0.1, gt=0, le=1, description="denoise: the level below which the prior is swapped in"

@@ -2,7 +2,8 @@
 
 Johnson, Alahi and Fei-Fei, "Perceptual Losses for Real-Time Style Transfer" (2016), as in
 pytorch/examples ``fast_neural_style``: the network gets a content photo (ImageNet-normalised,
-like reconstruct) and is trained with ``core.losses.StyleLoss``: relu2_2 of its output against
+like reconstruct) and is trained with ``core.training.losses.StyleLoss``: relu2_2 of its output
+against
 relu2_2 of the photo, the Gram matrices of its output at relu1_2, relu2_2 and relu3_3 against
 the collection's, and total variation.
 
@@ -24,12 +25,12 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from core.data import CachedImages
-from core.diffusion import image_seed
-from core.losses import STYLE_LAYERS, StyleFeatures, StyleLoss
-from core.space import ImageSpace
+from core.diffusion.schedule import image_seed
+from core.network.space import ImageSpace
+from core.training.data import CachedImages
 from core.training.distributed import Dist, share_from_main
 from core.training.evaluate import KeyedBatch, device_pixels
+from core.training.losses import STYLE_LAYERS, StyleFeatures, StyleLoss
 from core.training.settings import TrainSettings
 
 
@@ -54,7 +55,8 @@ def mean_grams(
 def build_style_loss(
     s: TrainSettings, d: Dist, features: StyleFeatures, style_set: CachedImages
 ) -> StyleLoss:
-    """The run's :class:`~core.losses.StyleLoss`: the target computed once on rank 0 (on its
+    """The run's :class:`~core.training.losses.StyleLoss`: the target computed once on rank 0 (on
+    its
     device) and shared, the weights from the settings."""
     features = features.to(d.device)
     target = share_from_main(d, lambda: mean_grams(features, style_set, d.device, s.batch_size))

@@ -2,7 +2,7 @@
 
 For PNG (the default output) the text chunks are walked directly, seeking past the image
 data, so a page of 24 results costs a few small reads, not 24 decodes. JPEG and WebP go
-through core.encoding.read_metadata. Results are cached by (path, mtime, size) in a
+through core.outputs.encoding.read_metadata. Results are cached by (path, mtime, size) in a
 bounded LRU; any problem gives ``{}``: metadata is shown, never trusted for anything.
 """
 
@@ -15,7 +15,7 @@ import threading
 import zlib
 from collections import OrderedDict
 
-from core.encoding import read_metadata
+from core.outputs.encoding import read_metadata
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_TEXT_CHUNK = 1 << 20

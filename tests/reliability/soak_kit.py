@@ -35,7 +35,7 @@ from PIL import Image
 from reliability_kit import proc_status, sha
 
 from core.checkpoint import CheckpointMeta, save_checkpoint
-from core.encoding import read_metadata
+from core.outputs.encoding import read_metadata
 from daemon.spool import SIDECAR_SUFFIX, TEMP_MARK
 
 JOB_SUFFIX = ".artd.json"  # daemon.sidecars.SUFFIX: a job sidecar beside an image

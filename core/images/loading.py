@@ -11,15 +11,15 @@ Pixel scaling of deep modes: 16-bit data (``I;16*``) and ``I`` (taken as 16-bit 
 to 0..65535) are divided by 257, so 65535 -> 255; ``F`` is taken as 0..1 (clipped, NaN -> 0).
 A tRNS colour on 16-bit greyscale is ignored (no PIL mode carries it as alpha).
 
-Colour (``colour``, a core.colour.ColourPolicy): None keeps the plain PIL conversions (the
+Colour (``colour``, a core.images.colour.ColourPolicy): None keeps the plain PIL conversions (the
 first design; the low-level default, so this module's contract is unchanged); the daemon,
 ``artd process`` and training pass a policy, and the embedded ICC profile is then converted to
-sRGB before anything else (core.colour). ``keep_alpha`` returns RGBA for an input with alpha
+sRGB before anything else (core.images.colour). ``keep_alpha`` returns RGBA for an input with alpha
 or a transparent colour (palette, tRNS) instead of compositing it on ``background``; the alpha
 is resized and oriented with the image. :func:`load_with_origin` also returns what the output
-keeps of its input (core.origin).
+keeps of its input (core.images.origin).
 
-Encoding results and their metadata is :mod:`core.encoding`'s job.
+Encoding results and their metadata is :mod:`core.outputs.encoding`'s job.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ from typing import IO, TYPE_CHECKING, Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from core.colour import ColourPolicy
 from core.durable import open_regular
-from core.origin import Origin, origin_of
+from core.images.colour import ColourPolicy
+from core.images.origin import Origin, origin_of
+from core.network.shapes import INPUT_SIZE
 from core.reasons import Reason
-from core.shapes import INPUT_SIZE
 
 if TYPE_CHECKING:
     import torch
@@ -194,7 +194,8 @@ def load_with_origin(
     colour: ColourPolicy | None = None,
     keep_alpha: bool = False,
 ) -> tuple[Image.Image, Origin]:
-    """:func:`load`, and the input's :class:`core.origin.Origin` (format, profile, metadata)."""
+    """:func:`load`, and the input's :class:`core.images.origin.Origin` (format, profile,
+    metadata)."""
     target_size(1, 1, size, policy)  # validate before touching the file
     planned: list[tuple[int, int]] = []
 
@@ -340,7 +341,7 @@ def _to_rgba(img: Image.Image) -> Image.Image:
         ) from exc
 
 
-# Modes LittleCMS converts directly (alpha split off by core.colour); others are first
+# Modes LittleCMS converts directly (alpha split off by core.images.colour); others are first
 # brought to one of them by PIL.
 _CMS_MODES = frozenset({"RGB", "RGBA", "L", "LA", "CMYK"})
 
@@ -372,7 +373,7 @@ def _finish(
     colour: ColourPolicy,
     keep_alpha: bool,
 ) -> Image.Image:
-    """The image as sRGB by its profile (core.colour), alpha kept or composited."""
+    """The image as sRGB by its profile (core.images.colour), alpha kept or composited."""
     work.info = {"icc_profile": icc} if icc else {}  # reduce/transpose/resize drop info
     srgb = colour.to_srgb(work) if colour.manage else _plain(work)
     srgb.info.pop("icc_profile", None)  # the pixels are sRGB now (or taken as such)

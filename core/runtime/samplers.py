@@ -1,6 +1,6 @@
 """Samplers: how a checkpoint's network turns a batch of pixels into a batch of pixels.
 
-The engine (core.engine) calls its sampler on each batch as ``sampler(pixels, network,
+The engine (core.runtime.engine) calls its sampler on each batch as ``sampler(pixels, network,
 seeds, settings)``, where ``network`` is the model in the engine's chosen precision and
 memory layout. Which sampler a checkpoint gets is :func:`sampler_for`'s choice, from the
 ``objective`` its metadata records:
@@ -10,15 +10,15 @@ memory layout. Which sampler a checkpoint gets is :func:`sampler_for`'s choice, 
 - ``style`` (issue 13): :class:`SinglePass` too: the network maps the photo, normalised
   with the ImageNet statistics its checkpoint records, to the stylised image in one pass.
   Sampler settings are ignored, with one log line, exactly as for reconstruct.
-- ``denoise``: :class:`DiffusionSampler`, SDEdit img2img through ``core.diffusion.sample``
+- ``denoise``: :class:`DiffusionSampler`, SDEdit img2img through ``core.diffusion.schedule.sample``
   with one network call per step for the whole batch. The checkpoint contract: pixel image
-  space with mean = std = 0.5, so the space's normalisation is ``core.diffusion.to_model``
+  space with mean = std = 0.5, so the space's normalisation is ``core.diffusion.schedule.to_model``
   (the sampler feeds the network x_t as is) and its output, the Sigmoid, is the predicted
   clean image in 0..1.
 
 What the user asks for is a :class:`SamplingSettings` (any field may be left unset); the
 checkpoint's recommended settings fill the rest (:meth:`SamplingSettings.resolve`). Each
-image's noise seed is ``core.diffusion.image_seed(input sha256, settings)``: the same file
+image's noise seed is ``core.diffusion.schedule.image_seed(input sha256, settings)``: the same file
 with the same settings gives the same output whatever else shares its batch.
 """
 
@@ -33,8 +33,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from core.diffusion import DENOISE_NORMALIZATION, SamplerSettings, Schedule, image_seed, sample
-from core.space import ImageSpace
+from core.diffusion.schedule import (
+    DENOISE_NORMALIZATION,
+    SamplerSettings,
+    Schedule,
+    image_seed,
+    sample,
+)
+from core.network.space import ImageSpace
 
 if TYPE_CHECKING:
     from core.checkpoint import CheckpointMeta
@@ -68,7 +74,7 @@ class SinglePass(nn.Module):
 
 
 class DiffusionSampler(nn.Module):
-    """SDEdit img2img on a denoise checkpoint (core.diffusion.sample), the batch stepping
+    """SDEdit img2img on a denoise checkpoint (core.diffusion.schedule.sample), the batch stepping
     together: one ``network`` call per step. ``recommended`` is what the checkpoint is
     served with unless the user overrides it."""
 
@@ -110,7 +116,8 @@ Sampler = SinglePass | DiffusionSampler
 class SamplingSettings:
     """The sampler settings a user asked for; ``None`` leaves a field to the checkpoint's
     recommendation, then to :data:`DEFAULT_SAMPLER`. Invalid values raise ValueError naming
-    the field (``strength``, ``steps``, ``eta`` or ``seed``), as core.diffusion words it."""
+    the field (``strength``, ``steps``, ``eta`` or ``seed``), as core.diffusion.schedule words
+    it."""
 
     strength: float | None = None
     steps: int | None = None

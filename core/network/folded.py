@@ -17,7 +17,7 @@ On CPU the convolution and its ReLU run as one oneDNN call
 where that op is missing or refuses the input, plain ``conv2d`` + ``relu_`` does the same.
 Weights are stored in the serving dtype, so no per-call casting (autocast) is needed.
 In fp32 the result equals the original model's to rounding (about 3e-7). The ``upsample``
-decoder variant (core.model) folds the same way: its stages are plain convolutions that run
+decoder variant (core.network.model) folds the same way: its stages are plain convolutions that run
 on the nearest-upsampled input; so does ``upsample-full``, whose full-resolution stages
 (``fine``, ``dec3``, ``mix``) are more of the same blocks and run in the output layer's dtype.
 """
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.model import ConvDiffusionModel, UpsampleConv2d
-from core.precision import MIXED_REDUCED_STAGES, PRECISIONS, STAGES
+from core.network.model import ConvDiffusionModel, UpsampleConv2d
+from core.network.precision import MIXED_REDUCED_STAGES, PRECISIONS, STAGES
 
 
 @dataclass

@@ -2,7 +2,7 @@
 (Johnson et al. 2016), with VGG16 weights found offline.
 
 Outputs and targets are both images in 0..1 (pixel space); VGG sees ImageNet-normalized
-copies of both (``core.space.imagenet``), which is what its features were trained on (the
+copies of both (``core.network.space.imagenet``), which is what its features were trained on (the
 seed fed it the mismatched spaces, defect 1 in docs/seed.md).
 
 VGG16 weights are looked up, in order: an explicit file, the torch hub cache
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from loguru import logger
 from torch import nn
 
-from core.space import imagenet
+from core.network.space import imagenet
 
 VGG16_FILENAME = "vgg16-397923af.pth"
 # features[:16] ends after relu3_3, the layer the seed (and most perceptual losses) use.

@@ -4,7 +4,7 @@ The seed's ethics section asks that AI-made art be transparent about being AI-ma
 daemon, ``artd process`` and ``artd generate`` all embed these fields in the files they
 write. A denoise checkpoint's outputs also record the sampler settings that made them
 (``artd:sampler``: strength, steps, eta and seed, where a null seed means the noise was
-seeded from the input's content hash and the other settings, core.diffusion.image_seed).
+seeded from the input's content hash and the other settings, core.diffusion.schedule.image_seed).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import core
 from core.checkpoint import Checkpoint
-from core.diffusion import SamplerSettings
+from core.diffusion.schedule import SamplerSettings
 
 
 def provenance(

@@ -2,8 +2,8 @@
 
 Private fields (``ai_generated``, ``artd:*``): PNG, one tEXt chunk per key (iTXt when not
 Latin-1); JPEG, the dict as JSON in a COM marker; WebP, the dict as JSON in the XMP packet.
-:func:`read_metadata` reads all three. The standard label (core.labels: XMP, EXIF), the
-colour profile and the alpha channel are passed in by the caller (core.inference): this module
+:func:`read_metadata` reads all three. The standard label (core.outputs.labels: XMP, EXIF), the
+colour profile and the alpha channel are passed in by the caller (core.runtime.img2img): this module
 only knows where each goes in each format. An image with alpha keeps it in PNG and WebP; JPEG
 cannot hold it, so it is composited on ``background``.
 """
@@ -19,7 +19,7 @@ from xml.sax.saxutils import unescape
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from core.labels import xmp_packet
+from core.outputs.labels import xmp_packet
 
 OUTPUT_FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 DEFAULT_QUALITY = 92
@@ -44,7 +44,8 @@ def encode(
     """Encode to ``fmt`` (a key of :data:`OUTPUT_FORMATS`) with ``metadata`` embedded.
 
     ``quality``: JPEG and lossy WebP; ``lossless``: WebP only. ``xmp``: the packet to embed
-    (for WebP it must carry the private fields, as core.labels.xmp_packet's does; without one
+    (for WebP it must carry the private fields, as core.outputs.labels.xmp_packet's does; without
+    one
     WebP gets a packet of the private fields alone). ``exif``: JPEG, WebP and PNG (eXIf)."""
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {fmt!r} (expected one of {list(OUTPUT_FORMATS)})")

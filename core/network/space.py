@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from core.model import IMAGENET_MEAN, IMAGENET_STD
+from core.network.model import IMAGENET_MEAN, IMAGENET_STD
 
 
 class ImageSpace(nn.Module):

@@ -1,7 +1,7 @@
 """Images from noise: a denoise checkpoint's sampler at strength 1 (``artd generate``).
 
 Image ``index`` of a run with ``seed`` gets the noise seed
-``core.diffusion.image_seed("generate:<seed>:<index>", settings)``, so a run repeats
+``core.diffusion.schedule.image_seed("generate:<seed>:<index>", settings)``, so a run repeats
 pixel for pixel, and image 3 of a run of 8 is image 3 of a run of 4, whatever the batch
 size. The engine's precision, out-of-memory halving and NaN retry apply as for img2img.
 """
@@ -13,11 +13,12 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
-from core.diffusion import SamplerSettings
-from core.engine import Engine, InferenceError
-from core.model import SIZE_MULTIPLE
-from core.provenance import provenance
-from core.sampling import SamplingSettings, seeds_for
+from core.diffusion.schedule import SamplerSettings
+from core.network.model import SIZE_MULTIPLE
+from core.outputs.provenance import provenance
+from core.runtime.engine import Engine
+from core.runtime.errors import InferenceError
+from core.runtime.samplers import SamplingSettings, seeds_for
 
 
 def generation_settings(engine: Engine, sampling: SamplingSettings | None) -> SamplerSettings:
@@ -79,7 +80,7 @@ def generated_provenance(
     sampling: SamplingSettings | None = None,
     settings: dict[str, object] | None = None,
 ) -> dict[str, str]:
-    """The metadata of image ``index`` of a run with ``seed`` (core.provenance, with the
+    """The metadata of image ``index`` of a run with ``seed`` (core.outputs.provenance, with the
     sampler settings and ``artd:source`` = its label; there is no input file to hash).
     ``settings``: the output settings as recorded (e.g. size and format)."""
     return provenance(

@@ -16,7 +16,7 @@ from xml.sax.saxutils import unescape
 
 from PIL import ExifTags, Image, IptcImagePlugin
 
-from core.colour import profile_space
+from core.images.colour import profile_space
 
 _BASE = ExifTags.Base
 _IPTC_BYLINE, _IPTC_KEYWORDS, _IPTC_COPYRIGHT, _IPTC_DATE = (2, 80), (2, 25), (2, 116), (2, 55)

@@ -2,14 +2,14 @@
 
 The engine owns device, precision and memory layout choices so callers only hand it
 decoded images; what the checkpoint does to an image (normalisation, the network's passes,
-post-processing) is its sampler's business (core.sampling). Reduced precision is taken
+post-processing) is its sampler's business (core.runtime.samplers). Reduced precision is taken
 only where the hardware does it natively and a probe image shows the output stays within
 tolerance of fp32; otherwise it runs fp32. A denoise checkpoint's probe runs its whole
 sampler at the recommended settings, so the tolerance holds for what is served.
 
 A denoise checkpoint also needs one noise seed per image and sampler settings: callers
 pass both (``run_batch(batch, seeds, sampling)``), or the engine seeds each image from its
-own bytes (core.sampling.content_seeds) and serves the checkpoint's recommendation. Both
+own bytes (core.runtime.samplers.content_seeds) and serves the checkpoint's recommendation. Both
 travel with the batch through the out-of-memory halving and the per-item fp32 retry.
 """
 
@@ -24,19 +24,19 @@ import torch
 from loguru import logger
 from PIL import Image
 
-from core.batcher import map_by_shape
 from core.checkpoint import Checkpoint, build_model, load_checkpoint
-from core.devices import native_reduced_dtype, pick_device
-from core.diffusion import SamplerSettings
-from core.imaging import from_tensor
-from core.inference import InferenceError
-from core.inference_net import FoldedModel, stage_dtypes
-from core.model import SIZE_MULTIPLE
+from core.diffusion.schedule import SamplerSettings
+from core.images.loading import from_tensor
+from core.network.folded import FoldedModel, stage_dtypes
+from core.network.model import SIZE_MULTIPLE
+from core.network.space import uint8_to_pixels
 from core.reasons import Reason
-from core.sampling import DiffusionSampler, SamplingSettings, content_seeds, sampler_for
-from core.space import uint8_to_pixels
+from core.runtime.batcher import map_by_shape
+from core.runtime.devices import native_reduced_dtype, pick_device
+from core.runtime.errors import InferenceError
+from core.runtime.samplers import DiffusionSampler, SamplingSettings, content_seeds, sampler_for
 
-__all__ = ["Engine", "InferenceError", "images_to_batch", "pick_device"]
+__all__ = ["Engine", "images_to_batch", "pick_device"]
 
 # Outputs must stay within 2/255 of fp32; the probe demands a margin below that.
 REDUCED_PRECISION_TOLERANCE = 1.5 / 255
@@ -68,7 +68,7 @@ class Engine:
         # channels_last helps convolutions on CPU (oneDNN) and on tensor-core GPUs.
         self.channels_last = self.device.type in ("cpu", "cuda")
         # The seed's module is kept for reference; inference runs a BatchNorm-folded copy
-        # per precision (about 1.5x faster on CPU, equal to rounding; see core.inference_net).
+        # per precision (about 1.5x faster on CPU, equal to rounding; see core.network.folded).
         self.model = build_model(checkpoint).to(self.device)
         self._runners: dict[str, torch.nn.Module] = {}
         self.sampler = sampler_for(checkpoint.meta).to(self.device)
@@ -129,7 +129,7 @@ class Engine:
         if reduced is None:
             return "fp32"
         name = {torch.bfloat16: "bf16", torch.float16: "fp16"}[reduced]
-        # Fastest first: all stages reduced, then only the inner ones (see core.inference_net).
+        # Fastest first: all stages reduced, then only the inner ones (see core.network.folded).
         for candidate in (name, f"{name}-mixed"):
             error = self._probe_error(candidate)
             if error <= REDUCED_PRECISION_TOLERANCE:  # NaN counts as failing

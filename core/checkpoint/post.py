@@ -27,7 +27,7 @@ from core.checkpoint.meta import (
     imagenet_normalization,
 )
 from core.checkpoint.weights import few, strip_wrapper_prefixes
-from core.model import ARCHITECTURE
+from core.network.model import ARCHITECTURE
 
 # The seed's script trained on 128x128 stretched images.
 SEED_TRAIN_SIZE = 128

@@ -6,9 +6,9 @@ tools read IPTC's ``Iptc4xmpExt:DigitalSourceType`` (the value ``trainedAlgorith
 with it, the model, the input's hash and the settings, and, in JPEG and WebP, EXIF
 ``Software`` and ``ImageDescription`` (PNG gets the same XMP, and its text chunks stay as
 before). The packet also holds artd's private fields as JSON (``artd:metadata``), which is
-where :func:`core.encoding.read_metadata` finds them in JPEG and WebP.
+where :func:`core.outputs.encoding.read_metadata` finds them in JPEG and WebP.
 
-The input's own date, author, copyright and keywords (core.origin) are written only when the
+The input's own date, author, copyright and keywords (core.images.origin) are written only when the
 caller passes them (``copy_metadata``); its GPS position only with ``gps=True``.
 """
 
@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from PIL import ExifTags, Image
 
-from core.origin import Origin
+from core.images.origin import Origin
 
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 ARTD_NS = "http://ns.artd.local/1.0/"
@@ -83,7 +83,8 @@ def exif_block(
     gps: bool = False,
 ) -> bytes:
     """EXIF with Software and ImageDescription, ``copied``'s date, artist and copyright, and
-    its GPS IFD only when ``gps``. Never an Orientation tag (module docstring of core.origin)."""
+    its GPS IFD only when ``gps``. Never an Orientation tag (module docstring of
+    core.images.origin)."""
     exif = Image.Exif()
     if "Software" in metadata:
         exif[ExifTags.Base.Software] = metadata["Software"]

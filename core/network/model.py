@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.shapes import SIZE_MULTIPLE
+from core.network.shapes import SIZE_MULTIPLE
 
 __all__ = [
     "ARCHITECTURE",

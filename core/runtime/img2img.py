@@ -1,12 +1,13 @@
 """The inference path: how a checkpoint turns an image into an image, and into an output file.
 
 The daemon's pipeline and ``artd process`` both go through :class:`Inference`: decoded
-pixels in, batched by shape (core.batcher), :meth:`Inference.run` on the thread that owns the
+pixels in, batched by shape (core.runtime.batcher), :meth:`Inference.run` on the thread that owns
+the
 device, :meth:`Inference.encode` on the I/O threads. They differ only in where files come
 from and go to (the spool, or folders named on the command line).
 
-How an image becomes an image is the checkpoint's *sampler* (core.sampling), which the
-engine (core.engine: device, precision, memory layout, out-of-memory back-off, NaN retry)
+How an image becomes an image is the checkpoint's *sampler* (core.runtime.samplers), which the
+engine (core.runtime.engine: device, precision, memory layout, out-of-memory back-off, NaN retry)
 calls on each batch with the network in its chosen precision: :class:`SinglePass` for a
 ``reconstruct`` checkpoint (normalise, one network pass, to pixels), the SDEdit
 ``DiffusionSampler`` for a ``denoise`` one, chosen by :func:`sampler_for` from the
@@ -19,9 +20,9 @@ Faithful outputs (issue 15, docs/colour.md): a batch of HWC *RGBA* arrays (the d
 an opaque input always did, and gets its alpha back afterwards, the colour un-composited, so
 PNG and WebP keep the transparency and JPEG composites on the same background. Each output
 carries an ICC profile (sRGB, or the input's with ``output_profile="input"``), the standard AI
-label (core.labels: XMP DigitalSourceType, EXIF Software/ImageDescription), optionally the
-input's own metadata (core.origin) and a Content Credentials manifest
-(core.content_credentials).
+label (core.outputs.labels: XMP DigitalSourceType, EXIF Software/ImageDescription), optionally the
+input's own metadata (core.images.origin) and a Content Credentials manifest
+(core.outputs.content_credentials).
 """
 
 from __future__ import annotations
@@ -35,37 +36,28 @@ import torch
 from loguru import logger
 from PIL import Image
 
-from core.batcher import map_by_shape
-from core.colour import SRGB_ICC, ColourIntent, ColourPolicy, from_srgb
-from core.encoding import DEFAULT_QUALITY, OUTPUT_FORMATS, encode
-from core.labels import exif_block, xmp_packet
-from core.origin import Origin
-from core.provenance import provenance
+from core.images.colour import SRGB_ICC, ColourIntent, ColourPolicy, from_srgb
+from core.images.origin import Origin
+from core.outputs.encoding import DEFAULT_QUALITY, OUTPUT_FORMATS, encode
+from core.outputs.labels import exif_block, xmp_packet
+from core.outputs.provenance import provenance
 from core.reasons import Reason
-from core.sampling import SamplingSettings, SinglePass, sampler_for, seeds_for
+from core.runtime.batcher import map_by_shape
+from core.runtime.errors import InferenceError
+from core.runtime.samplers import SamplingSettings, SinglePass, sampler_for, seeds_for
 
 if TYPE_CHECKING:
-    from core.content_credentials import ContentCredentials
-    from core.engine import Engine
-    from core.imaging import ResizePolicy
+    from core.images.loading import ResizePolicy
+    from core.outputs.content_credentials import ContentCredentials
+    from core.runtime.engine import Engine
 
 __all__ = [
     "Inference",
-    "InferenceError",
     "OutputSettings",
     "SamplingSettings",
     "SinglePass",
     "sampler_for",
 ]
-
-
-class InferenceError(Exception):
-    """One item could not be run through the model; the rest of its batch is unaffected."""
-
-    def __init__(self, reason: Reason, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
 
 
 # format = "same": the input's own format where it is an output format, PNG otherwise.
@@ -79,7 +71,7 @@ class OutputSettings:
     ``fmt`` may be ``"same"`` (:meth:`format_for`). ``label`` and ``embed_profile`` exist for
     the colour benchmark's baseline only: no setting turns the AI label off."""
 
-    size: int | str  # the longer side in px, or "input" (core.shapes.INPUT_SIZE)
+    size: int | str  # the longer side in px, or "input" (core.network.shapes.INPUT_SIZE)
     resize: ResizePolicy = "fit"
     fmt: str = "png"
     jpeg_quality: int = DEFAULT_QUALITY
@@ -102,7 +94,7 @@ class OutputSettings:
         get = lambda name, default: getattr(settings, name, default)  # noqa: E731
         credentials = None
         if get("c2pa_cert", None) is not None and get("c2pa_key", None) is not None:
-            from core.content_credentials import load_credentials
+            from core.outputs.content_credentials import load_credentials
 
             credentials = load_credentials(settings.c2pa_cert, settings.c2pa_key)
         cmyk = get("cmyk_profile", None)
@@ -226,7 +218,8 @@ class Inference:
     def encode(self, image: Image.Image, input_sha256: str, origin: Origin | None = None) -> bytes:
         """The output file's bytes, with the provenance of this engine's checkpoint and, for
         a denoise checkpoint, the sampler settings used; ``origin``: the input's record
-        (core.origin), for ``format="same"``, ``output_profile="input"`` and metadata copying."""
+        (core.images.origin), for ``format="same"``, ``output_profile="input"`` and metadata
+        copying."""
         meta = provenance(
             self.engine.checkpoint, input_sha256, self.output.recorded(), sampler=self.sampler
         )

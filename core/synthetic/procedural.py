@@ -2,13 +2,14 @@
 
 The images stand in for an art collection where the internet is not available: tests,
 benchmarks and the shipped default model all use them, and anyone can regenerate the exact
-same data set from the command that made it (``python -m core.procedural --help``).
+same data set from the command that made it (``python -m core.synthetic.procedural --help``).
 
 Each image of the procedural styles (:data:`STYLES`) layers a colour field (gradients, plasma,
 Voronoi cells or stripes), shapes drawn in a random palette and grain, so that a
 reconstruction network sees edges, flat areas and fine texture, the three things that
 separate a good autoencoder from a blurry one. The art styles (:data:`ART_STYLES`: engraving,
-brushstrokes, watercolour, pointillism, woodcut; ``core.art_styles``) render a scene in one
+brushstrokes, watercolour, pointillism, woodcut; ``core.synthetic.art_styles``) render a scene in
+one
 medium: a collection a denoiser learns a manner from. A data set is one style, or a mix that
 cycles through several: ``--style engraving`` or ``--style engraving,woodcut`` (``art`` names
 all five art styles, ``procedural`` the four procedural ones, the default).
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from core import art_styles
+from core.synthetic import art_styles
 
 STYLES = ("plasma", "cells", "stripes", "gradient")
 ART_STYLES = tuple(art_styles.STYLES)
@@ -209,7 +210,7 @@ def write_dataset(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m core.procedural", description="Write a procedural art data set."
+        prog="python -m core.synthetic.procedural", description="Write a procedural art data set."
     )
     parser.add_argument("--out", type=Path, required=True, help="folder to write into")
     parser.add_argument("--count", type=int, default=1000, help="number of images")

@@ -1,0 +1,2 @@
+"""Images out: encoding, the AI label, Content Credentials and the provenance every output
+carries."""

@@ -1,0 +1,2 @@
+"""Procedural collections made by the project's own code: art styles, procedural images and
+dead leaves."""
