@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from daemon.metrics import Health, Metrics
 from daemon.web import guard
 from daemon.web.paths import BadPath, open_inside, parse_rel
-from daemon.web.retry import RetryError
+from daemon.web.requeue import RetryError
 
 if TYPE_CHECKING:
     from daemon.service import Service

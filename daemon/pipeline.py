@@ -15,7 +15,7 @@ batch, no encode still running, its ``solo`` marker on disk while the model has 
 Each claim carries the settings fixed at its claim (``claim.job``: daemon.presets): it is
 decoded at its size, batched only with claims of the same model and settings, run by one
 :class:`Inference` per such group on an engine from the bounded model cache
-(daemon.models), and its output records its settings and which preset or sidecar gave them.
+(daemon.model_cache), and its output records its settings and which preset or sidecar gave them.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from daemon.decoders import (
     PoolClosedError,
 )
 from daemon.metrics import Health, Metrics
-from daemon.models import ModelCache
+from daemon.model_cache import ModelCache
 from daemon.presets import JobSettings
 from daemon.settings import DaemonSettings
 from daemon.spool import Claim, DisposeError, Spool

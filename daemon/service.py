@@ -23,13 +23,13 @@ from daemon.presets import Resolver
 from daemon.reload import ModelWatcher, identity
 from daemon.settings import DaemonSettings
 from daemon.spool import Claim, Spool, SpoolError
-from daemon.web.retry import RECORDS as RETRY_RECORDS
-from daemon.web.retry import Retry
+from daemon.web.requeue import RECORDS as RETRY_RECORDS
+from daemon.web.requeue import Retry
 
 EXIT_OK, EXIT_FATAL, EXIT_STUCK = 0, 1, 70
 HOUSEKEEPING_S = 5.0
 # How often a running daemon looks for dead peers' claims to adopt (shared roots), and
-# finishes the page's retries that a kill cut short (daemon.web.retry.Retry.recover).
+# finishes the page's retries that a kill cut short (daemon.web.requeue.Retry.recover).
 ADOPT_EVERY_S = 30.0
 DECODER_START_S = 120.0
 CLAIM_RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)  # probes of a disk that refused claims

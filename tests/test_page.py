@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from core.reasons import DESCRIPTIONS, Reason
 from daemon.settings import DaemonSettings
 from daemon.web.index import FolderIndex, per_minute
-from daemon.web.retry import Retry, RetryError
+from daemon.web.requeue import Retry, RetryError
 from daemon.web.thumbs import Thumbnails
 
 pytestmark = pytest.mark.usefixtures("one_thread")

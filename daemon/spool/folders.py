@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from core.durable import NOFOLLOW
+from daemon.spool.crash_points import step
 from daemon.spool.errors import SpoolError
-from daemon.spool.steps import step
 
 STATE_DIR = ".artd"
 

@@ -24,8 +24,8 @@ from typing import Any
 from loguru import logger
 
 from core import durable
+from daemon.spool.crash_points import fsync_dir, step, write_atomic
 from daemon.spool.names import ID_LEN, temp_name
-from daemon.spool.steps import fsync_dir, step, write_atomic
 
 Record = dict[str, Any]
 _RELATIVE_FIELDS = ("output_rel", "archive_rel", "quarantine_rel", "sidecar_rel")

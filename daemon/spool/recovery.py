@@ -11,8 +11,8 @@ from pathlib import Path, PurePosixPath
 from loguru import logger
 
 from daemon import sidecars
+from daemon.spool.crash_points import fsync_dir, step
 from daemon.spool.folders import try_lock, unlink_inside, unlock
-from daemon.spool.machine import Machine
 from daemon.spool.names import (
     ID_LEN,
     ID_RE,
@@ -30,7 +30,7 @@ from daemon.spool.records import (
     held_reservations,
     intent,
 )
-from daemon.spool.steps import fsync_dir, step
+from daemon.spool.transitions import Machine
 
 STALE_TEMP_SECONDS = 3600.0
 _ADOPT = ".adopt-"

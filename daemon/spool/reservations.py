@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from daemon.sidecars import SUFFIX as JOB_SIDECAR_SUFFIX
+from daemon.spool.crash_points import step
 from daemon.spool.errors import SpoolError
 from daemon.spool.names import ID_RE, SIDECAR_SUFFIX
-from daemon.spool.steps import step
 
 _MAX_NAME_TRIES = 10_000
 

@@ -15,13 +15,13 @@ from loguru import logger
 
 from core import durable
 from daemon import sidecars
-from daemon.spool import folders, steps
+from daemon.spool import crash_points, folders
 from daemon.spool.errors import InstanceLockedError, SpoolError
 from daemon.spool.folders import Layout, kind, locate
-from daemon.spool.machine import Machine, Resolve
 from daemon.spool.names import INSTANCE_RE, SUFFIX_RE, is_temporary_name
 from daemon.spool.records import Claim
 from daemon.spool.recovery import Recovery
+from daemon.spool.transitions import Machine, Resolve
 
 EMPTY_DIR_GRACE_SECONDS = 60.0
 # A restarting instance may meet a peer's adopt_stale() probing its lock for an instant.
@@ -196,7 +196,7 @@ class Spool:
                         old = entry.stat(follow_symlinks=False).st_mtime < cutoff
                         if old and not os.path.lexists(folder / sidecars.image_name(entry.name)):
                             logger.warning("removing {}: its image never came", entry.path)
-                            steps.step("sidecar-orphan:unlink")
+                            crash_points.step("sidecar-orphan:unlink")
                             os.unlink(entry.path)
                             removed += 1
                     except FileNotFoundError:

@@ -24,7 +24,7 @@ from daemon.spool.names import SIDECAR_SUFFIX, numbered
 from daemon.web.index import FolderIndex, per_minute
 from daemon.web.meta import MetaCache
 from daemon.web.paths import lstat_inside, open_inside
-from daemon.web.retry import Retry, read_sidecar
+from daemon.web.requeue import Retry, read_sidecar
 from daemon.web.thumbs import Thumbnails
 
 if TYPE_CHECKING:

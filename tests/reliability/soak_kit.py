@@ -39,7 +39,7 @@ from core.outputs.encoding import read_metadata
 from daemon.spool import SIDECAR_SUFFIX, TEMP_MARK
 
 JOB_SUFFIX = ".artd.json"  # daemon.sidecars.SUFFIX: a job sidecar beside an image
-HELD_MARK = ".artd-retry-"  # daemon.web.retry: a file a retry has taken aside
+HELD_MARK = ".artd-retry-"  # daemon.web.requeue: a file a retry has taken aside
 SPOOL_AREAS = frozenset({"inbox", "outbox", "archive", "quarantine", ".artd"})
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry")
 # What the page may answer: no 5xx ever (a refused connection while it is down is fine).

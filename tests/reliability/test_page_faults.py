@@ -1,7 +1,7 @@
 """The page under fire (issue 17, part 3, the page's share): a real daemon SIGKILLed at
 every step of a retry, and the hostile HTTP corpus fired at a daemon while it works.
 
-Kill points: ``_ARTD_RETRY_KILL_AT=<step>`` (daemon.web.retry.STEPS, test-only, read at
+Kill points: ``_ARTD_RETRY_KILL_AT=<step>`` (daemon.web.requeue.STEPS, test-only, read at
 import) makes the daemon SIGKILL itself just before that step of a retry POST. Each step
 gets its own root holding one good photo in the quarantine (``too_many_pixels`` under a
 low ``max_pixels`` that the operator has since raised, the way a good file gets there
@@ -52,7 +52,7 @@ from soak_kit import (
 
 from daemon.service import ADOPT_EVERY_S
 from daemon.spool import SIDECAR_SUFFIX
-from daemon.web.retry import RECOVER_AFTER_S, STEPS
+from daemon.web.requeue import RECOVER_AFTER_S, STEPS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -288,7 +288,7 @@ def test_mixed_soak(pixel_checkpoint: Path, tmp_path: Path, ledger: Ledger) -> N
         wait_until(lambda: quiet(root, dropper), 300, "the queue drained", daemon)
         page.stop()
         # A retry cut short by a kill is finished by the next retry (or start) once its
-        # record is older than daemon.web.retry.RECOVER_AFTER_S: poke it, then drain again.
+        # record is older than daemon.web.requeue.RECOVER_AFTER_S: poke it, then drain again.
         if (root / ".artd" / "page" / "retry").is_dir():
             time.sleep(1.0)
             post_retry(daemon.port, "no-such-file.jpg", TOKEN)

@@ -28,6 +28,7 @@ from loguru import logger
 from core import durable
 from core.reasons import Reason
 from daemon import sidecars
+from daemon.spool.crash_points import fsync_dir, move_into, step, write_atomic
 from daemon.spool.errors import DISK_ERRNOS, DisposeError
 from daemon.spool.folders import Layout, kind, open_folder
 from daemon.spool.names import (
@@ -49,7 +50,6 @@ from daemon.spool.records import (
     reserved_keys,
 )
 from daemon.spool.reservations import Reservations, owner, taken_with_sidecar
-from daemon.spool.steps import fsync_dir, move_into, step, write_atomic
 
 _REPORTED_MAX = 10_000
 # Resolves a claim's settings from its relative path and sidecar bytes (daemon.presets);
