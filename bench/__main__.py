@@ -1,8 +1,9 @@
-"""``python -m bench [--quick] [--only NAME,...] [--out DIR] [--device cpu|cuda]``.
+"""The suite's entry point and registry: ``python -m bench [--quick] [--only NAME,...]
+[--out DIR] [--device cpu|cuda] [--list]``.
 
-``art`` (bench.art) trains its two models on first use (16-45 minutes on two cores,
-cached in build/art-bench by the recipe's hash) and writes docs/art-bench.md and
-docs/art-gallery.png; with --quick it trains tiny ones into --out instead.
+``art`` (bench.suite.art, the art benchmark of bench.art) trains its two models on first
+use (16-45 minutes on two cores, cached in build/art-bench by the recipe's hash) and writes
+docs/art-bench.md and docs/art-gallery.png; with --quick it trains tiny ones into --out.
 """
 
 from __future__ import annotations
@@ -20,21 +21,15 @@ from pathlib import Path
 
 import torch
 
-from bench.common import DEFAULT_OUT, Run
+from bench.shared.common import DEFAULT_OUT, Run
 
-# Order matters: "targets" reads the figures the others left in Run.figures.
-BENCHES = {
-    "floors": "bench.floors",
-    "process": "bench.process",
-    "daemon": "bench.daemon_run",
-    "latency": "bench.latency",
-    "memory": "bench.memory",
-    "training": "bench.training",
-    "gpu_decode": "bench.gpu_decode",
-    "art": "bench.art",
-    "targets": "bench.targets",
-}
-# gpu_decode is for bench/gpu.sh; the default run on a CPU machine leaves it out.
+# Every suite member, in the order they run: bench.suite.NAME, each with bench(run). Order
+# matters: "targets" reads the figures the others left in Run.figures.
+BENCHES = (
+    "floors", "process", "daemon", "latency", "memory", "training", "colour", "page",
+    "gpu_decode", "art", "targets",
+)  # fmt: skip
+# gpu_decode is for bench/scripts/gpu.sh; the default run on a CPU machine leaves it out.
 DEFAULT_SKIP = {"gpu_decode"}
 
 
@@ -60,10 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer files and repeats (< 5 min)")
     parser.add_argument("--only", default="", help=f"comma-separated: {', '.join(BENCHES)}")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="data, logs and results")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (our paths and the seed's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (our paths and the post's)")
+    parser.add_argument("--list", action="store_true", help="print the registry and exit")
     args = parser.parse_args(argv)
+    if args.list:
+        for name in BENCHES:
+            skipped = " (not in the default run)" if name in DEFAULT_SKIP else ""
+            print(f"{name}: bench.suite.{name}{skipped}")
+        return 0
     names = [n for n in args.only.split(",") if n] or [n for n in BENCHES if n not in DEFAULT_SKIP]
-    unknown = sorted(set(names) - BENCHES.keys())
+    unknown = sorted(set(names) - set(BENCHES))
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
     out = args.out.absolute()
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         section_started = time.perf_counter()
         try:
-            importlib.import_module(BENCHES[name]).bench(run)
+            importlib.import_module(f"bench.suite.{name}").bench(run)
         except Exception as exc:  # one broken family must not hide the others' figures
             failed.append(name)
             run.report(f"### {name}: FAILED\n\n`{type(exc).__name__}: {exc}`\n")

@@ -1,6 +1,6 @@
 """The art benchmark on real files: the style signature on real photographs and procedural
 collections, and ``python -m bench.art --quick`` on two tiny denoise models trained here by
-the real ``python -m core.train`` (bench.art_models' tiny recipe)."""
+the real ``python -m core.train`` (bench.art.recipe's tiny recipe)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import art, art_models, denoise_floor
-from bench.style_signature import (
+from bench.art import cli, denoise_floor, recipe
+from bench.art.style_signature import (
     TERMS,
     distance,
     haar_bands,
@@ -22,28 +22,29 @@ from bench.style_signature import (
     set_signature,
     term_distances,
 )
+from bench.shared.photos import photo, square
 from core.diffusion.schedule import Schedule, step_count
 
-RECIPE = art_models.TINY
+RECIPE = recipe.TINY
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> art_models.Models:
-    return art_models.build(RECIPE, tmp_path_factory.mktemp("art-models"))
+def models(tmp_path_factory: pytest.TempPathFactory) -> recipe.Models:
+    return recipe.build(RECIPE, tmp_path_factory.mktemp("art-models"))
 
 
 @pytest.fixture(scope="module")
-def collection_sets(models: art_models.Models) -> dict[tuple[str, str], list[np.ndarray]]:
-    folders = art_models.collections(RECIPE, models.folder.parent)
-    return {key: art.load_folder(folder) for key, folder in folders.items()}
+def collection_sets(models: recipe.Models) -> dict[tuple[str, str], list[np.ndarray]]:
+    folders = recipe.collections(RECIPE, models.folder.parent)
+    return {key: recipe.load_folder(folder) for key, folder in folders.items()}
 
 
 @pytest.fixture(scope="module")
-def bench_results(models: art_models.Models, tmp_path_factory: pytest.TempPathFactory):
+def bench_results(models: recipe.Models, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("art-out")
     argv = ["--model-a", str(models.model_a), "--model-b", str(models.model_b), "--quick",
             "--models-root", str(models.folder.parent), "--out", str(out)]  # fmt: skip
-    assert art.main(argv) == 0
+    assert cli.main(argv) == 0
     return out, json.loads((out / "art-bench.json").read_text())
 
 
@@ -51,7 +52,7 @@ def bench_results(models: art_models.Models, tmp_path_factory: pytest.TempPathFa
 
 
 def test_haar_transform_keeps_the_energy_of_a_real_photo() -> None:
-    gray = art.photo("astronaut").mean(axis=2) / 255.0
+    gray = photo("astronaut").mean(axis=2) / 255.0
     bands, residual = haar_bands(gray - gray.mean(), levels=4)
     assert len(bands) == 12
     total = sum(float((b**2).sum()) for b in bands) + float((residual**2).sum())
@@ -59,7 +60,7 @@ def test_haar_transform_keeps_the_energy_of_a_real_photo() -> None:
 
 
 def test_each_term_is_normalised() -> None:
-    signature = image_signature(art.photo("coffee"), 64)
+    signature = image_signature(photo("coffee"), 64)
     for term in TERMS:
         rows = signature.terms[term]
         assert np.all(rows >= 0)
@@ -67,7 +68,7 @@ def test_each_term_is_normalised() -> None:
 
 
 def test_distance_is_zero_for_the_same_photos_and_positive_between_photos() -> None:
-    photos = [art.square(art.photo(n), 64) for n in ("astronaut", "chelsea")]
+    photos = [square(photo(n), 64) for n in ("astronaut", "chelsea")]
     same = set_signature(photos, 64)
     assert distance(same, set_signature(list(photos), 64)) == 0.0
     one, other = set_signature(photos[:1], 64), set_signature(photos[1:], 64)
@@ -98,9 +99,9 @@ def test_signature_tells_collections_apart_and_a_collection_from_itself(
 # -- the models and the cache --------------------------------------------------------------
 
 
-def test_the_recipe_trains_once_and_is_cached(models: art_models.Models) -> None:
+def test_the_recipe_trains_once_and_is_cached(models: recipe.Models) -> None:
     stamps = [p.stat().st_mtime_ns for p in (models.model_a, models.model_b)]
-    again = art_models.build(RECIPE, models.folder.parent)
+    again = recipe.build(RECIPE, models.folder.parent)
     assert (again.model_a, again.model_b) == (models.model_a, models.model_b)
     assert [p.stat().st_mtime_ns for p in (again.model_a, again.model_b)] == stamps
     other = dataclasses.replace(RECIPE, epochs=RECIPE.epochs + 1)
@@ -169,7 +170,7 @@ def test_the_floor_follows_the_noise_the_sampler_adds() -> None:
     about 0.8 sd (less where clipping at 0 and 255 bites); the oracle denoisers do better,
     and every figure grows with strength."""
     schedule = Schedule()
-    photos = [art.square(art.photo(name), 64) for name in ("astronaut", "coffee")]
+    photos = [square(photo(name), 64) for name in ("astronaut", "coffee")]
     found = denoise_floor.floor(photos, (0.02, 0.05), schedule)
     assert found[0.05]["noise_sd"] == pytest.approx(11.4, abs=0.1)
     for level in found.values():

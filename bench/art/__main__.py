@@ -1,0 +1,5 @@
+"""``python -m bench.art``: the art benchmark's entry point (``bench.art.cli``)."""
+
+from bench.art.cli import main
+
+raise SystemExit(main())
