@@ -2,7 +2,9 @@
 
 Precedence, highest first: CLI flags, ``ARTD_*`` environment variables, the TOML file
 named by ``--config``, defaults. Errors name the setting the way the user wrote it (flag,
-env var or TOML key), so a typo is found without reading a traceback.
+env var or TOML key), so a typo is found without reading a traceback. An error never shows
+a secret setting's value (:func:`is_secret`) nor the whole input of a settings class: a
+check across several settings raises :class:`FieldError`, which names the setting to blame.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import SecretBytes, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -36,6 +38,34 @@ def check_device(value: str) -> str:
 
 class SettingsError(Exception):
     """Settings that cannot be used; the message names every bad setting."""
+
+
+class FieldError(ValueError):
+    """A validator's error that names the setting it is about: raise it from a check across
+    several settings (a model validator), whose error pydantic ties to no field, so that
+    :func:`describe_errors` names that setting's flag and env var all the same."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+# A field's marker (``Field(..., json_schema_extra=SECRET)``): its value is never shown in an
+# error. A ``SecretStr``/``SecretBytes`` field is secret without it.
+SECRET: dict[str, Any] = {"secret": True}
+
+
+def is_secret(cls: type[BaseSettings], name: str) -> bool:
+    """Whether field ``name`` of ``cls`` holds a secret (a token, key material)."""
+    field = cls.model_fields.get(name)
+    if field is None:
+        return False
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and extra.get("secret"):
+        return True
+    secret_types = (SecretStr, SecretBytes)
+    annotation = field.annotation
+    return annotation in secret_types or any(arg in secret_types for arg in get_args(annotation))
 
 
 class FlagNames:
@@ -194,19 +224,53 @@ class _DictSource(TomlConfigSettingsSource):
 
 
 def describe_errors(exc: ValidationError, cls: type[BaseSettings], config_file: Path | None) -> str:
-    """Every error of ``exc``, each naming its setting as flag, env var and TOML key."""
+    """Every error of ``exc``, each naming its setting as flag, env var and TOML key; the
+    value given is shown for a plain value of a setting that is not secret, never else."""
     prefix = str(cls.model_config.get("env_prefix", "")).upper()
     lines = []
     for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else "?"
+        field = _field_of(error, cls)
         if error["type"] == "extra_forbidden":
             lines.append(
                 f"unknown setting {field!r}" + (f" in {config_file}" if config_file else "")
             )
             continue
+        if field is None:  # a model-wide check that names no setting: say no more than it
+            lines.append(f"settings: {error['msg']}")
+            continue
         # A class without a prefix reads no environment: its env var is no name of it.
         names = [flag_for(cls, field)] + ([prefix + field.upper()] if prefix else [])
         if config_file:
             names.append(f"{config_file} key {field}")
-        lines.append(f"{field} ({', '.join(names)}): {error['msg']} (got {error.get('input')!r})")
+        lines.append(f"{field} ({', '.join(names)}): {error['msg']}{_given(cls, field, error)}")
     return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def _field_of(error: Any, cls: type[BaseSettings]) -> str | None:
+    """The setting an error is about: its location, the FieldError's field, or else the
+    setting that a model-wide check's message starts with (``"copy_gps needs ..."``)."""
+    if error["loc"]:
+        return str(error["loc"][0])
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldError):
+        return cause.field
+    words = str(cause or "").split(maxsplit=1)
+    return words[0] if words and words[0] in cls.model_fields else None
+
+
+_PLAIN = (str, int, float, bool, Path, type(None))
+
+
+def _given(cls: type[BaseSettings], field: str, error: Any) -> str:
+    """`` (got VALUE)`` for a plain, non-secret value; the input of a model-wide check is
+    every setting given, of which only this field's value is shown."""
+    if is_secret(cls, field):
+        return ""
+    value = error.get("input")
+    if not error["loc"]:
+        if not isinstance(value, dict) or field not in value:
+            return ""
+        value = value[field]
+    if not isinstance(value, _PLAIN):
+        return ""
+    return f" (got {value!r})"

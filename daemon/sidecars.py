@@ -4,7 +4,7 @@ A sidecar is never an image: the spool never claims one by itself; it moves with
 (claim, work, archive, quarantine). This module only knows names and bytes: which name is a
 sidecar, whose it is, whether one is still being copied, and how to read one without letting
 a hostile file cost memory, recursion or a read outside the root. What a sidecar may set is
-daemon.presets' business.
+daemon.settings.presets' business.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ c2pa = pytest.importorskip("c2pa")
 from c2pa_kit import make_chain  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from core.outputs.content_credentials import DIGITAL_SOURCE_TYPE, read_manifest  # noqa: E402
+from core.outputs.content_credentials import read_manifest  # noqa: E402
+from core.outputs.labels import DIGITAL_SOURCE_TYPE  # noqa: E402
 from core.runtime.engine import Engine  # noqa: E402
 from core.runtime.img2img import OutputSettings  # noqa: E402
 from daemon.oneshot import process  # noqa: E402

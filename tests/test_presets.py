@@ -19,8 +19,7 @@ from PIL import Image
 
 from core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from core.outputs.encoding import read_metadata
-from daemon.presets import Resolver
-from daemon.settings import DaemonSettings
+from daemon.settings import DaemonSettings, Resolver
 from daemon.spool import Spool
 
 SUFFIX = ".artd.json"

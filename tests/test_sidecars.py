@@ -12,8 +12,14 @@ import pytest
 
 from core.config import SettingsError, load_settings
 from daemon import sidecars
-from daemon.presets import JOB_KEYS, SIDECAR_KEYS, JobError, Resolver
-from daemon.settings import DaemonSettings, RenderSettings
+from daemon.settings import (
+    JOB_KEYS,
+    SIDECAR_KEYS,
+    DaemonSettings,
+    JobError,
+    RenderSettings,
+    Resolver,
+)
 
 
 def settings(tmp_path: Path, checkpoint: Path, **presets: dict) -> DaemonSettings:

@@ -24,9 +24,9 @@ from pathlib import Path
 from PIL import Image
 
 import core
+from core.outputs.labels import DIGITAL_SOURCE_TYPE
 
 MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 
 
 class CredentialsError(ValueError):

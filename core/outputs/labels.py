@@ -21,6 +21,7 @@ from PIL import ExifTags, Image
 
 from core.images.origin import Origin
 
+# The IPTC term for AI output; the XMP label and the Content Credentials manifest both say it.
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 ARTD_NS = "http://ns.artd.local/1.0/"
 _NAMESPACES = {

@@ -11,7 +11,11 @@ from pathlib import PurePosixPath
 
 TEMP_MARK = ".artd-tmp-"
 SIDECAR_SUFFIX = ".error.json"
+# An instance name is a folder name of the spool (state/<instance>/): the one rule, which
+# the daemon's settings check too (daemon.settings.daemon), so `artd check` refuses what
+# the spool would refuse at start. Use with fullmatch.
 INSTANCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+INSTANCE_RULE = "letters, digits, '_', '.', '-' only (a letter or digit first), at most 64"
 ID_RE = re.compile(r"\d{20}-[0-9a-f]{8}")
 ID_LEN = 29
 SUFFIX_RE = re.compile(r"\.[A-Za-z0-9]{1,10}")

@@ -19,7 +19,7 @@ import ipaddress
 from dataclasses import dataclass
 from email.message import Message
 
-from daemon.page_settings import LOOPBACK_NAMES
+from daemon.settings import LOOPBACK_NAMES
 
 MAX_BODY = 4096
 TOKEN_HEADER = "X-Artd-Token"

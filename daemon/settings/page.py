@@ -1,9 +1,11 @@
-"""The settings of the daemon's page and JSON API (issue 16). A mixin of
-``DaemonSettings``; the HTTP server's host and port stay in daemon.settings.
+"""The daemon's page and JSON API settings (``PageSettings``): the retry token, thumbnails,
+paging. A mixin of ``DaemonSettings``, whose ``http_host``/``http_port`` the server binds;
+the check that a public bind has a token is DaemonSettings' (it reads both halves).
 
-The retry token is the page's only secret: it is a ``SecretStr`` (its repr and every log
-line show ``**********``), and it may come from a file (``page_token_file``, e.g. a Docker
-secret) so that it never has to sit in an environment listing.
+The retry token is the page's only secret: it is a ``SecretStr`` marked secret (its repr and
+every log line show ``**********``, and no settings error shows it), and it may come from a
+file (``page_token_file``, e.g. a Docker secret) so that it never has to sit in an
+environment listing.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings
+
+from core.config import SECRET, FieldError
 
 MIN_TOKEN_CHARS = 16
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -29,12 +33,13 @@ def is_loopback(host: str) -> bool:
 
 
 class PageSettings(BaseSettings):
-    """The page's settings (fields added by issue 16)."""
+    """The page's settings."""
 
     page_token: SecretStr | None = Field(
         None,
         description="secret that the page's retry action needs (header X-Artd-Token); "
         "unset: the page is read-only. Required when http_host is not loopback",
+        json_schema_extra=SECRET,
     )
     page_token_file: Path | None = Field(
         None,
@@ -59,21 +64,22 @@ class PageSettings(BaseSettings):
         64, ge=4, le=4096, description="HTTP connections served at once; more are closed"
     )
 
-    @model_validator(mode="after")
-    def _token_for_a_public_bind(self) -> PageSettings:
-        token = self.page_token.get_secret_value() if self.page_token else ""
-        if self.page_token is not None and len(token) < MIN_TOKEN_CHARS:
+    @field_validator("page_token")
+    @classmethod
+    def _token_length(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message never holds the token (nor its length): only the rule.
+        if value is not None and len(value.get_secret_value()) < MIN_TOKEN_CHARS:
             raise ValueError(
                 f"page_token (ARTD_PAGE_TOKEN) must be at least {MIN_TOKEN_CHARS} characters"
             )
+        return value
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> PageSettings:
         if self.page_token is not None and self.page_token_file is not None:
-            raise ValueError("set page_token or page_token_file (ARTD_PAGE_TOKEN_FILE), not both")
-        host = str(getattr(self, "http_host", "127.0.0.1"))
-        if not is_loopback(host) and self.page_token is None and self.page_token_file is None:
-            raise ValueError(
-                f"http_host (ARTD_HTTP_HOST) is {host!r}, not loopback: set page_token "
-                "(ARTD_PAGE_TOKEN) or page_token_file (ARTD_PAGE_TOKEN_FILE) first, or bind "
-                "127.0.0.1"
+            raise FieldError(
+                "page_token",
+                "set page_token or page_token_file (ARTD_PAGE_TOKEN_FILE), not both",
             )
         return self
 
