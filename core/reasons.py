@@ -14,7 +14,7 @@ from enum import StrEnum
 class Reason(StrEnum):
     """Why a file was refused. Decode-time reasons first, then the model's, then the disk's."""
 
-    # The decoder (core.images.loading and the decoder processes).
+    # The decoder (core.images.decode and the decoder processes).
     EMPTY_FILE = "empty_file"
     NOT_AN_IMAGE = "not_an_image"
     UNSUPPORTED_FORMAT = "unsupported_format"

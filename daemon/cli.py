@@ -75,7 +75,7 @@ def run_process(argv: list[str]) -> int:
         resize=settings.resize,
         fmt=settings.output_format,
         workers=settings.workers,
-        sampling=settings.sampling(),
+        request=settings.sampler_request(),
         output=OutputSettings.from_settings(settings),
     )
     logger.info("{} written, {} rejected", len(report.written), len(report.rejected))
@@ -123,7 +123,7 @@ def run_generate(argv: list[str]) -> int:
         logger.error("cannot load the model: {}", exc)
         return EXIT_FATAL
     # The run's seed names the files and labels each image; the sampler's own seed stays unset.
-    sampling = dataclasses.replace(settings.sampling(), strength=None, seed=None)
+    request = dataclasses.replace(settings.sampler_request(), strength=None, seed=None)
     try:
         report = generate_files(
             engine,
@@ -133,7 +133,7 @@ def run_generate(argv: list[str]) -> int:
             height=settings.height,
             seed=seed,
             fmt=settings.output_format,
-            sampling=sampling,
+            request=request,
         )
     except GenerateRefused as exc:
         logger.error("{}", exc)
@@ -177,13 +177,13 @@ def check(settings: DaemonSettings) -> int:
         problems.append(str(exc))
     try:
         engine = settings.load_engine()
-        sampler = engine.sampler_settings(settings.sampling())
+        sampler_settings = engine.sampler_settings(settings.sampler_request())
         model = {
             "version": engine.version,
             "objective": engine.objective,
             "device": str(engine.device),
             "precision": engine.precision,
-            "sampler": None if sampler is None else sampler.to_dict(),
+            "sampler": None if sampler_settings is None else sampler_settings.to_dict(),
         }
     except (CheckpointError, ValueError, RuntimeError, OSError) as exc:
         problems.append(f"model: {exc}")
@@ -202,7 +202,7 @@ def check_presets(settings: DaemonSettings, problems: list[str]) -> dict[str, An
     """Every preset (and the defaults) with its resolved settings; a checkpoint that does not
     load is a problem naming the preset and the key."""
     from core.checkpoint import CheckpointError, load_checkpoint
-    from daemon.presets import Resolver
+    from daemon.settings import Resolver
 
     try:
         presets = Resolver(settings).describe()

@@ -16,7 +16,7 @@ Test hook, inert in production: a pool built with ``test_segfault=True`` (the de
 ``_ARTD_TEST_SEGFAULT=1`` was in the environment at import) makes a worker crash with a real
 SIGSEGV on any file whose bytes start with :data:`SEGFAULT_MARKER`.
 
-Colour and transparency (issue 15): workers convert by the file's ICC profile to sRGB
+Colour and transparency: workers convert by the file's ICC profile to sRGB
 (``DecodeSettings.colour``, core.images.colour) and, with ``keep_alpha``, return HWC *RGBA* arrays
 for inputs with transparency (core.runtime.img2img re-attaches the alpha). :meth:`DecoderPool.
 decode_with_origin` also returns the input's core.images.origin.Origin (format, profile, metadata).
@@ -40,8 +40,9 @@ from loguru import logger
 from core.durable import open_regular
 from core.images import loading
 from core.images.colour import ColourPolicy
-from core.images.loading import ImageError, ResizePolicy
+from core.images.decode import DEFAULT_MAX_PIXELS, ImageError
 from core.images.origin import Origin
+from core.images.pixels import ResizePolicy
 from core.reasons import Reason
 
 DECODE_TIMEOUT_S = 120.0  # far beyond any real image at max_pixels: a hang, not slowness
@@ -54,7 +55,7 @@ _SEGFAULT_FROM_ENV = os.environ.get("_ARTD_TEST_SEGFAULT") == "1"
 class DecodeSettings:
     size: int | str
     resize: ResizePolicy = "fit"
-    max_pixels: int = loading.DEFAULT_MAX_PIXELS
+    max_pixels: int = DEFAULT_MAX_PIXELS
     background: tuple[int, int, int] = (255, 255, 255)
     colour: ColourPolicy = field(default_factory=ColourPolicy)
     keep_alpha: bool = False

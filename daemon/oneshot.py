@@ -32,15 +32,17 @@ from loguru import logger
 from PIL import Image
 from tqdm import tqdm
 
+from core.diffusion.sampler_settings import SamplerRequest
 from core.durable import write_atomic
 from core.images import loading
+from core.images.decode import ImageError, sniff
 from core.images.origin import Origin
+from core.images.pixels import ResizePolicy, to_uint8_array
 from core.outputs.encoding import OUTPUT_FORMATS, encode
 from core.reasons import Reason
 from core.runtime.engine import Engine
 from core.runtime.errors import InferenceError
 from core.runtime.img2img import Inference, OutputSettings
-from core.runtime.samplers import SamplingSettings
 
 EXIT_OK, EXIT_FATAL, EXIT_SOME_REJECTED = 0, 1, 2
 # Files decoded ahead of the engine; bounds memory however many inputs there are.
@@ -134,18 +136,18 @@ def process(
     engine: Engine,
     *,
     size: int,
-    resize: loading.ResizePolicy,
+    resize: ResizePolicy,
     fmt: str,
     workers: int | None = None,
     progress: bool | None = None,
-    sampling: SamplingSettings | None = None,
+    request: SamplerRequest | None = None,
     output: OutputSettings | None = None,
 ) -> Report:
     """Process every input under ``paths`` into ``out``; never raises for a bad input.
-    ``sampling``: the sampler settings asked for (unset fields: the checkpoint's);
+    ``request``: the sampler settings asked for (unset fields: the checkpoint's);
     ``output``: every output setting (OutputSettings.from_settings), which then wins over
     ``size``, ``resize`` and ``fmt``."""
-    inference = Inference(engine, output or OutputSettings(size, resize, fmt), sampling)
+    inference = Inference(engine, output or OutputSettings(size, resize, fmt), request)
     report = Report()
     jobs: list[Job] = []
     for item in collect(paths, out, inference.output):
@@ -210,7 +212,7 @@ def generate_files(
     height: int,
     seed: int,
     fmt: str,
-    sampling: SamplingSettings | None = None,
+    request: SamplerRequest | None = None,
 ) -> Report:
     """``count`` images from noise into ``out`` (module docstring), each with its provenance.
 
@@ -220,7 +222,7 @@ def generate_files(
     from core.diffusion.generate import generate, generated_provenance, generation_settings
 
     try:
-        generation_settings(engine, sampling)
+        generation_settings(engine, request)
     except ValueError as exc:
         raise GenerateRefused(str(exc)) from None
     targets = [out / generated_name(seed, i, OUTPUT_FORMATS[fmt]) for i in range(count)]
@@ -239,7 +241,7 @@ def generate_files(
         seed,
         seed,
     )
-    results = generate(engine, count, width, height, seed, sampling)
+    results = generate(engine, count, width, height, seed, request)
     out.mkdir(parents=True, exist_ok=True)
     recorded: dict[str, object] = {"width": width, "height": height, "format": fmt}
     report = Report()
@@ -247,7 +249,7 @@ def generate_files(
         if isinstance(result, InferenceError):
             report.rejected.append((target, result.reason, result.message))
             continue
-        meta = generated_provenance(engine, seed, index, sampling, recorded)
+        meta = generated_provenance(engine, seed, index, request, recorded)
         try:
             if target.exists() or target.is_symlink():  # written by someone else meanwhile
                 raise FileExistsError(f"{target} appeared during the run; not overwritten")
@@ -271,7 +273,7 @@ def _decode(job: Job, settings: OutputSettings) -> Job:
     if image.mode == "RGBA":
         job.pixels = np.asarray(image)  # core.runtime.img2img splits and re-attaches the alpha
     else:
-        job.pixels = loading.to_uint8_array(image)
+        job.pixels = to_uint8_array(image)
     return job
 
 
@@ -279,7 +281,7 @@ def _sniffed(path: Path) -> str | None:
     """The format named by the file's first bytes (None: unknown or unreadable)."""
     try:
         with path.open("rb") as handle:
-            return loading.sniff(handle.read(64))
+            return sniff(handle.read(64))
     except OSError:
         return None
 
@@ -296,7 +298,7 @@ def _gather(futures: list[Future[Job]], jobs: list[Job]) -> tuple[list[Job], lis
     for job, future in zip(jobs, futures, strict=True):
         try:
             ready.append(future.result())
-        except loading.ImageError as exc:
+        except ImageError as exc:
             failed.append((job.source, exc.reason, exc.message))
         except OSError as exc:
             failed.append((job.source, Reason.UNREADABLE, str(exc)))

@@ -13,7 +13,8 @@ batch, no encode still running, its ``solo`` marker on disk while the model has 
 ``max_attempts`` deaths of the process in that window quarantine it (docs/spool.md).
 
 Each claim carries the settings fixed at its claim (``claim.job``: daemon.presets): it is
-decoded at its size, batched only with claims of the same model and settings, run by one
+decoded at its size, batched only with claims of the same model and settings (its group:
+daemon.job_groups, which builds each group's decode and output settings once), run by one
 :class:`Inference` per such group on an engine from the bounded model cache
 (daemon.model_cache), and its output records its settings and which preset or sidecar gave them.
 """
@@ -21,58 +22,41 @@ decoded at its size, batched only with claims of the same model and settings, ru
 from __future__ import annotations
 
 import copy
-import dataclasses
-import errno
-import json
 import os
 import queue
 import signal
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from loguru import logger
 from PIL import Image
 
 from core.checkpoint import CheckpointError
-from core.images import loading
-from core.images.colour import ColourPolicy
+from core.images.decode import ImageError
 from core.images.origin import Origin
 from core.reasons import Reason
 from core.runtime.batcher import Batcher
 from core.runtime.engine import Engine
 from core.runtime.errors import InferenceError
 from core.runtime.img2img import Inference, OutputSettings
-from core.runtime.samplers import SamplingSettings
 from daemon import memory
-from daemon.decoders import (
-    DecoderPool,
-    DecoderUnavailableError,
-    DecodeSettings,
-    PoolClosedError,
-)
+from daemon.decoders import DecoderPool, DecoderUnavailableError, PoolClosedError
+from daemon.job_groups import MAX_GROUPS, Group, JobGroups, decode_settings, job_sampler_request
 from daemon.metrics import Health, Metrics
 from daemon.model_cache import ModelCache
-from daemon.presets import JobSettings
 from daemon.settings import DaemonSettings
 from daemon.spool import Claim, DisposeError, Spool
+from daemon.spool.errors import RESOURCE_ERRNOS, SPACE_ERRNOS
 
-# Commit failures that mean "the disk, not the file": keep the claim and retry later.
-# EPERM: an immutable (chattr +i) or otherwise locked folder, not the file's fault either.
-RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM}
 RETRY_DELAYS_S = (2.0, 5.0, 15.0, 30.0, 60.0)
 DISK_PROBE_S = 0.5  # while retries wait: how often the outbox is checked for room again
 ENCODE_DRAIN_S = 30.0  # a suspect waits this long at most for the encodes in progress
 # Test-only (docs/reliability.md): the process SIGKILLs itself when the input with this
 # SHA-256 is in the model. Read once at import; unset, a batch costs one ``is None`` test.
 _POISON_SHA256 = os.environ.get("_ARTD_POISON_SHA256") or None
-
-
-MAX_INFERENCES = 256  # (model, settings) groups kept ready; beyond, rebuilt on demand
-Group = tuple[str, str]  # (checkpoint, settings as sorted JSON): what a batch shares
 
 
 @dataclass
@@ -84,51 +68,6 @@ class Decoded:
     input_mtime: float
     group: Group = ("", "")
     origin: Origin | None = None  # format, profile, metadata (core.images.origin)
-
-
-@dataclass(frozen=True)
-class JobOutput(OutputSettings):
-    """OutputSettings that also record the job's settings and where they came from."""
-
-    job: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    def recorded(self) -> dict[str, object]:
-        if not self.job:
-            return super().recorded()
-        return super().recorded() | {
-            "job": self.job.get("settings", {}),
-            "model_name": self.job.get("model"),
-            "preset": self.job.get("preset"),
-            "sidecar": self.job.get("sidecar"),
-        }
-
-
-class _JobView:
-    """A job's settings (validated again, typed) over the daemon's for what a job does not
-    set (``background``): what ``OutputSettings.from_settings`` reads."""
-
-    def __init__(self, job: dict[str, Any], daemon: DaemonSettings) -> None:
-        self._job = JobSettings(**job["settings"])
-        self._keys = set(job["settings"])
-        self._daemon = daemon
-
-    def __getattr__(self, name: str) -> Any:
-        if name in self._keys:
-            return getattr(self._job, name)
-        return getattr(self._daemon, name)
-
-
-def job_output(job: dict[str, Any], daemon: DaemonSettings) -> JobOutput:
-    """The OutputSettings of a job: every output field from its settings, through the one
-    constructor core.runtime.img2img has for settings (new output fields need no code here)."""
-    return JobOutput.from_settings(_JobView(job, daemon), job=job)  # type: ignore[return-value]
-
-
-def job_sampling(job: dict[str, Any]) -> SamplingSettings:
-    s = job["settings"]
-    return SamplingSettings(
-        strength=s.get("strength"), steps=s.get("steps"), eta=s.get("eta"), seed=s.get("seed")
-    )
 
 
 class Pipeline:
@@ -153,9 +92,10 @@ class Pipeline:
         self.spool = spool
         self._output = OutputSettings.from_settings(settings)
         # What the operator asked of the sampler; every engine, hot-reloaded ones too, gets it.
-        self._sampling = settings.sampling()
-        self._inference = Inference(engine, self._output, self._sampling)
+        self._request = settings.sampler_request()
+        self._inference = Inference(engine, self._output, self._request)
         self._default_checkpoint = str(settings.checkpoint)
+        self._groups = JobGroups(settings, self._default_checkpoint)
         self.models = models or ModelCache(
             settings.load_engine,
             settings.model_memory_mb << 20,
@@ -165,8 +105,6 @@ class Pipeline:
         self.models.put(self._default_checkpoint, engine)
         self._inferences: dict[Group, Inference] = {}
         self._models_seen = self.models.generation  # engines let go that _inferences knows of
-        self._outputs: dict[Group, JobOutput] = {}
-        self._decodes: dict[Group, DecodeSettings] = {}
         self.metrics = metrics
         self.health = health
         self._engine_lock = threading.Lock()
@@ -197,7 +135,7 @@ class Pipeline:
     def swap_engine(self, engine: Engine) -> None:
         """Switch models between batches (the engine thread takes the lock per batch)."""
         with self._engine_lock:
-            old, self._inference = self.engine, Inference(engine, self._output, self._sampling)
+            old, self._inference = self.engine, Inference(engine, self._output, self._request)
             self.models.put(self._default_checkpoint, engine)
             self._forget_unloaded()
         logger.info("model switched: {} -> {}", old.version, engine.version)
@@ -283,7 +221,7 @@ class Pipeline:
             return  # left claimed; the next start resumes it
         job = claim.job
         try:
-            settings = None if job is None else self._decode_settings_of(claim)
+            settings = None if job is None else self._groups.decode_settings(claim)
             pixels, mtime, origin = self._decoder.decode_with_origin(claim.work_path, settings)
         except PoolClosedError:
             return  # stopping: left claimed for the next start
@@ -294,7 +232,7 @@ class Pipeline:
             self._retry_later(claim, RETRY_DELAYS_S[1])
             self._finished()
             return
-        except loading.ImageError as exc:
+        except ImageError as exc:
             self._quarantine(claim, exc.reason, exc.message)
             return
         except OSError as exc:
@@ -304,39 +242,7 @@ class Pipeline:
             logger.exception("decoder failed on {}", claim.rel_path)
             self._quarantine(claim, Reason.DECODER_FAILED, f"{type(exc).__name__}: {exc}")
             return
-        self._ready.put(Decoded(claim, pixels, mtime, self._group(claim), origin))
-
-    def _group(self, claim: Claim) -> Group:
-        """What a claim's batch-mates must share: the model and every setting."""
-        if claim.job is None:
-            return (self._default_checkpoint, "")
-        return (claim.job["checkpoint"], json.dumps(claim.job["settings"], sort_keys=True))
-
-    def _decode_settings_of(self, claim: Claim) -> DecodeSettings:
-        """How a job's file is decoded (built once per group, like its output settings)."""
-        group = self._group(claim)
-        settings = self._decodes.get(group)
-        if settings is None:
-            if len(self._decodes) >= MAX_INFERENCES:
-                self._decodes.clear()
-            settings = self._decodes[group] = decode_settings(_JobView(claim.job, self.settings))
-        return settings
-
-    def _output_of(self, claim: Claim) -> JobOutput:
-        """The job's OutputSettings (built once per group), recording this claim's sources."""
-        group = self._group(claim)
-        base = self._outputs.get(group)
-        if base is None:
-            if len(self._outputs) >= MAX_INFERENCES:
-                self._outputs.clear()
-            base = self._outputs[group] = job_output(claim.job, self.settings)
-        return dataclasses.replace(base, job=claim.job)
-
-    def _recorded(self, claim: Claim) -> dict[str, object]:
-        try:
-            return self._output_of(claim).recorded()
-        except Exception as exc:  # a quarantine must not fail on its details
-            return {"job": claim.job, "error": str(exc)}
+        self._ready.put(Decoded(claim, pixels, mtime, self._groups.group(claim), origin))
 
     def _inference_for(self, item: Decoded) -> Inference:
         """The Inference of ``item``'s group on its model's engine (engine lock held)."""
@@ -350,9 +256,9 @@ class Pipeline:
             memory.release("a preset model's reload or unload")
         cached = self._inferences.get(item.group)
         if cached is None or cached.engine is not engine:
-            if len(self._inferences) >= MAX_INFERENCES:
+            if len(self._inferences) >= MAX_GROUPS:
                 self._inferences.clear()
-            cached = Inference(engine, self._output_of(item.claim), job_sampling(job))
+            cached = Inference(engine, self._groups.output(item.claim), job_sampler_request(job))
             self._inferences[item.group] = cached
         return cached
 
@@ -440,7 +346,7 @@ class Pipeline:
         data = b""
         if claim.job is not None:  # its own provenance: preset and sidecar are per file
             inference = copy.copy(inference)
-            inference.output = self._output_of(claim)
+            inference.output = self._groups.output(claim)
         try:
             data = inference.encode(image, claim.sha256, item.origin)
             output = self.spool.commit(claim, data)
@@ -471,7 +377,7 @@ class Pipeline:
         if exc.errno not in RESOURCE_ERRNOS:
             self._quarantine(claim, Reason.WRITE_FAILED, str(exc))
             return
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno in SPACE_ERRNOS:
             self._needed_bytes = max(self._needed_bytes, size)
         # The disk, not the file: keep it claimed, pause intake, try again later.
         delay = RETRY_DELAYS_S[min(self._failures, len(RETRY_DELAYS_S) - 1)]
@@ -489,7 +395,7 @@ class Pipeline:
             "settings": self._output.recorded(),
         }
         if claim.job is not None:
-            details = {"model": claim.job["model"], "settings": self._recorded(claim)}
+            details = {"model": claim.job["model"], "settings": self._groups.recorded(claim)}
         try:
             self.spool.quarantine(claim, reason, message, details)
         except OSError as exc:
@@ -528,22 +434,6 @@ def _die_on_poison(batch: list[Decoded]) -> None:
     if any(item.claim.sha256 == _POISON_SHA256 for item in batch):
         logger.warning("_ARTD_POISON_SHA256: the poison input is in the model; dying")
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def decode_settings(settings: DaemonSettings | _JobView) -> DecodeSettings:
-    """How a file is decoded for the daemon's defaults or for one job's settings."""
-    return DecodeSettings(
-        size=settings.size,
-        resize=settings.resize,
-        max_pixels=settings.max_pixels,
-        background=settings.background_rgb,
-        colour=ColourPolicy(
-            manage=settings.colour_management,
-            intent=settings.colour_intent,
-            cmyk_profile=None if settings.cmyk_profile is None else str(settings.cmyk_profile),
-        ),
-        keep_alpha=settings.keep_alpha,
-    )
 
 
 def decoder_pool(settings: DaemonSettings) -> DecoderPool:

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage.data
-from colour_kit import ADOBE_RGB, CMYK_PROFILE, convert, display_p3_profile
 from PIL import Image, ImageCms
 
-from core.images import loading
+from bench.shared.colour_kit import ADOBE_RGB, CMYK_PROFILE, convert, display_p3_profile
 from core.images.colour import SRGB_ICC, ColourPolicy, default_cmyk_profile, profile_description
+from core.images.decode import decode
 from core.runtime.engine import Engine
 from core.runtime.img2img import OutputSettings
 from daemon.oneshot import process
@@ -67,8 +67,8 @@ def test_tagged_inputs_decode_to_the_same_srgb_and_unmanaged_ones_do_not(tmp_pat
     files = tagged_files(tmp_path)
     managed, plain = ColourPolicy(), ColourPolicy(manage=False)
     for name, path in files.items():
-        good = diff(loading.decode(path, colour=managed), PHOTO)
-        bad = diff(loading.decode(path, colour=plain), PHOTO)
+        good = diff(decode(path, colour=managed), PHOTO)
+        bad = diff(decode(path, colour=plain), PHOTO)
         if name.startswith("cmyk"):  # a press gamut: saturated colours are clipped by CMYK
             assert good.mean() < 2.5 and bad.mean() > 10, (name, good.mean(), bad.mean())
         else:
@@ -81,14 +81,14 @@ def test_tagged_inputs_decode_to_the_same_srgb_and_unmanaged_ones_do_not(tmp_pat
 def test_untagged_is_srgb_and_an_srgb_tag_changes_nothing(tmp_path: Path) -> None:
     buf = io.BytesIO()
     Image.fromarray(PHOTO).save(buf, "PNG", icc_profile=SRGB_ICC)
-    tagged = loading.decode(buf.getvalue(), colour=ColourPolicy())
+    tagged = decode(buf.getvalue(), colour=ColourPolicy())
     assert np.array_equal(np.asarray(tagged), PHOTO)
 
 
 def test_intents_both_work_and_perceptual_differs_on_cmyk(tmp_path: Path) -> None:
     path = tagged_files(tmp_path)["cmyk"]
-    relative = loading.decode(path, colour=ColourPolicy(intent="relative"))
-    perceptual = loading.decode(path, colour=ColourPolicy(intent="perceptual"))
+    relative = decode(path, colour=ColourPolicy(intent="relative"))
+    perceptual = decode(path, colour=ColourPolicy(intent="perceptual"))
     assert diff(relative, PHOTO).mean() < diff(perceptual, PHOTO).mean()
     assert diff(perceptual, PHOTO).mean() < 10
 

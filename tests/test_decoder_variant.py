@@ -13,11 +13,11 @@ import torch
 from loguru import logger
 
 from core.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
+from core.diffusion.sampler_settings import SamplerRequest
 from core.network.folded import FoldedModel
 from core.network.model import FULL_WIDTH, ConvDiffusionModel
 from core.runtime.engine import Engine
 from core.runtime.img2img import Inference, OutputSettings
-from core.runtime.samplers import SamplingSettings
 from core.synthetic import procedural
 from core.train import main
 
@@ -156,7 +156,7 @@ def test_denoise_run_trains_and_serves_the_upsample_variant(tmp_path: Path) -> N
     assert ckpt.meta.decoder == "upsample" and ckpt.meta.objective == "denoise"
 
     engine = Engine(ckpt, device="cpu", precision="fp32")
-    inference = Inference(engine, OutputSettings(32), SamplingSettings(strength=0.5, steps=4))
+    inference = Inference(engine, OutputSettings(32), SamplerRequest(strength=0.5, steps=4))
     pixels = np.asarray(procedural.generate(9, 32))
     (image,) = inference.run([pixels], ["ab" * 32])
     assert image.size == (32, 32)

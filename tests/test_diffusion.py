@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core.diffusion.sampler_settings import SamplerSettings
 from core.diffusion.schedule import (
     V_RANGE,
-    SamplerSettings,
     Schedule,
     clean_pixels,
     image_seed,

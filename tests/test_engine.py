@@ -15,6 +15,7 @@ from torchvision import transforms
 
 from core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from core.images import loading
+from core.images.pixels import to_tensor, to_uint8_array
 from core.network.model import IMAGENET_MEAN, IMAGENET_STD
 from core.outputs.encoding import read_metadata
 from core.runtime.engine import Engine, pick_device
@@ -47,7 +48,7 @@ def test_seed_checkpoint_matches_seed_inference(seed_checkpoint: Path, tmp_path:
     for i, size in enumerate([(200, 150), (96, 160), (128, 128)]):
         path = tmp_path / f"in{i}.png"
         textured_image(*size, seed=i).save(path)
-        [ours] = engine.run([loading.load(path, 128, "stretch")])
+        [ours] = engine.run_images([loading.load(path, 128, "stretch")])
         expected = seed_inference(seed_checkpoint, path)
         diff = np.abs(np.asarray(ours).astype(int) - expected.astype(int))
         assert diff.max() <= 1, f"image {i}: max diff {diff.max()}/255"
@@ -55,7 +56,7 @@ def test_seed_checkpoint_matches_seed_inference(seed_checkpoint: Path, tmp_path:
 
 def test_pixel_space_output_is_the_sigmoid(pixel_checkpoint: Path) -> None:
     engine = Engine.from_path(pixel_checkpoint, device="cpu", precision="fp32")
-    x = loading.to_tensor(textured_image(64, 48)).unsqueeze(0)
+    x = to_tensor(textured_image(64, 48)).unsqueeze(0)
     model = seeded_model(0)
     normalized = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
         IMAGENET_STD
@@ -68,10 +69,10 @@ def test_pixel_space_output_is_the_sigmoid(pixel_checkpoint: Path) -> None:
 def test_batched_results_equal_single_runs(pixel_checkpoint: Path) -> None:
     engine = Engine.from_path(pixel_checkpoint, device="cpu", precision="fp32", max_batch=4)
     images = [textured_image(64, 48, seed=i) for i in range(6)] + [textured_image(32, 64)]
-    batched = engine.run(images)
+    batched = engine.run_images(images)
     assert len(batched) == len(images)
     for image, result in zip(images, batched, strict=True):
-        [single] = engine.run([image])
+        [single] = engine.run_images([image])
         assert result.size == image.size
         diff = np.abs(np.asarray(result).astype(int) - np.asarray(single).astype(int))
         assert diff.max() <= 1
@@ -81,7 +82,7 @@ def test_auto_precision_stays_within_two_levels_of_fp32(pixel_checkpoint: Path) 
     fp32 = Engine.from_path(pixel_checkpoint, device="cpu", precision="fp32")
     auto = Engine.from_path(pixel_checkpoint, device="cpu", precision="auto")
     images = [textured_image(128, 96, seed=i) for i in range(3)]
-    for a, b in zip(fp32.run(images), auto.run(images), strict=True):
+    for a, b in zip(fp32.run_images(images), auto.run_images(images), strict=True):
         diff = np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int))
         assert diff.max() <= 2, f"{auto.precision}: {diff.max()}/255"
 
@@ -94,7 +95,7 @@ def test_non_finite_output_fails_that_item_only(tmp_path: Path) -> None:
     save_checkpoint(path, state, CheckpointMeta())
     engine = Engine(load_checkpoint(path), device="cpu", precision="auto")
     assert engine.precision == "fp32"  # the probe saw non-finite output and kept fp32
-    results = engine.run([textured_image(32, 32)])
+    results = engine.run_images([textured_image(32, 32)])
     assert isinstance(results[0], InferenceError)
     assert results[0].reason == "non_finite_output"
 
@@ -118,7 +119,7 @@ def test_compiled_model_matches_eager(pixel_checkpoint: Path) -> None:
     compiled = Engine.from_path(pixel_checkpoint, device="cpu", precision="fp32", compile=True)
     assert compiled._compiled is not None
     images = [textured_image(64, 48, seed=i) for i in range(3)] + [textured_image(32, 64)]
-    for a, b in zip(eager.run(images), compiled.run(images), strict=True):
+    for a, b in zip(eager.run_images(images), compiled.run_images(images), strict=True):
         diff = np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int))
         assert diff.max() <= 1
     assert compiled._compiled is not None, "compilation fell back to eager"
@@ -132,7 +133,7 @@ def test_the_recorded_normalization_drives_the_input(tmp_path: Path) -> None:
     meta = CheckpointMeta(normalization={"mean": mean, "std": std})
     save_checkpoint(path, seeded_model(0).state_dict(), meta)
     engine = Engine(load_checkpoint(path), device="cpu", precision="fp32")
-    x = loading.to_tensor(textured_image(32, 24)).unsqueeze(0)
+    x = to_tensor(textured_image(32, 24)).unsqueeze(0)
     normalized = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     with torch.no_grad():
         expected = seeded_model(0)(normalized)
@@ -146,8 +147,8 @@ def test_the_inference_step_batches_by_shape_and_encodes_with_provenance(
     engine = Engine.from_path(pixel_checkpoint, device="cpu", precision="fp32", max_batch=2)
     step = Inference(engine, OutputSettings(64, "fit", "png"))
     images = [textured_image(64, 48, seed=i) for i in range(3)] + [textured_image(32, 64)]
-    pixels = [loading.to_uint8_array(image) for image in images]
-    for ours, theirs in zip(step.run_all(pixels), engine.run(images), strict=True):
+    pixels = [to_uint8_array(image) for image in images]
+    for ours, theirs in zip(step.run_all(pixels), engine.run_images(images), strict=True):
         assert np.asarray(ours).tobytes() == np.asarray(theirs).tobytes()
     [broken] = step.run([np.zeros((8, 12, 4), np.uint8)])  # four channels: the model refuses
     assert isinstance(broken, InferenceError) and broken.reason == "model_failed"

@@ -1,6 +1,5 @@
-"""core.images.loading and core.outputs.encoding: safe decode of real (good, broken, hostile)
-files, resize,
-tensors, encode."""
+"""core.images (decode, pixels, loading) and core.outputs.encoding: safe decode of real
+(good, broken, hostile) files, resize, tensors, encode."""
 
 from __future__ import annotations
 
@@ -21,7 +20,9 @@ from torchvision import transforms
 from torchvision.utils import save_image
 
 from core.images import loading
-from core.images.loading import ImageError, decode, load, resize, target_size
+from core.images.decode import ImageError, decode
+from core.images.loading import load
+from core.images.pixels import from_tensor, resize, target_size, to_tensor, to_uint8_array
 from core.outputs.encoding import OUTPUT_FORMATS, encode, read_metadata
 from core.reasons import DECODE_REASONS
 
@@ -386,14 +387,14 @@ def test_load_without_draft_is_decode_plus_resize(tmp_path: Path) -> None:
 
 def test_to_tensor_matches_torchvision_exactly() -> None:
     img = Image.fromarray(samples.pattern())
-    tensor = loading.to_tensor(img)
+    tensor = to_tensor(img)
     assert tensor.dtype == torch.float32 and tensor.shape == (3, 32, 48)
     assert torch.equal(tensor, transforms.ToTensor()(img))
     assert tensor.is_contiguous()
 
 
 def test_to_uint8_array_is_hwc_rgb() -> None:
-    arr = loading.to_uint8_array(Image.fromarray(samples.pattern()).convert("L"))
+    arr = to_uint8_array(Image.fromarray(samples.pattern()).convert("L"))
     assert arr.dtype == np.uint8 and arr.shape == (32, 48, 3)
 
 
@@ -401,16 +402,16 @@ def test_from_tensor_rounds_as_save_image(tmp_path: Path) -> None:
     t = torch.rand(3, 16, 24, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.1
     save_image(t, tmp_path / "ref.png")
     with Image.open(tmp_path / "ref.png") as ref:
-        assert loading.from_tensor(t).tobytes() == ref.convert("RGB").tobytes()
-    assert loading.from_tensor(t.unsqueeze(0)).size == (24, 16)
-    assert loading.from_tensor(t.half()).size == (24, 16)
+        assert from_tensor(t).tobytes() == ref.convert("RGB").tobytes()
+    assert from_tensor(t.unsqueeze(0)).size == (24, 16)
+    assert from_tensor(t.half()).size == (24, 16)
     with pytest.raises(ValueError):
-        loading.from_tensor(torch.zeros(2, 4, 4))
+        from_tensor(torch.zeros(2, 4, 4))
 
 
 def test_tensor_round_trip_is_lossless() -> None:
     img = Image.fromarray(samples.pattern())
-    assert loading.from_tensor(loading.to_tensor(img)).tobytes() == img.tobytes()
+    assert from_tensor(to_tensor(img)).tobytes() == img.tobytes()
 
 
 # --- encode -----------------------------------------------------------------------------

@@ -201,13 +201,13 @@ def test_sampler_settings_from_env_toml_and_flags(
     monkeypatch.setenv("ARTD_STRENGTH", "0.35")
     settings = load_settings(DaemonSettings, {"seed": "9"}, config)
     assert (settings.strength, settings.steps, settings.eta, settings.seed) == (0.35, 12, 0.0, 9)
-    sampling = settings.sampling()
-    assert sampling.given() == {"strength": 0.35, "steps": 12, "eta": 0.0, "seed": 9}
+    request = settings.sampler_request()
+    assert request.given() == {"strength": 0.35, "steps": 12, "eta": 0.0, "seed": 9}
     monkeypatch.setenv("ARTD_STRENGTH", "2")
     with pytest.raises(SettingsError, match="ARTD_STRENGTH"):
         load_settings(DaemonSettings, {})
     # Unset: every field left to the checkpoint's recommendation.
-    assert not settings_from_flags(ProcessSettings, {}).sampling().is_set
+    assert not settings_from_flags(ProcessSettings, {}).sampler_request().is_set
 
 
 @pytest.mark.parametrize("size", ["32", "32x", "x24", "30x24", "32x20x8", "0x8", "8192x8"])

@@ -13,23 +13,26 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
-from core.diffusion.schedule import SamplerSettings
+from core import objectives
+from core.diffusion.sampler_settings import SamplerRequest, SamplerSettings
 from core.network.model import SIZE_MULTIPLE
 from core.outputs.provenance import provenance
 from core.runtime.engine import Engine
 from core.runtime.errors import InferenceError
-from core.runtime.samplers import SamplingSettings, seeds_for
+from core.runtime.samplers import seeds_for
 
 
-def generation_settings(engine: Engine, sampling: SamplingSettings | None) -> SamplerSettings:
-    """The effective settings of a generation run: ``sampling`` over the checkpoint's
-    recommendation, at strength 1. A reconstruct checkpoint raises ValueError."""
-    if engine.objective != "denoise":
+def generation_settings(engine: Engine, request: SamplerRequest | None) -> SamplerSettings:
+    """The effective settings of a generation run: ``request`` over the checkpoint's
+    recommendation, at strength 1. A checkpoint whose objective cannot generate from noise
+    (``Objective.can_generate``: reconstruct, style) raises ValueError."""
+    if not objectives.get(engine.objective).can_generate:
+        able = " or ".join(n for n in objectives.names() if objectives.get(n).can_generate)
         raise ValueError(
             f"model {engine.version} is a {engine.objective} checkpoint: it maps an image to "
-            "an image and cannot generate from noise; serve a denoise checkpoint"
+            f"an image and cannot generate from noise; serve a {able} checkpoint"
         )
-    given = replace(sampling or SamplingSettings(), strength=1.0)
+    given = replace(request or SamplerRequest(), strength=1.0)
     settings = engine.sampler_settings(given)
     assert settings is not None  # a denoise engine always resolves
     return settings
@@ -46,12 +49,12 @@ def generate(
     width: int,
     height: int,
     seed: int,
-    sampling: SamplingSettings | None = None,
+    request: SamplerRequest | None = None,
 ) -> list[Image.Image | InferenceError]:
     """``count`` images of ``width`` x ``height`` from noise, in index order; an item that
     fails (out of memory at a single image, NaN even in fp32) is its InferenceError.
 
-    ``sampling``'s strength is ignored (always 1); its seed, if set, is recorded in the
+    ``request``'s strength is ignored (always 1); its seed, if set, is recorded in the
     settings and hashed into every image's noise seed along with ``seed``. Raises
     ValueError for a reconstruct checkpoint, a count below 1 or a size that is not a
     positive multiple of 8."""
@@ -62,14 +65,14 @@ def generate(
             raise ValueError(f"{name} must be an integer >= {SIZE_MULTIPLE}, got {value!r}")
         if value % SIZE_MULTIPLE:
             raise ValueError(f"{name} must be a multiple of {SIZE_MULTIPLE}, got {value}")
-    settings = generation_settings(engine, sampling)
-    given = SamplingSettings(**settings.to_dict())  # type: ignore[arg-type]
+    settings = generation_settings(engine, request)
+    given = SamplerRequest(**settings.to_dict())  # type: ignore[arg-type]
     seeds = seeds_for((label(seed, i) for i in range(count)), settings)
     results: list[Image.Image | InferenceError] = []
     for start in range(0, count, engine.max_batch):
         part = seeds[start : start + engine.max_batch]
         blank = torch.zeros(len(part), 3, height, width)  # at strength 1 only its shape counts
-        results.extend(engine.run_batch(blank, part, given))
+        results.extend(engine.run(blank, part, given))
     return results
 
 
@@ -77,7 +80,7 @@ def generated_provenance(
     engine: Engine,
     seed: int,
     index: int,
-    sampling: SamplingSettings | None = None,
+    request: SamplerRequest | None = None,
     settings: dict[str, object] | None = None,
 ) -> dict[str, str]:
     """The metadata of image ``index`` of a run with ``seed`` (core.outputs.provenance, with the
@@ -87,6 +90,6 @@ def generated_provenance(
         engine.checkpoint,
         "",
         settings or {},
-        sampler=generation_settings(engine, sampling),
+        sampler_settings=generation_settings(engine, request),
         source=label(seed, index),
     )

@@ -10,7 +10,7 @@ the daemon or the trainer.
   knows ``t``, reads the network's Sigmoid output ``out`` in 0..1 by the schedule's
   ``parameterisation`` (:func:`clean_pixels`):
 
-  - ``x0`` (issue 12's first models): ``out`` is the predicted clean pixels. Every pixel
+  - ``x0`` (the first denoise models): ``out`` is the predicted clean pixels. Every pixel
     is redrawn by the network, whose finest features are at half resolution, so even a
     faint noise level gives back a softened image in the collection's colours.
   - ``v`` (Salimans and Ho 2022, "Progressive Distillation"): ``out`` encodes
@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, fields
 from itertools import pairwise
 
 import torch
+
+from core.diffusion.sampler_settings import SamplerSettings
 
 Denoise = Callable[[torch.Tensor], torch.Tensor]
 # What the network's output means (module docstring), and the v parameterisation's range.
@@ -170,35 +172,6 @@ def clean_pixels(
     a, s = _signal_noise(t, x_t, schedule)
     v = out.float().mul(2 * V_RANGE).sub_(V_RANGE)
     return x_t.float().mul(a).sub_(v, alpha=s).add_(1.0).mul_(0.5).clamp_(0.0, 1.0)
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    """img2img settings; invalid values raise ValueError naming the field. ``seed`` is not
-    read by :func:`sample` (which takes one seed per image): it feeds :func:`image_seed`."""
-
-    strength: float = 0.5
-    steps: int = 25
-    eta: float = 1.0
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("strength", "eta"):
-            value = getattr(self, name)
-            ok = not isinstance(value, bool) and isinstance(value, int | float)
-            if not ok or not 0.0 <= value <= 1.0:  # NaN fails the range test too
-                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-            object.__setattr__(self, name, float(value))  # 1 and 1.0 hash to one seed
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
-        if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int)
-        ):
-            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
-
-    def to_dict(self) -> dict[str, object]:
-        """Plain values, for provenance metadata and :func:`image_seed`."""
-        return asdict(self)
 
 
 def step_count(strength: float, steps: int) -> int:

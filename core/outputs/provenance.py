@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import core
 from core.checkpoint import Checkpoint
-from core.diffusion.schedule import SamplerSettings
+from core.diffusion.sampler_settings import SamplerSettings
 
 
 def provenance(
@@ -22,12 +22,12 @@ def provenance(
     input_sha256: str,
     settings: dict[str, object],
     *,
-    sampler: SamplerSettings | None = None,
+    sampler_settings: SamplerSettings | None = None,
     source: str | None = None,
 ) -> dict[str, str]:
     """Text fields for the output's metadata (PNG text chunks, JPEG comment, WebP XMP).
 
-    ``sampler``: the effective settings of a denoise checkpoint (None for reconstruct);
+    ``sampler_settings``: the effective settings of a denoise checkpoint (None for one pass);
     ``source``: what the output was made from when it is not an input file (generation
     from noise records its ``generate:<seed>:<index>`` label and an empty input hash)."""
     meta = checkpoint.meta
@@ -42,8 +42,8 @@ def provenance(
         "artd:created": datetime.now(UTC).isoformat(timespec="seconds"),
         "artd:settings": json.dumps(settings, sort_keys=True),
     }
-    if sampler is not None:
-        fields["artd:sampler"] = json.dumps(sampler.to_dict(), sort_keys=True)
+    if sampler_settings is not None:
+        fields["artd:sampler"] = json.dumps(sampler_settings.to_dict(), sort_keys=True)
     if source is not None:
         fields["artd:source"] = source
     return fields

@@ -2,7 +2,7 @@
 
 Only images of one shape stack into one tensor. The daemon batches dynamically: a batch
 leaves when full or when its oldest item is due (:class:`Batcher`). ``artd process`` and
-``Engine.run`` have everything at hand and take :func:`by_shape`'s batches at once. Pure
+``Engine.run_images`` have everything at hand and take :func:`by_shape`'s batches at once. Pure
 bookkeeping with an injectable clock, so its timing rules are testable without threads.
 """
 

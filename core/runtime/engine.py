@@ -7,9 +7,18 @@ only where the hardware does it natively and a probe image shows the output stay
 tolerance of fp32; otherwise it runs fp32. A denoise checkpoint's probe runs its whole
 sampler at the recommended settings, so the tolerance holds for what is served.
 
+Three ways in, by what the caller holds and wants back:
+
+- :meth:`Engine.run`: a stacked batch of one size (uint8 NHWC or float NCHW) -> one image or
+  :class:`InferenceError` per item, with the out-of-memory back-off and the fp32 retry of a
+  non-finite item. What the daemon, ``artd process`` and ``artd generate`` call.
+- :meth:`Engine.run_images`: PIL images of any sizes -> the same, grouped into batches.
+- :meth:`Engine.infer`: float NCHW -> float NCHW, one sampler call, no back-off or retry
+  (probes and benches).
+
 A denoise checkpoint also needs one noise seed per image and sampler settings: callers
-pass both (``run_batch(batch, seeds, sampling)``), or the engine seeds each image from its
-own bytes (core.runtime.samplers.content_seeds) and serves the checkpoint's recommendation. Both
+pass both (``run(pixels, seeds, request)``), or the engine seeds each image from its own
+bytes (core.runtime.samplers.content_seeds) and serves the checkpoint's recommendation. Both
 travel with the batch through the out-of-memory halving and the per-item fp32 retry.
 """
 
@@ -25,16 +34,17 @@ from loguru import logger
 from PIL import Image
 
 from core.checkpoint import Checkpoint, build_model, load_checkpoint
-from core.diffusion.schedule import SamplerSettings
-from core.images.loading import from_tensor
+from core.diffusion.sampler_settings import SamplerRequest, SamplerSettings
+from core.images.pixels import from_tensor
 from core.network.folded import FoldedModel, stage_dtypes
 from core.network.model import SIZE_MULTIPLE
 from core.network.space import uint8_to_pixels
+from core.objectives import sampler_for
 from core.reasons import Reason
 from core.runtime.batcher import map_by_shape
 from core.runtime.devices import native_reduced_dtype, pick_device
 from core.runtime.errors import InferenceError
-from core.runtime.samplers import DiffusionSampler, SamplingSettings, content_seeds, sampler_for
+from core.runtime.samplers import DiffusionSampler, content_seeds
 
 __all__ = ["Engine", "images_to_batch", "pick_device"]
 
@@ -70,15 +80,17 @@ class Engine:
         # The seed's module is kept for reference; inference runs a BatchNorm-folded copy
         # per precision (about 1.5x faster on CPU, equal to rounding; see core.network.folded).
         self.model = build_model(checkpoint).to(self.device)
-        self._runners: dict[str, torch.nn.Module] = {}
-        self.sampler = sampler_for(checkpoint.meta).to(self.device)
+        self._folded_models: dict[str, torch.nn.Module] = {}
+        self.sampler = sampler_for(checkpoint.meta).to(self.device)  # the objective's choice
         self.objective = self.sampler.objective
         self._said_ignored = False  # a reconstruct checkpoint's one "settings ignored" line
         self._compiled: torch.nn.Module | None = None  # the precision probe runs eager
         self.precision = self._choose_precision(precision)
         # The probe built a folded copy per candidate: keep the chosen one and fp32 (the
         # NaN retry's), not the rejected ones.
-        self._runners = {p: r for p, r in self._runners.items() if p in (self.precision, "fp32")}
+        self._folded_models = {
+            p: m for p, m in self._folded_models.items() if p in (self.precision, "fp32")
+        }
         if compile:
             # Inductor fuses the remaining element-wise passes too, at the price of 10-15 s
             # of compiling for each new input shape: opt-in. It traces plain ATen ops, so the
@@ -102,22 +114,75 @@ class Engine:
     def from_path(cls, path: str | Path, **kwargs: object) -> Engine:
         return cls(load_checkpoint(Path(path)), **kwargs)  # type: ignore[arg-type]
 
-    def sampler_settings(self, sampling: SamplingSettings | None = None) -> SamplerSettings | None:
-        """The effective sampler settings: ``sampling``'s given fields over the checkpoint's
-        recommendation. None for a reconstruct checkpoint, which ignores them and says so
-        in one log line per engine."""
+    def sampler_settings(self, request: SamplerRequest | None = None) -> SamplerSettings | None:
+        """The effective sampler settings: ``request``'s given fields over the checkpoint's
+        recommendation. None for a one-pass checkpoint, which ignores them and says so in
+        one log line per engine."""
         if isinstance(self.sampler, DiffusionSampler):
-            return (sampling or SamplingSettings()).resolve(self.sampler.recommended)
-        if sampling is not None and sampling.is_set and not self._said_ignored:
+            return (request or SamplerRequest()).resolve(self.sampler.recommended)
+        if request is not None and request.is_set and not self._said_ignored:
             self._said_ignored = True
             logger.warning(
                 "model {} is a {} checkpoint (one pass, no sampler): ignoring the sampler "
                 "settings {}",
                 self.version,
                 self.objective,
-                sampling.given(),
+                request.given(),
             )
         return None
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(
+        self,
+        pixels: torch.Tensor,
+        seeds: Sequence[int] | None = None,
+        request: SamplerRequest | None = None,
+    ) -> list[Image.Image | InferenceError]:
+        """One image or InferenceError per item of a stacked uint8 NHWC or float NCHW batch
+        of one size, in order. ``seeds``: one noise seed per image for a denoise checkpoint
+        (default: from each item's bytes), ignored by a one-pass one, as ``request`` is. An
+        out-of-memory batch is halved down to single items; a non-finite item is retried
+        alone in fp32."""
+        settings, seeds = self._settings_and_seeds(pixels, seeds, request)
+        batch = uint8_to_pixels(pixels)
+        _check_shape(batch)
+        batch = batch.to(self.device, non_blocking=True)
+        outputs = self._with_oom_backoff(batch, seeds, settings)
+        results: list[Image.Image | InferenceError] = []
+        for index, output in enumerate(outputs):
+            if isinstance(output, InferenceError):
+                results.append(output)
+                continue
+            if not torch.isfinite(output).all():
+                output = self._fp32_retry(batch[index : index + 1], _part(seeds, index), settings)
+            results.append(output if isinstance(output, InferenceError) else from_tensor(output))
+        return results
+
+    def run_images(
+        self, images: Sequence[Image.Image], request: SamplerRequest | None = None
+    ) -> list[Image.Image | InferenceError]:
+        """:meth:`run` for PIL images of any sizes: one result per input, in order; images of
+        one size share batches. A denoise checkpoint seeds each image from its pixels
+        (:func:`content_seeds`)."""
+
+        def run_group(group: list[Image.Image]) -> list[Image.Image | InferenceError]:
+            return self.run(images_to_batch(group), request=request)
+
+        return map_by_shape(images, lambda image: image.size, self.max_batch, run_group)
+
+    def infer(
+        self,
+        pixels: torch.Tensor,
+        seeds: Sequence[int] | None = None,
+        request: SamplerRequest | None = None,
+    ) -> torch.Tensor:
+        """Float NCHW 0..1 in, float NCHW 0..1 out, on the engine's device and precision:
+        one sampler call, no out-of-memory back-off, no non-finite check."""
+        _check_shape(pixels)
+        settings, seeds = self._settings_and_seeds(pixels, seeds, request)
+        pixels = pixels.to(self.device, non_blocking=True)
+        return self._sample(pixels, self.precision, seeds, settings)
 
     # -- precision -------------------------------------------------------------------------
 
@@ -143,37 +208,39 @@ class Engine:
         probe = torch.rand(2, 3, 64, 64, generator=generator).to(self.device)
         settings = self.sampler_settings()
         seeds = None if settings is None else [0, 1]
-        reference = self._forward(probe, "fp32", seeds, settings)
-        reduced = self._forward(probe, precision, seeds, settings)
+        reference = self._sample(probe, "fp32", seeds, settings)
+        reduced = self._sample(probe, precision, seeds, settings)
         return float((reference - reduced).abs().max())
 
-    # -- inference -------------------------------------------------------------------------
+    # -- the sampler and the network -------------------------------------------------------
 
-    def _forward(
+    def _sample(
         self,
         pixels: torch.Tensor,
         precision: str,
         seeds: Sequence[int] | None = None,
         settings: SamplerSettings | None = None,
     ) -> torch.Tensor:
-        """Pixels 0..1 (N, 3, H, W) in, image 0..1 out, computed in ``precision``; a
-        denoise checkpoint's sampler needs ``seeds`` (one per image) and ``settings``."""
+        """The sampler on pixels 0..1 (N, 3, H, W) on the device, its network passes in
+        ``precision``: the image 0..1. A denoise checkpoint's sampler needs ``seeds`` (one
+        per image) and ``settings``."""
         with torch.inference_mode():
 
             def network(x: torch.Tensor) -> torch.Tensor:
-                return self._run_model(x, precision)
+                return self._network_pass(x, precision)
 
             return self.sampler(pixels, network, seeds, settings)
 
-    def _runner(self, precision: str) -> torch.nn.Module:
-        if precision not in self._runners:
-            self._runners[precision] = FoldedModel(
+    def _folded(self, precision: str) -> torch.nn.Module:
+        """The BatchNorm-folded network in ``precision``, built on first use."""
+        if precision not in self._folded_models:
+            self._folded_models[precision] = FoldedModel(
                 self.model, precision, channels_last=self.channels_last
             )
-        return self._runners[precision]
+        return self._folded_models[precision]
 
-    def _run_model(self, x: torch.Tensor, precision: str) -> torch.Tensor:
-        """The network on a normalised batch (what the sampler calls)."""
+    def _network_pass(self, x: torch.Tensor, precision: str) -> torch.Tensor:
+        """One pass of the network on a normalised batch (what the sampler calls)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self._compiled is not None and precision == self.precision:
@@ -184,63 +251,18 @@ class Engine:
             except Exception as exc:  # no compiler, unsupported op...: eager still works
                 logger.warning("torch.compile failed ({}); running the model uncompiled", exc)
                 self._compiled = None
-        return self._runner(precision)(x)
+        return self._folded(precision)(x)
 
-    def infer(
-        self,
-        pixels: torch.Tensor,
-        seeds: Sequence[int] | None = None,
-        sampling: SamplingSettings | None = None,
-    ) -> torch.Tensor:
-        """Float NCHW 0..1 in, float NCHW 0..1 out, on the engine's device and precision."""
-        _check_shape(pixels)
-        settings, seeds = self._sampling_for(pixels, seeds, sampling)
-        pixels = pixels.to(self.device, non_blocking=True)
-        return self._forward(pixels, self.precision, seeds, settings)
+    # -- what run() wraps around the sampler -----------------------------------------------
 
-    def run(
-        self, images: Sequence[Image.Image], sampling: SamplingSettings | None = None
-    ) -> list[Image.Image | InferenceError]:
-        """One result per input, in order; images of one size share micro-batches. A denoise
-        checkpoint seeds each image from its pixels (:func:`content_seeds`)."""
-
-        def run(batch: list[Image.Image]) -> list[Image.Image | InferenceError]:
-            return self.run_batch(images_to_batch(batch), sampling=sampling)
-
-        return map_by_shape(images, lambda image: image.size, self.max_batch, run)
-
-    def run_batch(
-        self,
-        batch: torch.Tensor,
-        seeds: Sequence[int] | None = None,
-        sampling: SamplingSettings | None = None,
-    ) -> list[Image.Image | InferenceError]:
-        """Like ``run`` for an already stacked uint8 NHWC or float NCHW batch of one size;
-        ``seeds``: one noise seed per image for a denoise checkpoint (default: from each
-        item's bytes), ignored by a reconstruct one, as ``sampling`` is."""
-        settings, seeds = self._sampling_for(batch, seeds, sampling)
-        pixels = uint8_to_pixels(batch)
-        _check_shape(pixels)
-        pixels = pixels.to(self.device, non_blocking=True)
-        outputs = self._forward_with_backoff(pixels, seeds, settings)
-        results: list[Image.Image | InferenceError] = []
-        for index, output in enumerate(outputs):
-            if isinstance(output, InferenceError):
-                results.append(output)
-                continue
-            if not torch.isfinite(output).all():
-                output = self._retry_fp32(pixels[index : index + 1], _part(seeds, index), settings)
-            results.append(output if isinstance(output, InferenceError) else from_tensor(output))
-        return results
-
-    def _sampling_for(
+    def _settings_and_seeds(
         self,
         batch: torch.Tensor,
         seeds: Sequence[int] | None,
-        sampling: SamplingSettings | None,
+        request: SamplerRequest | None,
     ) -> tuple[SamplerSettings | None, list[int] | None]:
-        """The effective settings and one seed per item (None and None for reconstruct)."""
-        settings = self.sampler_settings(sampling)
+        """The effective settings and one seed per item (None and None for one pass)."""
+        settings = self.sampler_settings(request)
         if settings is None:
             return None, None
         if seeds is None:
@@ -249,26 +271,28 @@ class Engine:
             raise ValueError(f"need one seed per image: {len(seeds)} seeds for {len(batch)}")
         return settings, [int(seed) for seed in seeds]
 
-    def _retry_fp32(
+    def _fp32_retry(
         self,
         pixels: torch.Tensor,
         seeds: Sequence[int] | None,
         settings: SamplerSettings | None,
     ) -> torch.Tensor | InferenceError:
-        output = self._forward(pixels, "fp32", seeds, settings)[0]
+        """One item again in fp32; still non-finite, it is an InferenceError."""
+        output = self._sample(pixels, "fp32", seeds, settings)[0]
         if torch.isfinite(output).all():
             return output
         return InferenceError(Reason.NON_FINITE_OUTPUT, "the model produced NaN or Inf values")
 
-    def _forward_with_backoff(
+    def _with_oom_backoff(
         self,
         pixels: torch.Tensor,
         seeds: Sequence[int] | None = None,
         settings: SamplerSettings | None = None,
     ) -> list[torch.Tensor | InferenceError]:
-        """Run the batch; on out-of-memory split it in half and retry, down to single items."""
+        """The batch in the engine's precision; on out-of-memory (or a model error) split it
+        in half and retry, down to single items, which fail alone."""
         try:
-            return list(self._forward(pixels, self.precision, seeds, settings))
+            return list(self._sample(pixels, self.precision, seeds, settings))
         except torch.OutOfMemoryError as exc:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -276,24 +300,25 @@ class Engine:
                 message = f"image too large for {self.device}: {exc}"
                 return [InferenceError(Reason.OUT_OF_MEMORY, message)]
             logger.warning("out of memory on a batch of {}; splitting it", len(pixels))
-            return self._halves(pixels, seeds, settings)
+            return self._in_halves(pixels, seeds, settings)
         except RuntimeError as exc:
             if len(pixels) == 1:
                 return [InferenceError(Reason.MODEL_FAILED, str(exc).splitlines()[0][:300])]
             # Find the item that breaks the model instead of failing all of them.
-            return self._halves(pixels, seeds, settings)
+            return self._in_halves(pixels, seeds, settings)
 
-    def _halves(
+    def _in_halves(
         self,
         pixels: torch.Tensor,
         seeds: Sequence[int] | None,
         settings: SamplerSettings | None,
     ) -> list[torch.Tensor | InferenceError]:
+        """:meth:`_with_oom_backoff` on each half of the batch, each image with its seed."""
         half = len(pixels) // 2
         first = None if seeds is None else seeds[:half]
         rest = None if seeds is None else seeds[half:]
-        head = self._forward_with_backoff(pixels[:half], first, settings)
-        return head + self._forward_with_backoff(pixels[half:], rest, settings)
+        head = self._with_oom_backoff(pixels[:half], first, settings)
+        return head + self._with_oom_backoff(pixels[half:], rest, settings)
 
 
 def _part(seeds: Sequence[int] | None, index: int) -> Sequence[int] | None:

@@ -2,24 +2,23 @@
 
 The engine (core.runtime.engine) calls its sampler on each batch as ``sampler(pixels, network,
 seeds, settings)``, where ``network`` is the model in the engine's chosen precision and
-memory layout. Which sampler a checkpoint gets is :func:`sampler_for`'s choice, from the
-``objective`` its metadata records:
+memory layout. Which sampler a checkpoint gets is its objective's choice
+(``core.objectives.sampler_for``, from the ``objective`` its metadata records):
 
-- ``reconstruct`` (the seed's, and every checkpoint before issue 12): :class:`SinglePass`,
-  one network pass on the normalised pixels. It takes no seeds and no sampler settings.
-- ``style`` (issue 13): :class:`SinglePass` too: the network maps the photo, normalised
-  with the ImageNet statistics its checkpoint records, to the stylised image in one pass.
-  Sampler settings are ignored, with one log line, exactly as for reconstruct.
-- ``denoise``: :class:`DiffusionSampler`, SDEdit img2img through ``core.diffusion.schedule.sample``
-  with one network call per step for the whole batch. The checkpoint contract: pixel image
-  space with mean = std = 0.5, so the space's normalisation is ``core.diffusion.schedule.to_model``
-  (the sampler feeds the network x_t as is) and its output, the Sigmoid, is the predicted
-  clean image in 0..1.
+- :class:`SinglePass`, for one-pass objectives (``reconstruct``, the post's, and ``style``):
+  one network pass on the pixels normalised as the checkpoint records. It takes no seeds,
+  and sampler settings are ignored with one log line.
+- :class:`DiffusionSampler`, for ``denoise``: SDEdit img2img through
+  ``core.diffusion.schedule.sample`` with one network call per step for the whole batch.
+  The checkpoint contract: pixel image space with mean = std = 0.5, so the space's
+  normalisation is ``core.diffusion.schedule.to_model`` (the sampler feeds the network x_t as
+  is) and its output, the Sigmoid, is the predicted clean image in 0..1.
 
-What the user asks for is a :class:`SamplingSettings` (any field may be left unset); the
-checkpoint's recommended settings fill the rest (:meth:`SamplingSettings.resolve`). Each
-image's noise seed is ``core.diffusion.schedule.image_seed(input sha256, settings)``: the same file
-with the same settings gives the same output whatever else shares its batch.
+What the user asks for is a ``SamplerRequest`` (core.diffusion.sampler_settings; any field may
+be left unset); the checkpoint's recommended settings fill the rest
+(:func:`recommended_settings`, then ``SamplerRequest.resolve``). Each image's noise seed is
+``core.diffusion.schedule.image_seed(input sha256, settings)``: the same file with the same
+settings gives the same output whatever else shares its batch.
 """
 
 from __future__ import annotations
@@ -27,19 +26,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from core.diffusion.schedule import (
-    DENOISE_NORMALIZATION,
-    SamplerSettings,
-    Schedule,
-    image_seed,
-    sample,
-)
+from core.diffusion.sampler_settings import DEFAULT_SAMPLER_SETTINGS, SamplerSettings
+from core.diffusion.schedule import Schedule, image_seed, sample
 from core.network.space import ImageSpace
 
 if TYPE_CHECKING:
@@ -47,8 +40,6 @@ if TYPE_CHECKING:
 
 # The network as the engine runs it: the sampler's input for it in, raw output out.
 Network = Callable[[torch.Tensor], torch.Tensor]
-# The settings a denoise checkpoint is served with when it recommends none.
-DEFAULT_SAMPLER = SamplerSettings(strength=0.5, steps=25, eta=1.0)
 
 
 class SinglePass(nn.Module):
@@ -112,60 +103,16 @@ class DiffusionSampler(nn.Module):
 Sampler = SinglePass | DiffusionSampler
 
 
-@dataclass(frozen=True)
-class SamplingSettings:
-    """The sampler settings a user asked for; ``None`` leaves a field to the checkpoint's
-    recommendation, then to :data:`DEFAULT_SAMPLER`. Invalid values raise ValueError naming
-    the field (``strength``, ``steps``, ``eta`` or ``seed``), as core.diffusion.schedule words
-    it."""
-
-    strength: float | None = None
-    steps: int | None = None
-    eta: float | None = None
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        self.resolve(DEFAULT_SAMPLER)  # validates every set field
-
-    @property
-    def is_set(self) -> bool:
-        """Whether any field was given."""
-        return any(value is not None for value in dataclasses.asdict(self).values())
-
-    def given(self) -> dict[str, object]:
-        """Only the fields that were set."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-
-    def resolve(self, recommended: SamplerSettings) -> SamplerSettings:
-        """The effective settings: the given fields over ``recommended``."""
-        return dataclasses.replace(recommended, **self.given())  # type: ignore[arg-type]
-
-
 def recommended_settings(meta: CheckpointMeta) -> SamplerSettings:
-    """A denoise checkpoint's recommended ``sampler`` over :data:`DEFAULT_SAMPLER`; a bad
-    recommendation raises ValueError naming it."""
+    """A denoise checkpoint's recommended settings (``meta.sampler``) over
+    ``DEFAULT_SAMPLER_SETTINGS``; a bad recommendation raises ValueError naming it."""
     values = dict(meta.sampler)
     if "steps" in values and float(values["steps"]).is_integer():
         values["steps"] = int(values["steps"])  # JSON may carry 25 as 25.0
     try:
-        return dataclasses.replace(DEFAULT_SAMPLER, **values)  # type: ignore[arg-type]
+        return dataclasses.replace(DEFAULT_SAMPLER_SETTINGS, **values)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         raise ValueError(f"the checkpoint's recommended sampler {meta.sampler}: {exc}") from exc
-
-
-def sampler_for(meta: CheckpointMeta) -> Sampler:
-    """The sampler a checkpoint's metadata calls for (module docstring)."""
-    space = ImageSpace.of(meta)
-    if meta.objective != "denoise":
-        return SinglePass(space, meta.objective)
-    if meta.image_space != "pixel" or meta.normalization != DENOISE_NORMALIZATION:
-        raise ValueError(
-            "a denoise checkpoint must record image_space 'pixel' and normalization "
-            f"{DENOISE_NORMALIZATION}, got {meta.image_space!r} and {meta.normalization}"
-        )
-    if meta.diffusion is None:
-        raise ValueError("a denoise checkpoint must record its diffusion schedule")
-    return DiffusionSampler(space, Schedule.from_dict(meta.diffusion), recommended_settings(meta))
 
 
 def seeds_for(sha256s: Iterable[str], settings: SamplerSettings) -> list[int]:
