@@ -7,10 +7,14 @@ seed's: 150 epochs, batch 32, Adam 1e-3, StepLR(30, 0.1), 128 px stretch, MSE + 
 perceptual loss; unlike the seed, output and target are compared in pixel space (defect 1 in
 docs/seed.md).
 
-``--objective denoise`` trains the same network as a diffusion denoiser instead (issue 12):
-each image noised to a random level, the clean image as the target, the schedule and the
-recommended sampler recorded in every checkpoint (``core.training.objective``). The promotion
-gate never compares checkpoints of different objectives (``core.training.gate``).
+``--objective`` picks what the network learns (``core.objectives``; docs/training.md): the
+objective decides the image space, each step's input and target, the loss and its parts, the
+validation figure, the sample grid and what a checkpoint records; this file names none of
+them. ``denoise`` trains the same network as a diffusion denoiser (each image noised to a
+random level, the clean image as the target); ``style`` trains photo -> the collection's
+manner (Johnson et al. 2016) and needs VGG16 weights whatever ``--perceptual-weight`` says,
+stopping before any work when none are found. The promotion gate never compares checkpoints
+of different objectives (``core.training.gate``).
 
 Several GPUs or hosts: ``torchrun --nproc_per_node=N -m core.train ...`` (DDP; NCCL on GPU,
 gloo on CPU; ``core.training.distributed``). Each process takes ``batch_size`` images per
@@ -18,13 +22,6 @@ step, so the global batch is ``batch_size x N``; ``lr`` is used as given. Only r
 validates and writes files. Exit status: 0 done, 1 failed, 2 bad settings, 3 trained but the
 gate kept the served model, also when that model has another objective (under torchrun, rank
 0's 3 makes torchrun report a failure).
-
-``--objective style`` (issue 13) trains photo -> the collection's manner (Johnson et al. 2016):
-the content photos (``--content-data``, default the collection) are the input, the loss is
-``core.training.losses.StyleLoss`` against the collection's Gram statistics
-(``core.training.style``).
-It needs VGG16 weights whatever ``--perceptual-weight`` says, and stops before any work when
-none are found.
 """
 
 from __future__ import annotations
@@ -47,64 +44,39 @@ from torch.utils.data import DataLoader
 
 from core.checkpoint import CheckpointMeta
 from core.config import SettingsError
+from core.objectives import Objective, Steps
+from core.objectives import get as objective_named
+from core.training.command import parse_settings
 from core.training.distributed import Dist, main_first, setup
-from core.training.evaluate import batch_to_device, device_pixels, evaluate
 from core.training.gate import EXIT_NOT_PROMOTED, promotion_gate
 from core.training.learner import Learner, build_learner
-from core.training.loaders import Data, load_data
-from core.training.losses import (
-    WITHOUT_VGG_STYLE,
-    PerceptualLoss,
-    StyleFeatures,
-    StyleLoss,
-    TrainingLoss,
-    resolve_vgg_features,
-)
-from core.training.objective import (
-    Figure,
-    TrainingNoise,
-    denoise_samples,
-    loss_parts,
-    low_noise_prior,
-    objective_meta,
-    schedule_for,
-    training_noise,
-)
+from core.training.loaders import Data
+from core.training.losses import RunLoss, resolve_vgg_features
 from core.training.run_folder import RunFolder
-from core.training.settings import TrainSettings, parse_settings
+from core.training.settings import TrainSettings
 from core.training.state import find_resume_state, load_training_state
-from core.training.style import StyleDraw, build_style_loss, evaluate_style, style_draw
-
-# What a run's loss is: pixel MSE + perceptual (reconstruct, denoise) or the style loss.
-Loss = TrainingLoss | StyleLoss
 
 
 def train(s: TrainSettings, d: Dist, closing: contextlib.ExitStack) -> int:
     """The whole run; ``closing`` collects what must be undone when it ends (the run folder's
     log sink and TensorBoard)."""
     seed_everything(s.seed, s.deterministic)
+    objective = objective_named(s.objective)
     channels_last = s.channels_last and d.device.type == "cuda"
     # VGG first: missing weights must stop us before any work is done.
-    vgg, vgg_source = load_vgg(s, d, channels_last)
+    vgg, vgg_source = load_vgg(s, d, objective, channels_last)
     state_path, state = load_resume(s)
     run = closing.enter_context(
         RunFolder.start(s.out, resume_state=state_path, main=d.is_main, tensorboard=s.tensorboard)
     )
-    logger.info("{} loss: {}", "style" if s.objective == "style" else "perceptual", vgg_source)
+    logger.info("{} loss: {}", objective.vgg_use, vgg_source)
     if state is not None:
         run.truncate_metrics(state["epoch"])  # the interrupted epoch is trained again
 
-    data = load_data(s, d, run)
-    loss_fn = build_loss(s, d, vgg, data)
-    learner = build_learner(s, d, state, channels_last)
-    prior = low_noise_prior(s.low_noise_prior, s.low_noise_below, s.low_noise_share, s.seed,
-                            s.image_size, d.device)  # fmt: skip
-    if prior is not None:
-        logger.info("low-noise prior: {} {} images swapped in for {:.0%} of those below level {}",
-                    prior.images.shape[0], s.low_noise_prior, s.low_noise_share,
-                    s.low_noise_below)  # fmt: skip
-    noise = training_noise(s.objective, s.seed, d.rank, d.device, s.parameterisation, prior)
-    draw = style_draw(s, d, loss_fn, data.style_set)  # None unless --style-target sample
+    data = objective.load_data(s, d, run)
+    loss_fn = objective.loss(s, d, vgg, data)
+    learner = build_learner(s, d, state, channels_last, objective.space())
+    steps = objective.steps(s, d, loss_fn, data)  # each step's input, target and loss extras
     logger.info(
         "training {} ({}) epochs from {} on {} x{} ({}), global batch {}, {} train / {} val images",
         s.epochs, s.objective, learner.start_epoch, d.device, d.world_size,
@@ -113,9 +85,9 @@ def train(s: TrainSettings, d: Dist, closing: contextlib.ExitStack) -> int:
     )  # fmt: skip
 
     for epoch in range(learner.start_epoch, s.epochs):
-        result = train_epoch(s, d, learner, data, loss_fn, epoch, noise, draw)
+        result = train_epoch(s, d, learner, data, loss_fn, epoch, steps, objective.loss_parts)
         if d.is_main:
-            end_epoch(s, learner, data, loss_fn, run, epoch + 1, result)
+            end_epoch(s, objective, learner, data, loss_fn, run, epoch + 1, result)
         d.barrier()
 
     if not d.is_main or s.promote is None:
@@ -135,28 +107,21 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True)
 
 
-def load_vgg(s: TrainSettings, d: Dist, channels_last: bool) -> tuple[nn.Sequential | None, str]:
-    """VGG16 ``features[:16]`` when the run needs it (a perceptual weight, or style), and where
-    its weights came from (rank 0 looks first: it may download them into the hub cache the
-    others then read)."""
-    style = s.objective == "style"
-    if not style and s.perceptual_weight == 0:
+def load_vgg(
+    s: TrainSettings, d: Dist, objective: Objective, channels_last: bool
+) -> tuple[nn.Sequential | None, str]:
+    """VGG16 ``features[:16]`` when the objective needs it (a perceptual weight, or style),
+    and where its weights came from (rank 0 looks first: it may download them into the hub
+    cache the others then read)."""
+    options = objective.vgg_options(s)
+    if options is None:
         return None, "off (--perceptual-weight 0)"
-    without = {"without": WITHOUT_VGG_STYLE} if style else {}
     features, source = main_first(
-        d, lambda: resolve_vgg_features(s.vgg_weights, download=s.vgg_download, **without)
+        d, lambda: resolve_vgg_features(s.vgg_weights, download=s.vgg_download, **options)
     )
     if channels_last:
         features = features.to(memory_format=torch.channels_last)
     return features, source
-
-
-def build_loss(s: TrainSettings, d: Dist, vgg: nn.Sequential | None, data: Data) -> Loss:
-    """MSE plus the VGG16 term, or for style the style loss with the collection's target."""
-    if s.objective == "style":
-        return build_style_loss(s, d, StyleFeatures(vgg), data.style_set)
-    perceptual = PerceptualLoss(vgg) if vgg is not None else None
-    return TrainingLoss(perceptual, s.perceptual_weight).to(d.device)
 
 
 def load_resume(s: TrainSettings) -> tuple[Path | None, dict[str, Any] | None]:
@@ -199,7 +164,7 @@ def load_resume(s: TrainSettings) -> tuple[Path | None, dict[str, Any] | None]:
 @dataclass
 class EpochResult:
     """One epoch's training figures, summed over every rank: the loss's parts by name
-    (``core.training.objective.loss_parts``), the learning rate and the speed."""
+    (``Objective.loss_parts``), the learning rate and the speed."""
 
     parts: dict[str, float]
     lr: float
@@ -223,26 +188,23 @@ def train_epoch(
     d: Dist,
     learner: Learner,
     data: Data,
-    loss_fn: Loss,
+    loss_fn: RunLoss,
     epoch: int,
-    noise: TrainingNoise | None,
-    draw: StyleDraw | None = None,
+    steps: Steps,
+    names: tuple[str, ...],
 ) -> EpochResult:
     """One pass over this rank's share of the training set, then one scheduler step;
-    ``noise`` (denoise runs) and ``draw`` (style runs drawing a style image per step) are
-    re-seeded for the epoch like the sampler's shuffle."""
+    ``steps`` (what they draw: a denoise run's noise, a style run's style image) is
+    re-seeded for the epoch like the sampler's shuffle. ``names``: the loss's parts."""
     learner.model.train()
     data.sampler.set_epoch(epoch)
-    for reseeded in (noise, draw):
-        if reseeded is not None:
-            reseeded.start_epoch(epoch)
+    steps.start_epoch(epoch)
     lr = learner.optimizer.param_groups[0]["lr"]
     started = time.perf_counter()
     show_bar = d.is_main and sys.stderr.isatty()
-    names = loss_parts(s.objective)
     sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=d.device)  # parts, n
     for step, batch in enumerate(progress(data.loader, show_bar, f"epoch {epoch + 1}")):
-        parts, n = train_step(learner, batch, loss_fn, noise, draw)
+        parts, n = train_step(learner, batch, loss_fn, steps)
         sums[:-1] += parts * n
         sums[-1] += n
         if not show_bar and d.is_main and (step + 1) % s.log_every == 0:
@@ -258,26 +220,18 @@ def train_epoch(
 def train_step(
     learner: Learner,
     batch: torch.Tensor,
-    loss_fn: Loss,
-    noise: TrainingNoise | None,
-    draw: StyleDraw | None = None,
+    loss_fn: RunLoss,
+    steps: Steps,
 ) -> tuple[torch.Tensor, int]:
-    """One optimizer step; returns the loss's parts (``loss_parts``) as float64 and the
-    batch's size. With ``noise`` (denoise) the input is the noised batch and the target the
-    clean one; for style the target is the photo itself and ``draw`` may pick the step's
-    style image."""
-    if noise is None:
-        inputs, target = batch_to_device(
-            batch, learner.device, learner.space, learner.channels_last
-        )
-    else:
-        target = device_pixels(batch, learner.device, learner.channels_last)
-        inputs, target = noise.pair(target)
+    """One optimizer step; returns the loss's parts (``Objective.loss_parts``) as float64 and
+    the batch's size. ``steps`` makes the network's input and the target from the batch
+    (denoise: the noised batch and the clean one) and may give the loss more (style: the
+    step's style image)."""
+    inputs, target = steps.pair(batch, learner)
     amp = learner.amp_dtype
     with torch.autocast(learner.device.type, dtype=amp, enabled=amp is not None):
         output = learner.model(inputs)
-        extra = () if draw is None else (draw.target(learner.device),)
-        losses = loss_fn(output, target, *extra)
+        losses = loss_fn(output, target, *steps.loss_args(learner.device))
     learner.optimizer.zero_grad(set_to_none=True)
     learner.scaler.scale(losses[0]).backward()
     learner.scaler.step(learner.optimizer)
@@ -300,21 +254,27 @@ def progress(loader: DataLoader, enabled: bool, desc: str) -> Iterable[torch.Ten
 
 def end_epoch(
     s: TrainSettings,
+    objective: Objective,
     learner: Learner,
     data: Data,
-    loss_fn: Loss,
+    loss_fn: RunLoss,
     run: RunFolder,
     done: int,
     result: EpochResult,
 ) -> None:
     """Rank 0, after epoch ``done``: validate, then write metrics, checkpoints, pictures and,
     last, the resume state (a crash before it redoes the epoch, never skips it)."""
-    val = validate(s, learner, data, loss_fn)
+    figure = objective.run_figure(s, learner.space)
+    val = objective.evaluate(
+        learner.raw, data.val_batches, loss_fn, learner.device, figure,
+        channels_last=learner.channels_last,
+    )  # fmt: skip
     row = result.row(done, val)
     run.log_metrics(row)
-    log_epoch(s, done, row)
+    objective.log_epoch(done, s.epochs, row)
     weights = cpu_state_dict(learner.raw)
-    meta = checkpoint_meta(s, done, {k: v for k, v in row.items() if k != "epoch"}, data)
+    metrics = {k: v for k, v in row.items() if k != "epoch"}
+    meta = checkpoint_meta(s, objective, done, metrics, data)
     if val and val["val_loss"] < learner.best_val_loss:
         learner.best_val_loss = val["val_loss"]
         run.save_best(weights, meta)
@@ -322,42 +282,8 @@ def end_epoch(
         run.save_epoch(weights, meta, s.keep_last)
     if done % s.sample_every == 0 or done == s.epochs:
         run.plot_losses()
-        save_samples(s, learner, data, run, done)
+        save_samples(s, objective, learner, data, run, done)
     run.save_state(learner.state(done, weights, s))
-
-
-def validate(s: TrainSettings, learner: Learner, data: Data, loss_fn: Loss) -> dict[str, float]:
-    """The epoch's validation figures: the objective's deterministic figure on the held-out
-    images (style: ``core.training.style.evaluate_style``)."""
-    if isinstance(loss_fn, StyleLoss):
-        return evaluate_style(
-            learner.raw, data.val_batches, loss_fn, learner.device, learner.space,
-            channels_last=learner.channels_last,
-        )  # fmt: skip
-    figure = Figure(learner.space, schedule_for(s.objective, s.parameterisation))
-    return evaluate(
-        learner.raw, data.val_batches, loss_fn, learner.device,
-        figure=figure, channels_last=learner.channels_last,
-    )  # fmt: skip
-
-
-def log_epoch(s: TrainSettings, done: int, row: dict[str, float]) -> None:
-    """The epoch's log line."""
-    if s.objective == "style":
-        logger.info(
-            "epoch {}/{}: loss {:.5f} (content {:.5f}, style {:.5g}, tv {:.5f}) val_loss {:.5f} "
-            "(val_content {:.5f}, val_style {:.5g}), {:.1f} images/s",
-            done, s.epochs, row["loss"], row["content"], row["style"], row["tv"],
-            row.get("val_loss", math.nan), row.get("val_content", math.nan),
-            row.get("val_style", math.nan), row["images_per_s"],
-        )  # fmt: skip
-        return
-    logger.info(
-        "epoch {}/{}: loss {:.5f} (mse {:.5f}, perceptual {:.5f}) val_mse {:.5f} "
-        "val_psnr {:.2f} dB, {:.1f} images/s",
-        done, s.epochs, row["loss"], row["mse"], row["perceptual"],
-        row.get("val_mse", math.nan), row.get("val_psnr", math.nan), row["images_per_s"],
-    )  # fmt: skip
 
 
 def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -366,10 +292,11 @@ def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_meta(
-    s: TrainSettings, epoch: int, metrics: dict[str, float], data: Data
+    s: TrainSettings, objective: Objective, epoch: int, metrics: dict[str, float], data: Data
 ) -> CheckpointMeta:
-    """What a checkpoint records: ImageNet's ``normalization`` (reconstruct and style, the
-    statistics :func:`train` normalises with) or the denoise contract, schedule and sampler."""
+    """What a checkpoint records: the run, and what its objective decides
+    (``Objective.meta_fields``: ImageNet's ``normalization`` by default, denoise's contract,
+    schedule and sampler)."""
     return CheckpointMeta(
         image_space="pixel",
         train_size=s.image_size,
@@ -380,35 +307,30 @@ def checkpoint_meta(
         dataset_hash=data.dataset_hash(),
         settings=s.as_json(),
         decoder=s.decoder,
-        **objective_meta(
-            s.objective, s.sample_strength, s.sample_steps, s.sample_eta, s.parameterisation
-        ),
+        **objective.meta_fields(s),  # type: ignore[arg-type]
     )
 
 
 @torch.no_grad()
 def save_samples(
-    s: TrainSettings, learner: Learner, data: Data, run: RunFolder, epoch: int
+    s: TrainSettings,
+    objective: Objective,
+    learner: Learner,
+    data: Data,
+    run: RunFolder,
+    epoch: int,
 ) -> None:
     """The sample grid: the first validation images and what the network makes of them
-    (style: held-out content photo | stylised; denoise: sampled at a few strengths, plus a
+    (the objective's grid: image | output rows; denoise samples at a few strengths, plus a
     row from pure noise)."""
     if not len(data.sample_batch):
         return
     learner.raw.eval()
-    space = learner.space
-    inputs, target = batch_to_device(data.sample_batch, learner.device, space, False)
-    schedule = schedule_for(s.objective, s.parameterisation)
-    if schedule is None:
-        run.save_samples(epoch, target, space.to_pixels(learner.raw(inputs)))
-        return
-    images, columns = denoise_samples(
-        learner.raw, space, schedule, target, data.sample_keys, s.sample_steps, s.sample_eta
-    )
+    images, columns = objective.sample_grid(learner, data, s)
     run.save_sample_grid(epoch, images, columns)
 
 
-def gate(s: TrainSettings, learner: Learner, data: Data, loss_fn: Loss, run: RunFolder) -> int:
+def gate(s: TrainSettings, learner: Learner, data: Data, loss_fn: RunLoss, run: RunFolder) -> int:
     """``--promote``: the run's best checkpoint against the served one; the exit status."""
     best = run.best
     if best is None or not best.exists():

@@ -14,6 +14,7 @@ from checkpoint_kit import (
     weights_fixture,  # noqa: F401  (the weights fixture)
 )
 
+from core import objectives
 from core.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
@@ -198,6 +199,16 @@ def test_denoise_objective_round_trips_with_its_schedule_and_sampler() -> None:
     ],
 )
 def test_bad_objective_fields_name_the_field(changes: dict, named: str) -> None:
+    """Refused when read (the sampler's fields) or when its objective is asked, as the engine
+    and the gate do before using a checkpoint (which objectives exist, and what each records,
+    are the objectives' to say: core.objectives.of)."""
     data = CheckpointMeta().to_dict() | changes
     with pytest.raises(ValueError, match=named):
+        objectives.of(CheckpointMeta.from_dict(data))
+
+
+@pytest.mark.parametrize("name", ["Paint", "../denoise", "", 42, None, "x" * 41])
+def test_an_objective_name_that_is_no_name_is_refused_when_read(name: object) -> None:
+    data = CheckpointMeta().to_dict() | {"objective": name}
+    with pytest.raises(ValueError, match="objective must be a name"):
         CheckpointMeta.from_dict(data)

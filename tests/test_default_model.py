@@ -14,7 +14,7 @@ from skimage.metrics import structural_similarity
 from test_oneshot import artd
 
 import core
-from bench.style_signature import Signature, set_signature, term_distances
+from bench.art.style_signature import Signature, set_signature, term_distances
 from core.checkpoint import load_checkpoint
 from core.synthetic import procedural
 
@@ -34,7 +34,7 @@ def blurred_luminance(img: Image.Image) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def engravings() -> Signature:
-    """The style signature (bench/style_signature.py) of the shipped model's collection."""
+    """The style signature (bench/art/style_signature.py) of the shipped model's collection."""
     images = [np.asarray(procedural.render("engraving", 9000 + i, 64)) for i in range(24)]
     return set_signature(images, 64)
 

@@ -26,8 +26,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from core.training.command import parse_settings
 from core.training.gate import EXIT_NOT_PROMOTED
-from core.training.settings import TrainSettings, parse_settings
+from core.training.settings import TrainSettings
 from daemon.cli import resolve
 from daemon.metrics import Metrics
 from daemon.settings import DaemonSettings

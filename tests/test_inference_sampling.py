@@ -16,15 +16,21 @@ from loguru import logger
 
 from core.checkpoint import CheckpointMeta, save_checkpoint
 from core.diffusion.generate import generate, generated_provenance
-from core.diffusion.schedule import SamplerSettings, Schedule
-from core.images import loading
+from core.diffusion.sampler_settings import (
+    DEFAULT_SAMPLER_SETTINGS,
+    SamplerRequest,
+    SamplerSettings,
+)
+from core.diffusion.schedule import Schedule
+from core.images.pixels import to_uint8_array
+from core.objectives import sampler_for
 from core.outputs.encoding import read_metadata
 from core.runtime.engine import Engine
-from core.runtime.img2img import Inference, OutputSettings, SamplingSettings
-from core.runtime.samplers import DEFAULT_SAMPLER, DiffusionSampler, content_seeds, sampler_for
+from core.runtime.img2img import Inference, OutputSettings
+from core.runtime.samplers import DiffusionSampler, content_seeds
 
 HALF = {"mean": [0.5] * 3, "std": [0.5] * 3}
-FEW = SamplingSettings(strength=0.5, steps=6)  # three network calls per image
+FEW = SamplerRequest(strength=0.5, steps=6)  # three network calls per image
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,7 +59,7 @@ def engine(denoise_checkpoint: Path) -> Engine:
 
 
 def arrays(count: int, size: int = 32) -> list[np.ndarray]:
-    return [loading.to_uint8_array(textured_image(size, size, seed=i)) for i in range(count)]
+    return [to_uint8_array(textured_image(size, size, seed=i)) for i in range(count)]
 
 
 def sha(array: np.ndarray) -> str:
@@ -91,8 +97,8 @@ def test_float_outputs_across_batch_sizes(engine: Engine) -> None:
 def test_a_different_seed_or_file_gives_a_different_output(engine: Engine) -> None:
     [image] = arrays(1)
     base = Inference(engine, OutputSettings(32), FEW)
-    seeded = Inference(engine, OutputSettings(32), SamplingSettings(strength=0.5, steps=6, seed=7))
-    other = Inference(engine, OutputSettings(32), SamplingSettings(strength=0.5, steps=6, seed=8))
+    seeded = Inference(engine, OutputSettings(32), SamplerRequest(strength=0.5, steps=6, seed=7))
+    other = Inference(engine, OutputSettings(32), SamplerRequest(strength=0.5, steps=6, seed=8))
     outputs = [pixels_of(s.run([image], [sha(image)]))[0] for s in (base, seeded, other)]
     outputs.append(pixels_of(base.run([image], ["0" * 64]))[0])  # same pixels, other file
     assert len(set(outputs)) == 4
@@ -100,7 +106,7 @@ def test_a_different_seed_or_file_gives_a_different_output(engine: Engine) -> No
 
 def test_strength_zero_returns_the_input(engine: Engine) -> None:
     images = arrays(2)
-    results = Inference(engine, OutputSettings(32), SamplingSettings(strength=0.0)).run(images)
+    results = Inference(engine, OutputSettings(32), SamplerRequest(strength=0.0)).run(images)
     for image, result in zip(images, results, strict=True):
         assert np.array_equal(np.asarray(result), image)
 
@@ -109,7 +115,7 @@ def test_similarity_to_the_input_falls_as_strength_rises(engine: Engine) -> None
     [image] = arrays(1)
     errors = []
     for strength in (0.1, 0.5, 1.0):
-        step = Inference(engine, OutputSettings(32), SamplingSettings(strength=strength, steps=4))
+        step = Inference(engine, OutputSettings(32), SamplerRequest(strength=strength, steps=4))
         [out] = step.run([image], [sha(image)])
         errors.append(np.abs(np.asarray(out).astype(int) - image.astype(int)).mean())
     assert errors[0] < errors[1] <= errors[2] + 1
@@ -128,7 +134,7 @@ def test_a_v_checkpoint_is_served_by_its_parameterisation(tmp_path: Path) -> Non
             tmp_path / f"{parameterisation}.safetensors", seeded_model(0).state_dict(), meta
         )
         served = Engine.from_path(path, device="cpu", precision="fp32", max_batch=4)
-        step = Inference(served, OutputSettings(32), SamplingSettings(strength=0.05, steps=20))
+        step = Inference(served, OutputSettings(32), SamplerRequest(strength=0.05, steps=20))
         [out] = step.run([image], [sha(image)])
         errors[parameterisation] = np.abs(np.asarray(out).astype(int) - image.astype(int)).mean()
     assert errors["v"] < 20 < errors["x0"], errors
@@ -139,11 +145,11 @@ def test_defaults_are_the_checkpoint_recommendation_then_the_global_ones(tmp_pat
     save_checkpoint(path, seeded_model(0).state_dict(), denoise_meta(strength=0.3, steps=10.0))
     engine = Engine.from_path(path, device="cpu", precision="fp32")
     assert engine.sampler_settings() == SamplerSettings(strength=0.3, steps=10, eta=1.0)
-    assert engine.sampler_settings(SamplingSettings(eta=0.0, seed=5)) == SamplerSettings(
+    assert engine.sampler_settings(SamplerRequest(eta=0.0, seed=5)) == SamplerSettings(
         strength=0.3, steps=10, eta=0.0, seed=5
     )
-    assert sampler_for(denoise_meta()).recommended == DEFAULT_SAMPLER == SamplerSettings()
-    assert SamplerSettings(strength=0.5, steps=25, eta=1.0) == DEFAULT_SAMPLER
+    assert sampler_for(denoise_meta()).recommended == DEFAULT_SAMPLER_SETTINGS == SamplerSettings()
+    assert SamplerSettings(strength=0.5, steps=25, eta=1.0) == DEFAULT_SAMPLER_SETTINGS
 
 
 @pytest.mark.parametrize(
@@ -151,7 +157,7 @@ def test_defaults_are_the_checkpoint_recommendation_then_the_global_ones(tmp_pat
 )
 def test_invalid_settings_name_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
-        SamplingSettings(**{field: value})  # type: ignore[arg-type]
+        SamplerRequest(**{field: value})  # type: ignore[arg-type]
 
 
 def test_a_denoise_checkpoint_must_use_the_model_space_normalization() -> None:
@@ -169,12 +175,12 @@ def test_reconstruct_ignores_sampler_settings_with_one_log_line(pixel_checkpoint
     lines: list[str] = []
     sink = logger.add(lambda message: lines.append(str(message)), level="WARNING")
     try:
-        sampling = SamplingSettings(strength=0.9, steps=3, seed=1)
-        step = Inference(engine, OutputSettings(32), sampling)
-        assert step.sampler is None
+        request = SamplerRequest(strength=0.9, steps=3, seed=1)
+        step = Inference(engine, OutputSettings(32), request)
+        assert step.sampler_settings is None
         ignored = pixels_of(step.run(images, [sha(a) for a in images]))
-        ignored += pixels_of(engine.run([textured_image(32, 32)], sampling))
-        Inference(engine, OutputSettings(32), sampling)
+        ignored += pixels_of(engine.run_images([textured_image(32, 32)], request))
+        Inference(engine, OutputSettings(32), request)
     finally:
         logger.remove(sink)
     assert ignored[:3] == today
@@ -184,7 +190,7 @@ def test_reconstruct_ignores_sampler_settings_with_one_log_line(pixel_checkpoint
 
 
 def test_provenance_records_objective_and_sampler_settings(engine: Engine) -> None:
-    step = Inference(engine, OutputSettings(32, "fit", "png"), SamplingSettings(steps=6, seed=3))
+    step = Inference(engine, OutputSettings(32, "fit", "png"), SamplerRequest(steps=6, seed=3))
     [image] = arrays(1)
     [out] = step.run([image], [sha(image)])
     meta = read_metadata(step.encode(out, sha(image)))
@@ -199,7 +205,7 @@ def test_provenance_records_objective_and_sampler_settings(engine: Engine) -> No
 
 
 def test_run_all_pairs_hashes_with_their_images_across_shapes(engine: Engine) -> None:
-    images = [*arrays(3), loading.to_uint8_array(textured_image(16, 32, seed=5))]
+    images = [*arrays(3), to_uint8_array(textured_image(16, 32, seed=5))]
     hashes = [sha(a) for a in images]
     step = Inference(engine, OutputSettings(32), FEW)
     together = pixels_of(step.run_all(images, hashes))
@@ -211,19 +217,19 @@ def test_backoff_halves_keep_each_image_with_its_seed(engine: Engine) -> None:
     settings = engine.sampler_settings(FEW)
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     seeds = [11, 12, 13]
-    whole = engine._forward(x, "fp32", seeds, settings)
-    halves = torch.stack(engine._halves(x, seeds, settings))
+    whole = engine._sample(x, "fp32", seeds, settings)
+    halves = torch.stack(engine._in_halves(x, seeds, settings))
     assert float((whole - halves).abs().max()) < 1e-4
 
 
 def test_generate_makes_count_images_of_the_size_stable_per_index(engine: Engine) -> None:
-    sampling = SamplingSettings(steps=3)
-    five = generate(engine, 5, 24, 16, seed=1, sampling=sampling)  # two batches of max 4
+    request = SamplerRequest(steps=3)
+    five = generate(engine, 5, 24, 16, seed=1, request=request)  # two batches of max 4
     assert [image.size for image in five] == [(24, 16)] * 5
-    two = generate(engine, 2, 24, 16, seed=1, sampling=sampling)
+    two = generate(engine, 2, 24, 16, seed=1, request=request)
     assert pixels_of(two) == pixels_of(five[:2])
-    assert pixels_of(generate(engine, 1, 24, 16, seed=2, sampling=sampling)) != pixels_of(two[:1])
-    meta = generated_provenance(engine, 1, 4, sampling, {"size": "24x16"})
+    assert pixels_of(generate(engine, 1, 24, 16, seed=2, request=request)) != pixels_of(two[:1])
+    meta = generated_provenance(engine, 1, 4, request, {"size": "24x16"})
     assert meta["artd:source"] == "generate:1:4" and meta["artd:objective"] == "denoise"
     assert json.loads(meta["artd:sampler"])["strength"] == 1.0
     with pytest.raises(ValueError, match="multiple of 8"):

@@ -1,5 +1,5 @@
 """The low-noise prior: dead-leaves images (``core.synthetic.dead_leaves``) swapped in below a noise
-level while a denoise model trains (``core.training.objective.LowNoisePrior``), so that a low
+level while a denoise model trains (``core.objectives.denoise.LowNoisePrior``), so that a low
 strength gives a photograph back. Real images, real torch, real training steps."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench.art import photo, square
+from bench.shared.photos import photo, square
 from core.diffusion.schedule import Schedule, noised, seeded_noise, target
 from core.network.model import ConvDiffusionModel
+from core.objectives.denoise import LowNoisePrior, TrainingNoise, low_noise_prior
 from core.synthetic import procedural
 from core.synthetic.dead_leaves import dead_leaves, dead_leaves_batch
-from core.training.objective import LowNoisePrior, TrainingNoise, low_noise_prior
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -24,9 +24,9 @@ from core.config import SettingsError
 from core.network.model import ConvDiffusionModel
 from core.synthetic import procedural
 from core.train import main
+from core.training.command import parse_settings
 from core.training.gate import EXIT_NOT_PROMOTED
 from core.training.losses import VGG16_FILENAME
-from core.training.settings import parse_settings
 
 REPO = Path(__file__).resolve().parents[1]
 CORRUPT = {"broken.jpg": "not_an_image", "empty.jpg": "empty_file", "cut.jpg": "truncated"}

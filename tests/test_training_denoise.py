@@ -19,11 +19,14 @@ from safetensors.torch import load_file
 from core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from core.diffusion.schedule import Schedule
 from core.network.model import ConvDiffusionModel
+from core.objectives import figure_for
+from core.objectives import get as objective
+from core.objectives.denoise import TrainingNoise
 from core.synthetic import procedural
 from core.train import main
 from core.training.evaluate import evaluate
+from core.training.figure import VAL_LEVELS, Figure
 from core.training.losses import TrainingLoss
-from core.training.objective import VAL_LEVELS, Figure, TrainingNoise, space_for
 
 SIZE = 32
 REPO = Path(__file__).resolve().parents[1]
@@ -193,7 +196,7 @@ def test_denoise_validation_figure_is_deterministic_and_keyed_by_image():
     model = ConvDiffusionModel()
     batch = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8)
     keys = ["a" * 64, "b" * 64, "c" * 64, "d" * 64]
-    figure = Figure(space_for("denoise"), Schedule())
+    figure = Figure(objective("denoise").space(), Schedule())
     loss = TrainingLoss(None, 0.0)
     cpu = torch.device("cpu")
 
@@ -209,8 +212,8 @@ def test_denoise_validation_figure_is_deterministic_and_keyed_by_image():
 
     inputs = list(figure.inputs(batch.permute(0, 3, 1, 2).float() / 255, keys))
     assert len(inputs) == len(VAL_LEVELS)
-    assert Figure.of(CheckpointMeta(objective="denoise", diffusion=Schedule().to_dict())).schedule
-    assert Figure.of(CheckpointMeta()).schedule is None
+    assert figure_for(CheckpointMeta(objective="denoise", diffusion=Schedule().to_dict())).schedule
+    assert figure_for(CheckpointMeta()).schedule is None
 
 
 def reconstruct_checkpoint(path: Path) -> Path:

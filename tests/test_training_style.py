@@ -25,15 +25,15 @@ from torchvision.models.vgg import cfgs, make_layers
 from core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from core.network.model import IMAGENET_MEAN, IMAGENET_STD, ConvDiffusionModel
 from core.network.space import imagenet
+from core.objectives import get, sampler_for
 from core.outputs.encoding import read_metadata
-from core.runtime.samplers import SinglePass, sampler_for
+from core.runtime.samplers import SinglePass
 from core.synthetic import procedural
 from core.train import main
+from core.training.command import parse_settings
 from core.training.distributed import Dist
-from core.training.loaders import load_data
 from core.training.losses import StyleFeatures, gram, load_vgg_file
 from core.training.run_folder import RunFolder
-from core.training.settings import parse_settings
 from core.training.style import build_style_loss, evaluate_style, mean_grams
 
 SIZE = 32
@@ -137,7 +137,7 @@ def test_training_lowers_the_style_loss_on_held_out_photos(trained):
     run, argv = trained
     s = parse_settings(argv)
     d = Dist(0, 1, torch.device("cpu"))
-    data = load_data(s, d, RunFolder(None))  # the run's own split, from its cache
+    data = get(s.objective).load_data(s, d, RunFolder(None))  # the run's own split, from its cache
     loss = build_style_loss(s, d, StyleFeatures(load_vgg_file(s.vgg_weights)), data.style_set)
     torch.manual_seed(s.seed)  # the run's initial weights
     untrained = evaluate_style(ConvDiffusionModel(), data.val_batches, loss, d.device, imagenet())
@@ -175,7 +175,9 @@ def test_the_collections_gram_target_is_deterministic(collection, vgg_file, tmp_
          "--image-size", str(SIZE), "--val-fraction", "0.3"]
     )  # fmt: skip
     d = Dist(0, 1, torch.device("cpu"))
-    data = load_data(s, d, RunFolder(None))  # no --content-data: the collection is the content
+    data = get(s.objective).load_data(
+        s, d, RunFolder(None)
+    )  # no --content-data: the collection is the content
     assert len(data.style_set) == len(data.train_set)
     features = StyleFeatures(load_vgg_file(vgg_file))
     cpu = torch.device("cpu")

@@ -17,7 +17,6 @@ from core.checkpoint.files import load_checkpoint, resolve_current, save_checkpo
 from core.checkpoint.meta import (
     FORMAT_VERSION,
     IMAGE_SPACES,
-    OBJECTIVES,
     RESIZE_POLICIES,
     Checkpoint,
     CheckpointError,
@@ -32,7 +31,6 @@ __all__ = [
     "FORMAT_VERSION",
     "IMAGE_SPACES",
     "META_KEY",
-    "OBJECTIVES",
     "RESIZE_POLICIES",
     "Checkpoint",
     "CheckpointError",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,14 +28,12 @@ FORMAT_VERSION = 1
 ImageSpaceName = Literal["pixel", "seed"]
 IMAGE_SPACES: tuple[str, ...] = ("pixel", "seed")
 RESIZE_POLICIES: tuple[str, ...] = ("fit", "stretch")
-# reconstruct: the seed's (one pass, image -> image; bare seed state_dicts are this).
-# denoise: trained to recover the clean image from a noised one (core.diffusion.schedule), served
-# through the multi-step sampler; its ``diffusion`` records the schedule.
-# style: trained to render a photo in a collection's manner (Johnson et al. 2016; one pass,
-# the photo in ImageNet normalisation, like reconstruct; core.training.style).
-OBJECTIVES: tuple[str, ...] = ("reconstruct", "denoise", "style")
-# Recommended sampler settings a checkpoint may carry (core.diffusion.schedule.SamplerSettings'
-# keys).
+# What an objective's name may look like. Which names exist, and the fields each objective
+# records (``diffusion`` for denoise), are the objectives' own to check (core.objectives.of):
+# the checkpoint layer reads them as data and never asks the registry above it.
+OBJECTIVE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+# Recommended sampler settings a checkpoint may carry
+# (core.diffusion.sampler_settings.SamplerSettings' keys).
 SAMPLER_KEYS = frozenset({"strength", "steps", "eta"})
 
 
@@ -209,14 +208,12 @@ def _parse_metrics(value: object) -> dict[str, float]:
 def _parse_objective(data: dict[str, Any]) -> tuple[str, dict[str, Any] | None, dict[str, float]]:
     """``objective``, ``diffusion`` and ``sampler``; metadata written before they existed is
     ``reconstruct`` with neither."""
-    objective = (
-        _expect_choice(data, "objective", OBJECTIVES) if "objective" in data else "reconstruct"
-    )
+    objective = data.get("objective", "reconstruct")
+    if not isinstance(objective, str) or not OBJECTIVE_NAME.fullmatch(objective):
+        raise ValueError(f"objective must be a name like 'denoise', got {objective!r}")
     diffusion = data.get("diffusion")
-    if objective == "denoise" and not isinstance(diffusion, dict):
-        raise ValueError(f"diffusion must be an object for a denoise checkpoint, got {diffusion!r}")
-    if objective != "denoise" and diffusion is not None:
-        raise ValueError(f"diffusion is only for denoise checkpoints, got one for {objective!r}")
+    if diffusion is not None and not isinstance(diffusion, dict):
+        raise ValueError(f"diffusion must be an object or absent, got {diffusion!r}")
     sampler = data.get("sampler", {})
     if not isinstance(sampler, dict) or not set(sampler) <= SAMPLER_KEYS:
         raise ValueError(f"sampler must be an object with keys among {sorted(SAMPLER_KEYS)}")

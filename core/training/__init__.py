@@ -7,9 +7,11 @@
 - ``run_folder``: everything a run leaves on disk; silent on ranks other than 0.
 - ``state``: the resume state (``last.pt``), RNGs included.
 - ``pictures``: the loss curves and sample grids, as PNG.
-- ``objective``: reconstruct or denoise: inputs, validation figure, metadata, denoise samples.
-- ``style``: style transfer (issue 13): the collection's Gram target, the per-step style draw,
+- ``style``: style transfer's parts: the collection's Gram target, the per-step style draw,
   the style validation figure.
+
+What differs between objectives (inputs, loss, figure, samples, metadata) is each
+objective's, in ``core.objectives``.
 - ``evaluate``: batches onto the device in a checkpoint's image space; validation metrics.
 - ``gate``: the promotion gate that guards the served model.
 """

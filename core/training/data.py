@@ -35,12 +35,13 @@ from loguru import logger
 from PIL import Image
 
 from core.durable import write_atomic
-from core.images import loading
 from core.images.colour import ColourPolicy
+from core.images.decode import DEFAULT_MAX_PIXELS, ImageError, decode
+from core.images.pixels import resize
 from core.reasons import Reason
 
 TrainResize = Literal["stretch", "crop"]
-CACHE_FORMAT = 2  # 2: decoded by ICC profile to sRGB, as the daemon does (issue 15)
+CACHE_FORMAT = 2  # 2: decoded by ICC profile to sRGB, as the daemon does (docs/colour.md)
 _DECODE_CHUNK = 256
 
 
@@ -125,7 +126,7 @@ def assign_splits(rel_paths: Sequence[str], val_fraction: float) -> dict[str, st
 def resize_for_training(img: Image.Image, size: int, policy: TrainResize) -> Image.Image:
     """``stretch``: the seed's size x size; ``crop``: cover size x size, keep aspect, centre."""
     if policy == "stretch":
-        return loading.resize(img, size, "stretch")
+        return resize(img, size, "stretch")
     scale = size / min(img.size)
     w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
     img = img.resize((w, h), Image.Resampling.BILINEAR)
@@ -147,11 +148,9 @@ def _decode_one(path: Path, size: int, policy: TrainResize, max_pixels: int) -> 
     # Hashed from the bytes already read for decoding, not read a second time.
     sha = hashlib.sha256(data).hexdigest()
     try:
-        img = loading.decode(
-            data, max_pixels=max_pixels, draft_size=(size, size), colour=ColourPolicy()
-        )
+        img = decode(data, max_pixels=max_pixels, draft_size=(size, size), colour=ColourPolicy())
         pixels = np.asarray(resize_for_training(img, size, policy), dtype=np.uint8)
-    except loading.ImageError as exc:
+    except ImageError as exc:
         return sha, (exc.reason, exc.message)
     except Exception as exc:  # a decoder bug must reject one file, not end the run
         return sha, (Reason.CORRUPT, f"{type(exc).__name__}: {exc}")
@@ -224,7 +223,7 @@ def prepare(
     resize: TrainResize = "stretch",
     val_fraction: float = 0.05,
     *,
-    max_pixels: int = loading.DEFAULT_MAX_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int | None = None,
 ) -> PreparedData:
     """Scan ``root``, decode what the cache lacks (in threads), split, and describe the set."""

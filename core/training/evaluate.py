@@ -3,19 +3,19 @@
 A batch from the training cache is uint8 NHWC; the network gets it normalised the way its
 image space says (``core.network.space``) and the loss compares 0..1 pixels, whatever the space.
 Validation batches come with their images' keys (content hashes): a denoise checkpoint's
-figure noises each image with noise seeded by its key (``core.training.objective.Figure``).
+figure noises each image with noise seeded by its key (``core.training.figure.Figure``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
 from core.network.space import ImageSpace, imagenet, uint8_to_pixels
+from core.training.figure import Figure
 from core.training.losses import TrainingLoss
-from core.training.objective import Figure
 
 # One validation batch: uint8 NHWC pixels and each image's key (its content hash).
 KeyedBatch = tuple[torch.Tensor, Sequence[str]]
@@ -46,20 +46,23 @@ def evaluate(
     *,
     figure: Figure | None = None,
     channels_last: bool = False,
+    target: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Mean ``val_loss``, ``val_mse``, ``val_perceptual`` and per-image ``val_psnr`` (fp32),
     with the model fed as ``figure`` says (default: pixel space, ImageNet statistics, what
-    the reconstruct trainer trains; a denoise figure averages over its levels); ``{}`` when
-    there are no batches."""
+    the reconstruct trainer trains; a denoise figure averages over its levels) and its
+    output compared with ``target(image)`` (default: the image); ``{}`` when there are no
+    batches."""
     was_training = model.training
     model.eval()
     figure = (figure if figure is not None else Figure(imagenet())).to(device)
     sums = torch.zeros(5, dtype=torch.float64, device=device)
     for batch, keys in batches:
         pixels = device_pixels(batch, device, channels_last)
+        wanted = pixels if target is None else target(pixels)
         for inputs, level in figure.inputs(pixels, keys):
             output = figure.clean(model(inputs), inputs, level)
-            sums += _sums(output, pixels, loss_fn)
+            sums += _sums(output, wanted, loss_fn)
     model.train(was_training)
     loss, mse, perceptual, psnr, count = sums.tolist()
     if count == 0:

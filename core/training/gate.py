@@ -1,7 +1,8 @@
 """The promotion gate that guards the served model.
 
 The gate evaluates the run's best checkpoint and the currently served one on the *current*
-validation split with the same loss, each in the image space its metadata records
+validation split with the same loss, each by its objective's figure (``core.objectives``:
+``Objective.figure`` and ``Objective.evaluate``) in the image space its metadata records
 (``core.network.space.ImageSpace.of``: a served seed-space checkpoint is judged by the seed's own
 post-processing), and moves the pointer (atomically, via ``core.checkpoint.promote``) only
 when the new loss is at most ``served x (1 + tolerance)``.
@@ -35,11 +36,10 @@ import torch
 from loguru import logger
 
 from core.checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint, promote
-from core.network.space import ImageSpace
-from core.training.evaluate import KeyedBatch, evaluate
-from core.training.losses import StyleLoss, TrainingLoss
-from core.training.objective import Figure
-from core.training.style import evaluate_style
+from core.objectives import get as objective
+from core.objectives import of as objective_of
+from core.training.evaluate import KeyedBatch
+from core.training.losses import RunLoss
 
 # The trainer's exit status when it trained but the gate kept the served model.
 EXIT_NOT_PROMOTED = 3
@@ -65,23 +65,24 @@ class GateResult:
 def val_loss(
     checkpoint: Checkpoint,
     batches: list[KeyedBatch],
-    loss_fn: TrainingLoss | StyleLoss,
+    loss_fn: RunLoss,
     device: torch.device,
 ) -> float:
     """A checkpoint's validation loss, its network fed as its metadata says (its image space;
-    for denoise its schedule, at the fixed validation levels and noise; style: its figure)."""
+    for denoise its schedule, at the fixed validation levels and noise), judged by its
+    objective's figure."""
     model = build_model(checkpoint).to(device)
-    if isinstance(loss_fn, StyleLoss):
-        space = ImageSpace.of(checkpoint.meta)
-        return evaluate_style(model, batches, loss_fn, device, space)["val_loss"]
-    return evaluate(model, batches, loss_fn, device, figure=Figure.of(checkpoint.meta))["val_loss"]
+    judge = objective_of(checkpoint.meta)  # refuses metadata its objective cannot have written
+    return judge.evaluate(model, batches, loss_fn, device, judge.figure(checkpoint.meta))[
+        "val_loss"
+    ]
 
 
 def promotion_gate(
     pointer: Path,
     candidate: Path,
     val_batches: Iterable[KeyedBatch],
-    loss_fn: TrainingLoss | StyleLoss,
+    loss_fn: RunLoss,
     device: torch.device,
     tolerance: float,
     *,
@@ -101,7 +102,7 @@ def promotion_gate(
         return result
     else:
         result.served, result.served_objective = served.version, served.meta.objective
-        if served.meta.objective != new.meta.objective:
+        if objective(served.meta.objective) is not objective(new.meta.objective):
             _across(result, across_objectives)
         else:
             _compare(result, val_loss(served, batches, loss_fn, device), tolerance)
@@ -145,7 +146,9 @@ def _served(pointer: Path) -> Checkpoint | None:
     if not os.path.lexists(pointer):
         return None
     try:
-        return load_checkpoint(pointer)
-    except CheckpointError as exc:
+        served = load_checkpoint(pointer)
+        objective_of(served.meta)  # an objective this version knows, with its own fields
+    except (CheckpointError, ValueError) as exc:
         logger.warning("gate: the served model is unusable ({}); replacing it", exc)
         return None
+    return served

@@ -19,7 +19,6 @@ from core.network.model import ConvDiffusionModel
 from core.network.space import ImageSpace
 from core.runtime.devices import native_reduced_dtype
 from core.training.distributed import Dist
-from core.training.objective import space_for
 from core.training.settings import TrainSettings
 from core.training.state import rng_state, set_rng_state
 
@@ -66,10 +65,15 @@ class Learner:
 
 
 def build_learner(
-    s: TrainSettings, d: Dist, state: dict[str, Any] | None, channels_last: bool
+    s: TrainSettings,
+    d: Dist,
+    state: dict[str, Any] | None,
+    channels_last: bool,
+    space: ImageSpace,
 ) -> Learner:
     """Model, optimizer, schedule and mixed precision; restored from ``state`` when resuming
-    (the RNGs last: initialising the fresh weights has drawn from them)."""
+    (the RNGs last: initialising the fresh weights has drawn from them). ``space``: how the
+    network sees images, the objective's (``Objective.space``)."""
     device = d.device
     raw = ConvDiffusionModel(s.decoder).to(device)
     if channels_last:
@@ -90,7 +94,7 @@ def build_learner(
         )
     amp_dtype = autocast_dtype(s.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    space = space_for(s.objective).to(device)
+    space = space.to(device)
     return Learner(
         device, raw, model, optimizer, scheduler, scaler, amp_dtype, space, channels_last,
         start_epoch, best_val_loss,

@@ -1,13 +1,14 @@
 """The data a run trains and validates on: the prepared set and the loaders over its splits.
 
-``core.training.data`` scans, decodes once into a memory-mapped cache and splits; this module runs
-that
-on rank 0 only, hands the result to the other ranks and builds each rank's loader: a
+``core.training.data`` scans, decodes once into a memory-mapped cache and splits; this module
+runs that on rank 0 only, hands the result to the other ranks and builds each rank's loader: a
 ``DistributedSampler`` shuffled by (seed, epoch), so a resumed epoch sees the same order.
 Validation batches carry each image's content hash (:class:`ValBatches`), the key of the
 fixed noise a denoise figure uses.
 
-A style run (``core.training.style``) trains and validates on content photos: the loaders run
+Which data a run loads is its objective's choice (``Objective.load_data``: the collection
+alone, or a style run's content photos beside it).
+A style run (:func:`load_style_data`) trains and validates on content photos: the loaders run
 over ``--content-data`` (its own cache under ``cache/content``, its manifest beside the
 collection's) or, when it is not given, over the collection itself; the collection's training
 split is the style images (:attr:`Data.style_set`).
@@ -71,12 +72,16 @@ class Data:
         return hashlib.sha256(both).hexdigest()
 
 
-def load_data(s: TrainSettings, d: Dist, run: RunFolder) -> Data:
-    """Scanned, decoded once into the cache and split on rank 0, shared with the others."""
-    prepared = _prepare(s, d, s.data, s.resolved_cache_dir(), "rejected.jsonl")
-    run.write_inputs(s.as_json(), prepared)
-    if s.objective != "style":
-        return _loaders(s, d, prepared)
+def load_collection(s: TrainSettings, d: Dist, run: RunFolder) -> Data:
+    """The collection (``--data``), scanned, decoded once into the cache and split on rank
+    0, shared with the others."""
+    return _loaders(s, d, _prepare_collection(s, d, run))
+
+
+def load_style_data(s: TrainSettings, d: Dist, run: RunFolder) -> Data:
+    """A style run's data: loaders over the content photos (``--content-data``, else the
+    collection), and the collection's training split as :attr:`Data.style_set`."""
+    prepared = _prepare_collection(s, d, run)
     style_set = CachedImages(prepared.cache_file, s.image_size, prepared.slots("train"))
     if s.content_data is None:
         data = _loaders(s, d, prepared)
@@ -88,6 +93,13 @@ def load_data(s: TrainSettings, d: Dist, run: RunFolder) -> Data:
     data = _loaders(s, d, content)
     data.style_set, data.collection = style_set, prepared
     return data
+
+
+def _prepare_collection(s: TrainSettings, d: Dist, run: RunFolder) -> PreparedData:
+    """The collection prepared, and the run folder's record of it."""
+    prepared = _prepare(s, d, s.data, s.resolved_cache_dir(), "rejected.jsonl")
+    run.write_inputs(s.as_json(), prepared)
+    return prepared
 
 
 def _prepare(s: TrainSettings, d: Dist, root: Path, cache: Path, rejects: str) -> PreparedData:

@@ -275,3 +275,8 @@ class StyleLoss(nn.Module):
         tv = total_variation(output)
         total = self.content_weight * content + self.style_weight * style + self.tv_weight * tv
         return total, content, style, tv
+
+
+# What a run's loss is: pixel MSE + perceptual (``TrainingLoss``) or the style loss; which one
+# is the objective's choice (``core.objectives``).
+RunLoss = TrainingLoss | StyleLoss

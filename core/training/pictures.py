@@ -1,6 +1,6 @@
 """The two pictures a run draws: the loss curves (``loss.png``) and the sample grids
 (``input | output`` rows for reconstruct, ``content photo | stylised`` for style; for
-denoise, see core.training.objective).
+denoise, see core.objectives.denoise).
 
 Both are returned as PNG bytes for the run folder to write atomically; matplotlib is
 imported only when a plot is drawn (it costs about a second) and always with the Agg
@@ -14,7 +14,7 @@ import io
 import torch
 from torchvision.utils import make_grid
 
-from core.images import loading
+from core.images.pixels import from_tensor
 from core.outputs.encoding import encode
 
 # (metrics.jsonl key, legend label) of each curve in loss.png.
@@ -66,4 +66,4 @@ def sample_grid(inputs: torch.Tensor, outputs: torch.Tensor) -> tuple[bytes, tor
 def image_grid(images: torch.Tensor, columns: int) -> tuple[bytes, torch.Tensor]:
     """0..1 NCHW images laid out row by row, ``columns`` to a row: PNG and CHW tensor."""
     grid = make_grid(images.float().cpu(), nrow=columns, padding=2, pad_value=1.0)
-    return encode(loading.from_tensor(grid), "png"), grid
+    return encode(from_tensor(grid), "png"), grid

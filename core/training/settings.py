@@ -9,26 +9,29 @@ Under ``torchrun`` every process uses ``batch_size``: the global batch is
 ``batch_size x world size``. The learning rate is not rescaled for you; when you change the
 global batch, scale ``lr`` yourself (linearly is the usual first guess for Adam at these sizes).
 
-``objective`` picks what the network learns: ``reconstruct`` (the seed's: the image itself) or
-``denoise`` (the clean image from a noised one, ``core.diffusion.schedule``; see
-``core.training.objective``). The ``sample_*`` settings are the img2img sampler a denoise
-checkpoint recommends (its ``meta.sampler``), also used for the run's sample grids.
-``style`` (issue 13) trains photo -> the collection's manner (``core.training.style``): the
-collection is ``data``, the photos ``content_data`` (default: the collection itself); the
-``*_weight`` and ``style_target`` settings are its loss (docs/training.md).
+``objective`` picks what the network learns, one of the registered objectives
+(``core.objectives``): ``reconstruct`` (the seed's: the image itself), ``denoise`` (the clean
+image from a noised one, ``core.diffusion.schedule``) or ``style`` (photo -> the collection's
+manner, ``core.training.style``). The ``sample_*`` settings are the img2img sampler a denoise
+checkpoint recommends (its ``meta.sampler``), also used for the run's sample grids. For style
+the collection is ``data``, the photos ``content_data`` (default: the collection itself); the
+``*_weight`` and ``style_target`` settings are its loss (docs/training.md). A setting one
+objective owns (``Objective.own_settings``) is refused at anything but its default by the others,
+when the command line builds the settings (``core.training.command``: the checks that ask the
+registered objectives live above them).
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.config import add_settings_flags, check_device, settings_from_args
-from core.images.loading import DEFAULT_MAX_PIXELS
+from core.config import check_device
+from core.diffusion.sampler_settings import DEFAULT_SAMPLER_SETTINGS
+from core.images.decode import DEFAULT_MAX_PIXELS
 from core.network.shapes import check_size
 
 
@@ -38,10 +41,9 @@ class TrainSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ARTD_TRAIN_", extra="forbid")
 
     data: Path = Field(description="folder of training images (flat or class sub-folders)")
-    objective: Literal["reconstruct", "denoise", "style"] = Field(
+    objective: str = Field(
         "reconstruct",
-        description="reconstruct (the seed's recipe), denoise (diffusion) or style (photos "
-        "in the collection's manner; needs VGG16 weights)",
+        description="what the network learns: a registered objective (core.objectives)",
     )
     decoder: Literal["transpose", "upsample", "upsample-full"] = Field(
         "transpose",
@@ -117,11 +119,19 @@ class TrainSettings(BaseSettings):
         False, description="let the gate replace a served model of another objective"
     )
     sample_strength: float = Field(
-        0.5, ge=0, le=1, description="denoise: recommended img2img strength (meta.sampler)"
+        DEFAULT_SAMPLER_SETTINGS.strength,
+        ge=0,
+        le=1,
+        description="denoise: recommended img2img strength (meta.sampler)",
     )
-    sample_steps: int = Field(25, ge=1, description="denoise: recommended sampling steps")
+    sample_steps: int = Field(
+        DEFAULT_SAMPLER_SETTINGS.steps, ge=1, description="denoise: recommended sampling steps"
+    )
     sample_eta: float = Field(
-        1.0, ge=0, le=1, description="denoise: recommended eta (1 = DDPM noise, 0 = DDIM)"
+        DEFAULT_SAMPLER_SETTINGS.eta,
+        ge=0,
+        le=1,
+        description="denoise: recommended eta (1 = DDPM noise, 0 = DDIM)",
     )
     tensorboard: bool = Field(True, description="write TensorBoard scalars if it is installed")
 
@@ -134,21 +144,6 @@ class TrainSettings(BaseSettings):
     @classmethod
     def _known_device(cls, value: str) -> str:
         return check_device(value)
-
-    @model_validator(mode="after")
-    def _style_only(self) -> TrainSettings:
-        if self.content_data is not None and self.objective != "style":
-            raise ValueError("content_data is only for --objective style")
-        return self
-
-    @field_validator("parameterisation", "low_noise_prior")
-    @classmethod
-    def _denoise_only(cls, value: str, info: ValidationInfo) -> str:
-        """Anything but the field's default needs ``--objective denoise``."""
-        default = cls.model_fields[info.field_name].default
-        if value != default and info.data.get("objective") != "denoise":
-            raise ValueError(f"{info.field_name} {value} is only for --objective denoise")
-        return value
 
     @field_validator("perceptual_weight")
     @classmethod
@@ -167,19 +162,3 @@ class TrainSettings(BaseSettings):
     def as_json(self) -> dict:
         """The settings as plain JSON values (``settings.json``, checkpoints, resume state)."""
         return self.model_dump(mode="json")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """``--config`` plus one flag per setting (``core.config.add_settings_flags``)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m core.train",
-        description="Train the artd network (the seed's recipe, done right).",
-    )
-    parser.add_argument("--config", type=Path, help="TOML file with settings (keys = field names)")
-    add_settings_flags(parser, TrainSettings)
-    return parser
-
-
-def parse_settings(argv: list[str] | None = None) -> TrainSettings:
-    """Settings from the command line, env and ``--config``; raises core.config.SettingsError."""
-    return settings_from_args(TrainSettings, vars(build_parser().parse_args(argv)))

@@ -1,4 +1,7 @@
-"""Style-transfer training (issue 13): photos in the collection's manner, in one pass.
+"""Style-transfer training parts: the Gram target, the per-step style draw, the style figure.
+
+The ``style`` objective (``core.objectives.style``) trains photos into the collection's manner,
+in one pass.
 
 Johnson, Alahi and Fei-Fei, "Perceptual Losses for Real-Time Style Transfer" (2016), as in
 pytorch/examples ``fast_neural_style``: the network gets a content photo (ImageNet-normalised,
@@ -90,11 +93,11 @@ class StyleDraw:
 
 
 def style_draw(
-    s: TrainSettings, d: Dist, loss: nn.Module, style_set: CachedImages | None
+    s: TrainSettings, d: Dist, loss: StyleLoss, style_set: CachedImages | None
 ) -> StyleDraw | None:
-    """The run's :class:`StyleDraw` when it is a style run that samples a style image per
-    step, else None."""
-    if not isinstance(loss, StyleLoss) or style_set is None or s.style_target != "sample":
+    """The style run's :class:`StyleDraw` when it samples a style image per step, else
+    None."""
+    if style_set is None or s.style_target != "sample":
         return None
     return StyleDraw(style_set, loss.features, s.seed, d.rank)
 
