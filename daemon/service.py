@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 from collections import deque
-from http.server import ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 
 from loguru import logger
@@ -19,21 +19,24 @@ from daemon.decoders import DecoderPool
 from daemon.intake import Intake
 from daemon.metrics import Health, Metrics
 from daemon.pipeline import Pipeline, decoder_pool
-from daemon.presets import Resolver
 from daemon.reload import ModelWatcher, identity
-from daemon.settings import DaemonSettings
+from daemon.settings import DaemonSettings, Resolver
 from daemon.spool import Claim, Spool, SpoolError
-from daemon.web.requeue import RECORDS as RETRY_RECORDS
-from daemon.web.requeue import Retry
+from daemon.web.api import DaemonState, PageData
+from daemon.web.requeue import RECORDS as REQUEUE_RECORDS
+from daemon.web.requeue import Requeue
 
 EXIT_OK, EXIT_FATAL, EXIT_STUCK = 0, 1, 70
 HOUSEKEEPING_S = 5.0
 # How often a running daemon looks for dead peers' claims to adopt (shared roots), and
-# finishes the page's retries that a kill cut short (daemon.web.requeue.Retry.recover).
+# finishes the page's requeues that a kill cut short (daemon.web.requeue.Requeue.recover).
 ADOPT_EVERY_S = 30.0
 DECODER_START_S = 120.0
 CLAIM_RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)  # probes of a disk that refused claims
 MAX_HELD = 10_000  # images waiting for their sidecar at once; beyond, the rescan finds them
+# The order shutdown() stops the parts in, whichever of them were started: intake first (no
+# new files), the pipeline drained while /healthz still answers, the spool's lock last.
+STOP_ORDER = ("intake", "model watcher", "pipeline", "http", "page", "decoder", "spool")
 
 
 class Service:
@@ -41,10 +44,15 @@ class Service:
 
     The steps are named as huey's Consumer and rq's Worker name theirs: :meth:`bootstrap`
     (the spool's folders, the decoder processes, the model), then one ``_start_*`` method per
-    worker thread (the pipeline, the inbox intake, the checkpoint watcher, the HTTP server),
-    :meth:`work` (the claim loop with its heartbeats, until a stop is requested) and
-    :meth:`shutdown` (drain in-flight files within ``drain_seconds``, stop every thread).
-    A SIGTERM or SIGINT at any point after ``run()`` begins is a clean drain.
+    worker thread (the pipeline, the page and the HTTP server, the inbox intake, the
+    checkpoint watcher), :meth:`work` (the claim loop with its heartbeats, until a stop is
+    requested) and :meth:`shutdown` (drain in-flight files within ``drain_seconds``, stop
+    every thread). A SIGTERM or SIGINT at any point after ``run()`` begins is a clean drain.
+
+    Each part, once started, is recorded with its stopper (:meth:`_started`), and
+    ``run()`` calls :meth:`shutdown` whatever happens after its start begins: a start that
+    fails half-way (a port in use, a folder that cannot be read) stops exactly the parts
+    started before it, in :data:`STOP_ORDER`.
     """
 
     spool: Spool
@@ -59,7 +67,10 @@ class Service:
         self.metrics = Metrics()
         self.health = Health(stuck_after_s=settings.stuck_seconds)
         self.backlog: deque[Claim] = deque()  # claims to (re)submit before new inbox files
-        self.server: ThreadingHTTPServer | None = None
+        self.server: http.Server | None = None
+        self.page: PageData | None = None  # built here, handed to the server (the page's owner)
+        self._stoppers: dict[str, Callable[[], object]] = {}  # the parts started, by name
+        self._drained = True
         # Set while the disk refuses claims (full, read-only, failing): intake waits, then probes.
         self._claim_problem: str | None = None
         self._claim_failures = 0
@@ -68,7 +79,7 @@ class Service:
         self._held: dict[Path, float] = {}
         self._next_orphan_sweep = 0.0
         self._next_adoption = time.monotonic() + ADOPT_EVERY_S  # start adopts by itself
-        self._retry: Retry | None = None  # recovers page retries when the page is off
+        self._requeue: Requeue | None = None  # recovers page requeues when the page is off
 
     def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
         if signum is not None:
@@ -83,18 +94,20 @@ class Service:
         # that lands while the model is still loading or the inbox is first scanned.
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
-        engine = self.bootstrap()
-        if engine is None:
-            return EXIT_FATAL
-        self._start_pipeline(engine)
-        del engine  # this frame lives as long as the daemon: it must not pin the first model
-        self._resume_claimed()
-        self.intake = self._create_intake()
-        self.model_watcher = self._create_model_watcher()
         try:
+            engine = self.bootstrap()
+            if engine is None:
+                return EXIT_FATAL
+            self._start_pipeline(engine)
+            del engine  # this frame lives as long as the daemon: it must not pin the first model
+            self._resume_claimed()
+            self.intake = self._create_intake()
+            self.model_watcher = self._create_model_watcher()
             self._start_http()
             self.intake.start()
+            self._started("intake", self.intake.stop)
             self.model_watcher.start()
+            self._started("model watcher", self.model_watcher.stop)
             logger.info("watching {} as instance {!r}", self.spool.inbox, self.settings.instance)
             systemd.notify("READY=1\nSTATUS=watching the inbox")
             self.work()
@@ -120,14 +133,15 @@ class Service:
         self.decoder = decoder_pool(s)
         try:
             self.spool.prepare()
+            self._started("spool", self.spool.close)  # the instance lock, released last
             for name in s.presets:  # each preset's inbox folder, ready for drops
                 (self.spool.inbox / name).mkdir(exist_ok=True)
             self.decoder.start()  # its forkserver imports the decoder while the model loads
+            self._started("decoder", self.decoder.close)
             engine = s.load_engine()
         except (SpoolError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
             logger.error("cannot start: {}", exc)
-            self.decoder.close()
-            return None
+            return None  # run() stops what was started
         self.health.update(model_version=engine.version)
         self.metrics.model_info.info(_model_labels(engine))
         self.metrics.up.set(1)
@@ -138,6 +152,7 @@ class Service:
             self.settings, self.spool, engine, self.metrics, self.health, decoder=self.decoder
         )
         self.pipeline.start()
+        self._started("pipeline", self._stop_pipeline)
         self.pipeline.publish_models()
 
     def _resume_claimed(self) -> None:
@@ -173,24 +188,71 @@ class Service:
         )
 
     def _start_http(self) -> None:
-        if self.settings.http_port:
-            self.server = http.start(self)
+        """The page (when it can be built) and the HTTP server that serves it."""
+        s = self.settings
+        if not s.http_port:
+            return
+        self.page = self._open_page()
+        self.server = http.serve(
+            s.http_host,
+            s.http_port,
+            self.metrics,
+            self.health,
+            page=self.page,
+            hosts=http.parse_hosts(s.page_hosts),
+            max_connections=s.page_max_connections,
+        )
+        self._started("http", self.server.stop)
+
+    def _open_page(self) -> PageData | None:
+        """What the page needs: the folders, their indexes, the thumbnails, the requeue, and
+        this daemon's health, metrics and queue (never the service itself)."""
+        state = DaemonState(health=self.health, metrics=self.metrics, waiting=self._waiting)
+        try:
+            page = PageData(self.settings, state)
+        except Exception:  # the page is optional: /healthz and /metrics must come up regardless
+            logger.exception("page: cannot start the page; serving /healthz and /metrics only")
+            return None
+        self._started("page", page.close)
+        return page
+
+    def _waiting(self) -> tuple[int, int]:
+        """For the page: (inbox files settling, resumed claims not yet submitted)."""
+        return self.intake.pending(), len(self.backlog)
+
+    def _started(self, part: str, stop: Callable[[], object]) -> None:
+        """``part`` (a name of STOP_ORDER) is running: :meth:`shutdown` calls ``stop``."""
+        assert part in STOP_ORDER, part
+        self._stoppers[part] = stop
+
+    def _stop_pipeline(self) -> None:
+        self._drained = self.pipeline.stop(self.settings.drain_seconds)
 
     def shutdown(self) -> None:
         """Stop taking files, drain the pipeline, stop every thread; claims left unfinished
-        stay claimed for the next start."""
-        systemd.notify("STOPPING=1")
-        self.intake.stop()
-        self.model_watcher.stop()
-        drained = self.pipeline.stop(self.settings.drain_seconds)
-        if self.server is not None:
-            self.server.shutdown()
-        self.spool.close()
+        stay claimed for the next start. Stops only the parts started (:meth:`_started`),
+        so it is safe at any point of a start that failed, and a second call does nothing."""
+        serving = "pipeline" in self._stoppers
+        if serving:
+            systemd.notify("STOPPING=1")
+        failed: BaseException | None = None
+        for part in STOP_ORDER:
+            stop = self._stoppers.pop(part, None)
+            if stop is None:
+                continue
+            try:
+                stop()
+            except Exception as exc:  # the parts after it must stop all the same
+                logger.opt(exception=exc).error("cannot stop the {} cleanly", part)
+                failed = failed or exc
         self.metrics.up.set(0)
-        logger.info(
-            "stopped{}; unfinished files stay claimed for the next start",
-            "" if drained else " (drain timed out)",
-        )
+        if serving:
+            logger.info(
+                "stopped{}; unfinished files stay claimed for the next start",
+                "" if self._drained else " (drain timed out)",
+            )
+        if failed is not None:
+            raise failed
 
     # ----- the claim loop -----
 
@@ -304,7 +366,7 @@ class Service:
                 self.backlog.extend(spool.adopt_stale())
             except OSError as exc:
                 logger.warning("cannot adopt the work of dead instances: {}", exc)
-            self._recover_retries()
+            self._recover_requeues()
         if time.monotonic() >= self._next_orphan_sweep:
             orphan_s = self.settings.sidecar_orphan_seconds
             self._next_orphan_sweep = time.monotonic() + min(60.0, orphan_s / 4)
@@ -315,19 +377,18 @@ class Service:
         if self.intake.healthy:
             systemd.notify("WATCHDOG=1")
 
-    def _recover_retries(self) -> None:
-        """Finish a page retry that a kill cut short (its file held aside in the quarantine,
-        or not yet in the inbox) once its record is old enough, without waiting for a
-        restart or the next retry POST. The page's own Retry when it runs (its lock keeps
-        a POST and this apart); otherwise one of our own, if any retry record was ever made."""
-        page = getattr(self.server, "page", None)
-        retry = page.retry if page is not None else self._retry
-        if retry is None:
-            if not (self.spool.root / RETRY_RECORDS).is_dir():
+    def _recover_requeues(self) -> None:
+        """Finish a page requeue that a kill cut short (its file held aside in the
+        quarantine, or not yet in the inbox) once its record is old enough, without waiting
+        for a restart or the next requeue POST. The page's own Requeue when it runs (its lock
+        keeps a POST and this apart); otherwise one of our own, if any record was ever made."""
+        requeue = self.page.requeue if self.page is not None else self._requeue
+        if requeue is None:
+            if not (self.spool.root / REQUEUE_RECORDS).is_dir():
                 return
-            retry = self._retry = Retry(self.spool.root)
+            requeue = self._requeue = Requeue(self.spool.root)
         try:
-            retry.recover()
+            requeue.recover()
         except OSError as exc:
             logger.warning("cannot finish interrupted retries: {}", exc)
 

@@ -1,4 +1,4 @@
-"""Hostile requests against a real daemon (issue 16): traversal in every spelling, symlinks
+"""Hostile requests against a real daemon: traversal in every spelling, symlinks
 and hard links planted in the served folders, bad Host/Origin/Sec-Fetch-Site on POSTs,
 huge headers, a 1 GB body and slow-loris clients. Every answer is a 4xx or a closed
 connection, no byte from outside the allowed folders ever comes back, and the daemon keeps
@@ -277,3 +277,35 @@ def test_too_many_connections_are_closed_not_queued_forever(daemon: Daemon) -> N
         for sock in held:
             sock.close()
     wait_for(lambda: fetch(port, "/healthz")[0] == 200, HEAD_DEADLINE_S + 5, "healthz again")
+
+
+def test_the_server_without_a_page_routes_only_healthz_and_metrics() -> None:
+    """The route table of a server the page could not be built for (real server, real
+    sockets): /healthz and /metrics, 404 for the rest, 405 for other methods, HEAD bodiless."""
+    from daemon.http import serve
+    from daemon.metrics import Health, Metrics
+
+    server = serve("127.0.0.1", 0, Metrics(), Health())
+    port = server.server_port
+    try:
+
+        def ask(method: str, path: str) -> tuple[int | None, bytes]:
+            head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            return raw_request(port, f"{head}Connection: close\r\n\r\n".encode())
+
+        status, answer = ask("GET", "/healthz")
+        assert status == 200 and answer.endswith(b"}"), answer
+        assert b'"status": "ok"' in answer
+        status, answer = ask("GET", "/metrics?x=1")
+        assert status == 200 and b"artd_up" in answer
+        status, answer = ask("HEAD", "/healthz")
+        assert status == 200 and answer.endswith(b"\r\n\r\n"), answer  # headers only
+        for path in ("/", "/api/status", "/healthz/x"):
+            status, answer = ask("GET", path)
+            assert status == 404 and b"try /healthz or /metrics" in answer, (path, answer)
+        status, answer = ask("POST", "/api/retry")
+        assert status == 404 and answer.endswith(b'{"error": "not found"}'), answer
+        assert ask("PUT", "/healthz")[0] == 405
+        assert ask("GET", "healthz")[0] == 400
+    finally:
+        server.stop()

@@ -1,4 +1,4 @@
-"""The daemon end to end: a real subprocess on real folders (issue 4's promises)."""
+"""The daemon end to end: a real subprocess on real folders."""
 
 from __future__ import annotations
 
@@ -340,3 +340,65 @@ def test_artd_help_and_version_do_not_load_torch() -> None:
     assert done.stdout.strip().splitlines()[-1] == "False"
     assert "process" in done.stdout and "check" in done.stdout
     assert "generate" in done.stdout
+
+
+def test_a_start_that_fails_stops_every_part_started_before_it(
+    pixel_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HTTP port is taken (by a real socket held here): the start fails at the server's
+    bind, after the spool's lock, the decoder processes, the pipeline and the page's
+    thumbnail decoder were started in this very process. Every one of them is stopped."""
+    import errno
+    import multiprocessing
+    import signal
+    import socket
+
+    from loguru import logger
+
+    from daemon.service import Service
+    from daemon.settings import DaemonSettings
+    from daemon.spool import Spool
+
+    root = tmp_path / "root"
+    for key in list(os.environ):
+        if key.startswith("ARTD_") or key == "NOTIFY_SOCKET":
+            monkeypatch.delenv(key)
+    env = {"ROOT": str(root), "CHECKPOINT": str(pixel_checkpoint), "INSTANCE": "taken"}
+    env |= {"HTTP_HOST": "127.0.0.1", "SIZE": "64", "DEVICE": "cpu", "SETTLE_SECONDS": "0.5"}
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    threads_before = set(threading.enumerate())
+    children_before = set(multiprocessing.active_children())
+    logged: list[str] = []
+    sink = logger.add(lambda message: logged.append(str(message)), level="INFO")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env["HTTP_PORT"] = str(taken.getsockname()[1])
+        for key, value in env.items():
+            monkeypatch.setenv(f"ARTD_{key}", value)
+        service = Service(DaemonSettings())
+        try:
+            with pytest.raises(OSError) as caught:
+                service.run()
+        finally:
+            signal.signal(signal.SIGTERM, handlers[0])
+            signal.signal(signal.SIGINT, handlers[1])
+            logger.remove(sink)
+    assert caught.value.errno == errno.EADDRINUSE
+    # The parts before the server did start: the page was built, the pipeline ran.
+    assert service.page is not None and service.server is None
+    assert any("stopped; unfinished files stay claimed" in line for line in logged), logged
+    # And they are stopped: no decoder process, no thread of the daemon's, the lock free.
+    wait_for(
+        lambda: set(multiprocessing.active_children()) <= children_before,
+        30,
+        "the decoder processes (the pipeline's and the page's) to exit",
+    )
+    wait_for(
+        lambda: not {t for t in threading.enumerate() if t.is_alive()} - threads_before,
+        30,
+        "the daemon's threads to end",
+    )
+    assert service.metrics.registry.get_sample_value("artd_up") == 0
+    with Spool(root, "taken") as again:  # a second daemon takes the instance lock at once
+        assert again.work_dir.is_dir()

@@ -1,7 +1,7 @@
-"""The page's JSON API and its parts on a real daemon, real folders and real photos
-(issue 16): status, recent results with before/after thumbnails, the quarantine with its
-reasons, retry (with the token, refused without), the settings' start-time refusals, and
-the retry, index and thumbnail modules on real files."""
+"""The page's JSON API and its parts on a real daemon, real folders and real photos:
+status, recent results with before/after thumbnails, the quarantine with its reasons, retry
+(with the token, refused without), the settings' start-time refusals, and the requeue,
+index and thumbnail modules on real files."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from core.reasons import DESCRIPTIONS, Reason
 from daemon.settings import DaemonSettings
 from daemon.web.index import FolderIndex, per_minute
-from daemon.web.requeue import Retry, RetryError
+from daemon.web.requeue import Requeue, RequeueError
 from daemon.web.thumbs import Thumbnails
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -190,18 +190,18 @@ def spool_root(tmp_path: Path) -> Path:
 def test_two_racing_retries_move_the_file_once(tmp_path: Path) -> None:
     root = spool_root(tmp_path)
     write_quarantined(root, "race.jpg", Reason.MODEL_FAILED)
-    retries = [Retry(root), Retry(root)]
+    requeues = [Requeue(root), Requeue(root)]
     results: list[object] = []
     barrier = threading.Barrier(2)
 
-    def go(retry: Retry) -> None:
+    def go(requeue: Requeue) -> None:
         barrier.wait()
         try:
-            results.append(retry.retry("race.jpg"))
-        except RetryError as exc:
+            results.append(requeue.requeue("race.jpg"))
+        except RequeueError as exc:
             results.append(exc.status)
 
-    threads = [threading.Thread(target=go, args=(r,)) for r in retries]
+    threads = [threading.Thread(target=go, args=(r,)) for r in requeues]
     for t in threads:
         t.start()
     for t in threads:
@@ -217,7 +217,7 @@ def test_a_name_taken_in_the_inbox_gets_a_counter(tmp_path: Path) -> None:
     root = spool_root(tmp_path)
     write_quarantined(root, "taken.jpg", Reason.TRUNCATED)
     (root / "inbox" / "taken.jpg").write_bytes(b"a newer drop")
-    done = Retry(root).retry("taken.jpg")
+    done = Requeue(root).requeue("taken.jpg")
     assert done.inbox_rel == "taken (2).jpg"
     assert (root / "inbox" / "taken.jpg").read_bytes() == b"a newer drop"
 
@@ -231,8 +231,8 @@ def test_a_retried_file_takes_its_job_sidecar_unless_that_was_the_problem(
     write_quarantined(root, "badjob.jpg", Reason.INVALID_SIDECAR)
     (root / "quarantine" / "badjob.jpg.artd.json").write_text('{"strength": "lots"}')
     (root / "inbox" / "crashed.jpg").write_bytes(b"a newer drop")
-    assert Retry(root).retry("crashed.jpg").inbox_rel == "crashed (2).jpg"
-    assert Retry(root).retry("badjob.jpg").inbox_rel == "badjob.jpg"
+    assert Requeue(root).requeue("crashed.jpg").inbox_rel == "crashed (2).jpg"
+    assert Requeue(root).requeue("badjob.jpg").inbox_rel == "badjob.jpg"
     inbox = sorted(p.name for p in (root / "inbox").iterdir())
     assert inbox == ["badjob.jpg", "crashed (2).jpg", "crashed (2).jpg.artd.json", "crashed.jpg"]
     assert (root / "inbox" / "crashed (2).jpg.artd.json").read_text() == '{"strength": 0.3}'
@@ -242,38 +242,38 @@ def test_a_retried_file_takes_its_job_sidecar_unless_that_was_the_problem(
 
 def test_a_record_write_killed_before_its_rename_leaves_no_litter(tmp_path: Path) -> None:
     root = spool_root(tmp_path)
-    retry = Retry(root)
-    stale = retry.records / ".00000000000000000005-cafecafe.json.1234.tmp"
+    requeue = Requeue(root)
+    stale = requeue.records / ".00000000000000000005-cafecafe.json.1234.tmp"
     stale.write_bytes(b'{"id": ')
     os.utime(stale, (time.time() - 3600, time.time() - 3600))
-    fresh = retry.records / ".00000000000000000006-cafecafe.json.1234.tmp"
+    fresh = requeue.records / ".00000000000000000006-cafecafe.json.1234.tmp"
     fresh.write_bytes(b'{"id": ')
-    retry.recover()
-    assert [p.name for p in retry.records.iterdir()] == [fresh.name]  # a live write is left
+    requeue.recover()
+    assert [p.name for p in requeue.records.iterdir()] == [fresh.name]  # a live write is left
 
 
 def test_a_retry_killed_midway_is_finished_by_the_next_start(tmp_path: Path) -> None:
     root = spool_root(tmp_path)
     write_quarantined(root, "halfway.jpg", Reason.MODEL_FAILED)
-    retry = Retry(root)
+    requeue = Requeue(root)
     # Steps 1 and 2 done (record written, file renamed aside), then a kill.
     record = {"id": "00000000000000000002-cafecafe", "quarantine_rel": "halfway.jpg"}
     record["claim"] = "00000000000000000001-deadbeef"
-    (retry.records / f"{record['id']}.json").write_text(json.dumps(record))
+    (requeue.records / f"{record['id']}.json").write_text(json.dumps(record))
     (root / "quarantine/halfway.jpg").rename(root / f"quarantine/.artd-retry-{record['id']}")
     # And one whose record was written but whose rename never happened.
     write_quarantined(root, "untouched.jpg", Reason.MODEL_FAILED)
     other = dict(record, id="00000000000000000003-cafecafe", quarantine_rel="untouched.jpg")
-    (retry.records / f"{other['id']}.json").write_text(json.dumps(other))
+    (requeue.records / f"{other['id']}.json").write_text(json.dumps(other))
     # And one in progress right now (another daemon's): left alone.
     write_quarantined(root, "live.jpg", Reason.MODEL_FAILED)
     live = dict(record, id="00000000000000000004-cafecafe", quarantine_rel="live.jpg")
     live["time"] = time.time()
-    (retry.records / f"{live['id']}.json").write_text(json.dumps(live))
+    (requeue.records / f"{live['id']}.json").write_text(json.dumps(live))
     (root / "quarantine/live.jpg").rename(root / f"quarantine/.artd-retry-{live['id']}")
-    Retry(root).recover()  # records without a time are from long ago: finished now
-    assert [p.name for p in retry.records.iterdir()] == [f"{live['id']}.json"]
-    (retry.records / f"{live['id']}.json").unlink()
+    Requeue(root).recover()  # records without a time are from long ago: finished now
+    assert [p.name for p in requeue.records.iterdir()] == [f"{live['id']}.json"]
+    (requeue.records / f"{live['id']}.json").unlink()
     (root / f"quarantine/.artd-retry-{live['id']}").rename(root / "quarantine/live.jpg")
     (root / "quarantine/live.jpg").unlink()
     (root / "quarantine/live.jpg.error.json").unlink()
@@ -282,14 +282,14 @@ def test_a_retry_killed_midway_is_finished_by_the_next_start(tmp_path: Path) -> 
         "untouched.jpg",
         "untouched.jpg.error.json",
     ]
-    assert not list(retry.records.iterdir())
+    assert not list(requeue.records.iterdir())
 
 
 @pytest.mark.parametrize("name", ["../inbox/x.jpg", "/etc/passwd", "a/../../b", "x.error.json"])
 def test_retry_refuses_paths_that_are_not_quarantined_files(tmp_path: Path, name: str) -> None:
     root = spool_root(tmp_path)
-    with pytest.raises(RetryError) as caught:
-        Retry(root).retry(name)
+    with pytest.raises(RequeueError) as caught:
+        Requeue(root).requeue(name)
     assert caught.value.status == 400
 
 
@@ -297,8 +297,8 @@ def test_a_symlink_in_the_quarantine_is_not_retried(tmp_path: Path) -> None:
     root = spool_root(tmp_path)
     (tmp_path / "outside.jpg").write_bytes(b"outside")
     (root / "quarantine" / "link.jpg").symlink_to(tmp_path / "outside.jpg")
-    with pytest.raises(RetryError) as caught:
-        Retry(root).retry("link.jpg")
+    with pytest.raises(RequeueError) as caught:
+        Requeue(root).requeue("link.jpg")
     assert caught.value.status == 409
     assert not list((root / "inbox").iterdir())
 

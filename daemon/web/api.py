@@ -1,9 +1,10 @@
 """The JSON documents of ``/api/...``: the same data the page shows (operations.md).
 
 :class:`PageData` holds what the page keeps between requests (the two folder indexes, the
-metadata and sidecar caches, the thumbnails) and answers each endpoint from them with
-bounded work: a page of results reads at most ``page_size`` files' metadata, never the
-whole outbox.
+metadata and sidecar caches, the thumbnails, the requeue of quarantined files) and answers
+each endpoint from them with bounded work: a page of results reads at most ``page_size``
+files' metadata, never the whole outbox. The service builds it, with a :class:`DaemonState`
+of what the page reads from the running daemon, and hands it to the HTTP server.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import stat
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -20,15 +23,16 @@ from urllib.parse import quote
 from loguru import logger
 
 from core.reasons import DESCRIPTIONS, Reason
+from daemon.metrics import Health, Metrics
 from daemon.spool.names import SIDECAR_SUFFIX, numbered
 from daemon.web.index import FolderIndex, per_minute
 from daemon.web.meta import MetaCache
 from daemon.web.paths import lstat_inside, open_inside
-from daemon.web.requeue import Retry, read_sidecar
+from daemon.web.requeue import Requeue, read_sidecar
 from daemon.web.thumbs import Thumbnails
 
 if TYPE_CHECKING:
-    from daemon.service import Service
+    from daemon.settings import DaemonSettings
 
 _COUNTER = re.compile(r"^(?P<name>.*) \((?P<n>\d{1,6})\)$")
 ETA_WINDOW_S = 600.0
@@ -40,13 +44,23 @@ def _url(prefix: str, rel: str) -> str:
     return f"{prefix}/{quote(rel, safe='/')}"
 
 
-class PageData:
-    """Everything behind the page for one running daemon (module docstring)."""
+@dataclass(frozen=True)
+class DaemonState:
+    """What the page reads from the running daemon: its health, its metrics, and
+    ``waiting()``: (inbox files settling, claims resumed and not yet submitted)."""
 
-    def __init__(self, service: Service) -> None:
-        s = service.settings
-        self.service = service
-        self.settings = s
+    health: Health
+    metrics: Metrics
+    waiting: Callable[[], tuple[int, int]]
+
+
+class PageData:
+    """Everything behind the page for one running daemon (module docstring); ``close()``
+    stops its thumbnail decoder."""
+
+    def __init__(self, settings: DaemonSettings, daemon: DaemonState) -> None:
+        self.settings = s = settings
+        self.daemon = daemon
         self.root = Path(s.root)
         self.outbox, self.archive = self.root / "outbox", self.root / "archive"
         self.quarantine = self.root / "quarantine"
@@ -68,8 +82,12 @@ class PageData:
             max_pixels=s.max_pixels,
             background=s.background_rgb,
         )
-        self.retry = Retry(self.root)
-        self.retry.recover()
+        try:
+            self.requeue = Requeue(self.root)
+            self.requeue.recover()
+        except BaseException:
+            self.thumbs.close()  # its decoder process must not outlive a page never served
+            raise
         self.token_problem: str | None = None
         try:
             self.token = s.retry_token()
@@ -89,12 +107,11 @@ class PageData:
     # --- /api/status --------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        service, now = self.service, time.time()
-        health = service.health.report()
+        """``GET /api/status``: the daemon's health, queue, throughput and models."""
+        now = time.time()
+        health = self.daemon.health.report()
         queue = dict(health.get("queue") or {})
-        intake = getattr(service, "intake", None)
-        inbox_waiting = intake.pending() if intake is not None else 0
-        backlog = len(getattr(service, "backlog", ()))
+        inbox_waiting, backlog = self.daemon.waiting()
         in_work = int(queue.get("in_flight", 0))
         waiting = inbox_waiting + backlog
         recent = self.outputs.since(now - ETA_WINDOW_S)
@@ -130,7 +147,7 @@ class PageData:
         """The served models: /healthz's list where it has one, with the labels of
         ``artd_model_info`` (epoch, image space, device, precision) merged in."""
         info: dict[str, dict[str, str]] = {}
-        for family in self.service.metrics.registry.collect():
+        for family in self.daemon.metrics.registry.collect():
             if family.name == "artd_model":
                 for sample in family.samples:
                     info[sample.labels.get("version", "")] = dict(sample.labels)
@@ -142,7 +159,7 @@ class PageData:
         ]
 
     def _reload(self, health: dict[str, Any]) -> dict[str, Any]:
-        registry = self.service.metrics.registry
+        registry = self.daemon.metrics.registry
         ok = registry.get_sample_value("artd_model_reload_total", {"result": "ok"}) or 0
         failed = registry.get_sample_value("artd_model_reload_total", {"result": "failed"}) or 0
         error = health.get("model_reload_error")
@@ -152,6 +169,7 @@ class PageData:
     # --- /api/recent --------------------------------------------------------------------
 
     def recent(self, page: int, size: int) -> dict[str, Any]:
+        """``GET /api/recent``: page ``page`` of the outputs, newest first."""
         entries = self.outputs.entries()
         page = max(0, min(page, MAX_PAGE))
         chosen = entries[page * size : (page + 1) * size]
@@ -197,6 +215,7 @@ class PageData:
     # --- /api/quarantine ----------------------------------------------------------------
 
     def quarantined(self, page: int, size: int) -> dict[str, Any]:
+        """``GET /api/quarantine``: page ``page`` of the quarantined files."""
         entries = self.sidecars.entries()
         page = max(0, min(page, MAX_PAGE))
         items = []
@@ -239,6 +258,7 @@ class PageData:
         return value
 
     def close(self) -> None:
+        """Stop the thumbnail decoder (the listings and caches need no stopping)."""
         self.thumbs.close()
 
 

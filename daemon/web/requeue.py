@@ -1,4 +1,10 @@
-"""Retry: a quarantined file back into the inbox, where it is claimed as a fresh drop.
+"""Requeue: a quarantined file back into the inbox, where it is claimed as a fresh drop.
+
+This is the page's "Retry" button (``POST /api/retry``); the code calls it a requeue so that
+it is not mistaken for the pipeline's retries of a disk that refused a write
+(daemon.pipeline's ``retry_due``). The API, the on-disk names below (``.artd/page/retry/``,
+``.artd-retry-<id>``) and ``_ARTD_RETRY_KILL_AT`` keep the word "retry": they are contracts
+with other daemons on the root, older versions and the fault suite.
 
 Crash counts live in claim records; a quarantined file has none (its counts are copied into
 its ``.error.json``), and a file that re-enters the inbox is claimed with a new record whose
@@ -6,18 +12,18 @@ its ``.error.json``), and a file that re-enters the inbox is claimed with a new 
 therefore also what resets its count; the answer says what the counts were.
 
 The steps, each durable before the next, so that a kill anywhere leaves something
-:meth:`Retry.recover` finishes, and two daemons on one root never both move a file:
+:meth:`Requeue.recover` finishes, and two daemons on one root never both move a file:
 
 1. a record ``.artd/page/retry/<id>.json`` (quarantine name, the sidecar's claim id);
 2. ``rename`` of ``quarantine/<rel>`` to a dot-name beside it (``.artd-retry-<id>``): one
-   rename of one name, so exactly one of two racing retries wins (the other gets ENOENT);
+   rename of one name, so exactly one of two racing requeues wins (the other gets ENOENT);
 3. a move of that file into ``inbox/<original path>`` that never replaces a file there
    (``renameat2(RENAME_NOREPLACE)``, or ``link`` + ``unlink`` where the file system lacks
    it); a name taken by a newer drop gets `` (2)``, `` (3)``... as elsewhere. Its job
    sidecar (``<name>.artd.json``, quarantined beside it) moves first, to the name the image
    is about to take, so the image is claimed with the settings it had; an
    ``invalid_sidecar`` file comes back without it (the sidecar stays for its owner to fix);
-4. the sidecar is removed if it is still the one this retry read (its claim id);
+4. the sidecar is removed if it is still the one this requeue read (its claim id);
 5. the record is removed.
 
 Every folder is opened without following symlinks (daemon.spool.folders.open_folder).
@@ -56,13 +62,15 @@ from daemon.web.paths import BadPath, check_rel, lstat_inside, open_inside
 
 RENAME_NOREPLACE = 1
 RECOVER_AFTER_S = 30.0
-RECORDS = Path(".artd") / "page" / "retry"  # under the root: one record per retry in flight
+# Under the root: one record per requeue in flight. The folder keeps its old name ("retry"):
+# records written by earlier versions and peers on the root are found there.
+RECORDS = Path(".artd") / "page" / "retry"
 MAX_SIDECAR_BYTES = 1 << 20
 _MAX_NAMES = 1000
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
 
-# Every step of a retry, in order (module docstring): the kill points of the fault suite.
+# Every step of a requeue, in order (module docstring): the kill points of the fault suite.
 STEPS = (
     "record:temp-open",
     "record:temp-write",
@@ -80,11 +88,12 @@ STEPS = (
     "drop:unlink",
     "drop:dir-flush",
 )
-_KILL_AT = os.environ.get("_ARTD_RETRY_KILL_AT") or None  # read once: inert when unset
+# Read once, inert when unset; the variable keeps the old word (the fault suite sets it).
+_KILL_AT = os.environ.get("_ARTD_RETRY_KILL_AT") or None
 
 
 def _step(name: str) -> None:
-    """A retry step is about to happen: SIGKILL this process here if told to (test-only)."""
+    """A requeue step is about to happen: SIGKILL this process here if told to (test-only)."""
     if _KILL_AT is not None and name == _KILL_AT:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -93,8 +102,8 @@ def _record_hook(name: str) -> None:
     _step(f"record:{name}")
 
 
-class RetryError(Exception):
-    """Why a retry was refused; ``status`` is the HTTP status to answer with."""
+class RequeueError(Exception):
+    """Why a requeue was refused; ``status`` is the HTTP status to answer with."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -102,7 +111,7 @@ class RetryError(Exception):
 
 
 @dataclass(frozen=True)
-class Retried:
+class Requeued:
     """A file moved back: where it went, and the crash counts it had."""
 
     quarantine_rel: str
@@ -141,37 +150,37 @@ def read_sidecar(quarantine: Path, rel: PurePosixPath) -> dict[str, object]:
     return value if isinstance(value, dict) else {}
 
 
-class Retry:
-    """Retries on one data root (module docstring). Safe with other daemons on the root."""
+class Requeue:
+    """Requeues on one data root (module docstring). Safe with other daemons on the root."""
 
     def __init__(self, root: Path) -> None:
         self.inbox = root / "inbox"
         self.quarantine = root / "quarantine"
         self.records = root / RECORDS
         self.records.mkdir(parents=True, exist_ok=True)
-        # One retry or recovery at a time in this process: the page's POSTs and the
+        # One requeue or recovery at a time in this process: the page's POSTs and the
         # service's periodic recover() would otherwise race to finish the same record.
         self._lock = threading.RLock()
 
-    def retry(self, raw_rel: str) -> Retried:
-        """Move ``quarantine/<raw_rel>`` back to the inbox; RetryError when it cannot be,
-        OSError when the disk refuses (the record stays: the next retry finishes it)."""
+    def requeue(self, raw_rel: str) -> Requeued:
+        """Move ``quarantine/<raw_rel>`` back to the inbox; RequeueError when it cannot be,
+        OSError when the disk refuses (the record stays: the next requeue finishes it)."""
         with self._lock:
-            return self._retry(raw_rel)
+            return self._requeue(raw_rel)
 
-    def _retry(self, raw_rel: str) -> Retried:
+    def _requeue(self, raw_rel: str) -> Requeued:
         self.recover()
         try:
             rel = check_rel(raw_rel)
         except BadPath as exc:
-            raise RetryError(400, f"not a quarantine path: {exc}") from None
+            raise RequeueError(400, f"not a quarantine path: {exc}") from None
         if rel.name.endswith(SIDECAR_SUFFIX):
-            raise RetryError(400, "name the quarantined file, not its .error.json")
+            raise RequeueError(400, "name the quarantined file, not its .error.json")
         info = lstat_inside(self.quarantine, rel)
         if info is None:
-            raise RetryError(404, f"{rel} is not in the quarantine (already retried?)")
+            raise RequeueError(404, f"{rel} is not in the quarantine (already retried?)")
         if not stat.S_ISREG(info.st_mode):
-            raise RetryError(409, f"{rel} is not a regular file; it cannot be retried")
+            raise RequeueError(409, f"{rel} is not a regular file; it cannot be retried")
         sidecar = read_sidecar(self.quarantine, rel)
         target = self._target(rel, sidecar)
         claim_id = new_claim_id()
@@ -182,14 +191,14 @@ class Retry:
             self._take(rel, claim_id)
         except FileNotFoundError:
             self._drop(claim_id)
-            raise RetryError(409, f"{rel} was just retried or moved by someone else") from None
+            raise RequeueError(409, f"{rel} was just retried or moved by someone else") from None
         except BaseException:
             self._drop(claim_id)
             raise
         placed = self._place(rel, claim_id, target, _keeps_job(sidecar))
         self._finish(record)
         logger.info("page: retry {} -> inbox/{}", rel, placed)
-        return Retried(
+        return Requeued(
             str(rel),
             str(placed),
             str(sidecar.get("reason", "")),
@@ -198,10 +207,10 @@ class Retry:
         )
 
     def recover(self, older_than_s: float = RECOVER_AFTER_S) -> None:
-        """Finish the retries a killed daemon left (module docstring, steps 3 to 5). Only
-        records older than ``older_than_s``: a live retry (another daemon's, right now)
+        """Finish the requeues a killed daemon left (module docstring, steps 3 to 5). Only
+        records older than ``older_than_s``: a live requeue (another daemon's, right now)
         takes milliseconds, and must not be finished under its feet. The page runs it before
-        each retry, the service every ``daemon.service.ADOPT_EVERY_S`` and at each start."""
+        each requeue, the service every ``daemon.service.ADOPT_EVERY_S`` and at each start."""
         with self._lock:
             self._recover(older_than_s)
 
@@ -291,7 +300,7 @@ class Retry:
                     _step("place:quarantine-flush")
                     durable.fsync_fd(src)
                     return target.parent / name
-                raise RetryError(409, f"no free name for {target} in the inbox")
+                raise RequeueError(409, f"no free name for {target} in the inbox")
             finally:
                 os.close(dst)
         finally:
@@ -337,6 +346,7 @@ def _exists(folder: int, name: str) -> bool:
 
 
 def _held_name(claim_id: str) -> str:
+    # The old word stays on disk: a peer or an earlier version may hold files by this name.
     return f".artd-retry-{claim_id}"
 
 

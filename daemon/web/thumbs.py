@@ -1,6 +1,6 @@
 """Thumbnails of outputs and archived originals, made once and cached under the state folder.
 
-The pixels come from the daemon's own safe decoder (core.images.loading through
+The pixels come from the daemon's own safe decoder (core.images.decode through
 daemon.decoders.DecoderPool), in a decoder process, so a hostile original that crashes or
 hangs a decoder costs one thumbnail, never the daemon. The page keeps a pool of its own
 (one worker, fit to the thumbnail size) rather than borrowing the pipeline's: a gallery
@@ -30,7 +30,7 @@ from loguru import logger
 from PIL import Image
 
 from core import durable
-from core.images.loading import ImageError
+from core.images.decode import ImageError
 from daemon.decoders import DecoderPool, DecodeSettings
 
 MAX_SOURCE_BYTES = 512 << 20
