@@ -1,11 +1,11 @@
-"""``python -m core.train``: train ConvDiffusionModel with the seed's recipe, done right.
+"""``python -m core.train``: train ConvDiffusionModel with the post's recipe, done right.
 
 Reads top to bottom the way :func:`train` runs: settings, perceptual loss (offline weights),
 the resume state and the run folder, data (decode-once cache), model and optimizer, one
 epoch loop (train, then validate and write), and the promotion gate. Defaults are the
-seed's: 150 epochs, batch 32, Adam 1e-3, StepLR(30, 0.1), 128 px stretch, MSE + 1.0 x VGG16
-perceptual loss; unlike the seed, output and target are compared in pixel space (defect 1 in
-docs/seed.md).
+post's: 150 epochs, batch 32, Adam 1e-3, StepLR(30, 0.1), 128 px stretch, MSE + 1.0 x VGG16
+perceptual loss; unlike the post, output and target are compared in pixel space (defect 1 in
+docs/post.md).
 
 ``--objective`` picks what the network learns (``core.objectives``; docs/training.md): the
 objective decides the image space, each step's input and target, the loss and its parts, the

@@ -68,9 +68,9 @@ def pixel_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def seed_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bare state_dict written with torch.save, exactly as the seed's script does."""
-    path = tmp_path_factory.mktemp("seed") / "model_epoch_150.pth"
+def post_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bare state_dict written with torch.save, exactly as the post's script does."""
+    path = tmp_path_factory.mktemp("post") / "model_epoch_150.pth"
     torch.save(seeded_model(1).state_dict(), path)
     return path
 

@@ -34,6 +34,7 @@ from core.checkpoint import (
 )
 from core.durable import file_sha256, fsync_dir, write_atomic
 from core.network.model import ARCHITECTURE, ConvDiffusionModel
+from core.network.space import POST_IMAGE_SPACE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,12 +102,12 @@ def test_build_model_is_strict_eval_and_reproduces_outputs(
 
 
 def test_content_decides_not_extension(tmp_path: Path, weights: dict[str, torch.Tensor]) -> None:
-    ours = save_checkpoint(tmp_path / "looks-like-seed.pth", weights, sample_meta())
-    seed = tmp_path / "looks-like-ours.safetensors"
-    torch.save(weights, seed)
+    ours = save_checkpoint(tmp_path / "looks-like-post.pth", weights, sample_meta())
+    post = tmp_path / "looks-like-ours.safetensors"
+    torch.save(weights, post)
 
     assert load_checkpoint(ours).meta.image_space == "pixel"
-    assert load_checkpoint(seed).meta.image_space == "seed"
+    assert load_checkpoint(post).meta.image_space == POST_IMAGE_SPACE
 
 
 def test_save_overwrites_and_strips_ddp_prefix(

@@ -40,27 +40,27 @@ def upsample_model(
 
 
 def test_variants_share_names_not_decoder_shapes() -> None:
-    seed, up = ConvDiffusionModel().state_dict(), ConvDiffusionModel("upsample").state_dict()
-    assert seed.keys() == up.keys()
-    assert seed["dec1.0.weight"].shape == (256, 128, 3, 3)  # ConvTranspose2d: (in, out, k, k)
+    post, up = ConvDiffusionModel().state_dict(), ConvDiffusionModel("upsample").state_dict()
+    assert post.keys() == up.keys()
+    assert post["dec1.0.weight"].shape == (256, 128, 3, 3)  # ConvTranspose2d: (in, out, k, k)
     assert up["dec1.0.weight"].shape == (128, 256, 3, 3)  # Conv2d: (out, in, k, k)
-    assert seed["enc1.0.weight"].shape == up["enc1.0.weight"].shape
+    assert post["enc1.0.weight"].shape == up["enc1.0.weight"].shape
     with pytest.raises(ValueError, match="decoder must be one of"):
         ConvDiffusionModel("pixelshuffle")
 
 
 def test_full_variant_adds_a_full_resolution_level() -> None:
-    seed, full = ConvDiffusionModel().state_dict(), ConvDiffusionModel("upsample-full").state_dict()
-    added = {k.split(".")[0] for k in full.keys() - seed.keys()}
+    post, full = ConvDiffusionModel().state_dict(), ConvDiffusionModel("upsample-full").state_dict()
+    added = {k.split(".")[0] for k in full.keys() - post.keys()}
     assert added == {"fine", "dec3", "mix", "out"}  # dec3 gains a BatchNorm: it is no longer last
-    assert seed.keys() <= full.keys()
+    assert post.keys() <= full.keys()
     assert full["dec3.0.weight"].shape == (FULL_WIDTH, 64, 3, 3)
     assert full["fine.0.weight"].shape == (FULL_WIDTH, 3, 3, 3)
     assert full["out.0.weight"].shape == (3, FULL_WIDTH, 3, 3)
 
 
-def test_full_variant_learns_pixel_detail_the_seed_layout_cannot() -> None:
-    """Copying single-pixel noise through the network: the seed's layout, whose finest
+def test_full_variant_learns_pixel_detail_the_post_layout_cannot() -> None:
+    """Copying single-pixel noise through the network: the post's layout, whose finest
     features are at half resolution, stays far off; the full-resolution level learns it."""
 
     def fitted_error(decoder: str) -> float:
@@ -108,8 +108,8 @@ def test_upsample_output_has_no_checkerboard_on_a_flat_input() -> None:
         return max(means) - min(means)
 
     torch.manual_seed(0)
-    seed = ConvDiffusionModel().eval()
-    assert parity_spread(seed) > 10 * parity_spread(upsample_model(0))
+    transposed = ConvDiffusionModel().eval()
+    assert parity_spread(transposed) > 10 * parity_spread(upsample_model(0))
 
 
 def test_checkpoint_records_and_enforces_the_variant(tmp_path: Path) -> None:
@@ -124,13 +124,13 @@ def test_checkpoint_records_and_enforces_the_variant(tmp_path: Path) -> None:
     with torch.inference_mode():
         assert (engine.model(x) - model(x)).abs().max() < 1e-5
 
-    # Upsample weights recorded as the seed's layout (or the reverse) are refused by name.
+    # Upsample weights recorded as the post's layout (or the reverse) are refused by name.
     with pytest.raises(CheckpointError, match="not valid ConvDiffusionModel weights"):
         save_checkpoint(tmp_path / "bad.safetensors", model.state_dict(), CheckpointMeta())
-    seed_weights = ConvDiffusionModel().state_dict()
+    post_weights = ConvDiffusionModel().state_dict()
     with pytest.raises(CheckpointError, match=r"\(upsample decoder\) weights"):
-        save_checkpoint(tmp_path / "bad2.safetensors", seed_weights, meta)
-    # Files from before the field are the seed's layout.
+        save_checkpoint(tmp_path / "bad2.safetensors", post_weights, meta)
+    # Files from before the field are the post's layout.
     assert CheckpointMeta.from_dict({k: v for k, v in meta.to_dict().items() if k != "decoder"})
     legacy = CheckpointMeta.from_dict(
         {k: v for k, v in CheckpointMeta().to_dict().items() if k != "decoder"}

@@ -1,4 +1,4 @@
-"""core.runtime.engine and core.runtime.img2img with real checkpoints and real torch: seed parity,
+"""core.runtime.engine and core.runtime.img2img with real checkpoints and real torch: post parity,
 batching, failures, the recorded image space."""
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ from core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from core.images import loading
 from core.images.pixels import to_tensor, to_uint8_array
 from core.network.model import IMAGENET_MEAN, IMAGENET_STD
+from core.network.space import POST_IMAGE_SPACE
 from core.outputs.encoding import read_metadata
 from core.runtime.engine import Engine, pick_device
 from core.runtime.errors import InferenceError
 from core.runtime.img2img import Inference, OutputSettings
 
 
-def seed_inference(checkpoint: Path, image_path: Path) -> np.ndarray:
-    """The seed's own inference script (docs/seed.md), returning what its save_image writes."""
+def post_inference(checkpoint: Path, image_path: Path) -> np.ndarray:
+    """The post's own inference script (docs/post.md), returning what its save_image writes."""
     from core.network.model import ConvDiffusionModel
 
     mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
@@ -42,14 +43,14 @@ def seed_inference(checkpoint: Path, image_path: Path) -> np.ndarray:
     return y.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
 
 
-def test_seed_checkpoint_matches_seed_inference(seed_checkpoint: Path, tmp_path: Path) -> None:
-    engine = Engine.from_path(seed_checkpoint, device="cpu", precision="fp32")
-    assert engine.checkpoint.meta.image_space == "seed"
+def test_post_checkpoint_matches_post_inference(post_checkpoint: Path, tmp_path: Path) -> None:
+    engine = Engine.from_path(post_checkpoint, device="cpu", precision="fp32")
+    assert engine.checkpoint.meta.image_space == POST_IMAGE_SPACE
     for i, size in enumerate([(200, 150), (96, 160), (128, 128)]):
         path = tmp_path / f"in{i}.png"
         textured_image(*size, seed=i).save(path)
         [ours] = engine.run_images([loading.load(path, 128, "stretch")])
-        expected = seed_inference(seed_checkpoint, path)
+        expected = post_inference(post_checkpoint, path)
         diff = np.abs(np.asarray(ours).astype(int) - expected.astype(int))
         assert diff.max() <= 1, f"image {i}: max diff {diff.max()}/255"
 

@@ -1,4 +1,4 @@
-"""core.network.folded: the BatchNorm-folded network against the seed's module, real torch."""
+"""core.network.folded: the BatchNorm-folded network against the post's module, real torch."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def reference(model: ConvDiffusionModel, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("make", [seeded_model, negative_scale_model])
-def test_fp32_equals_the_seed_module(
+def test_fp32_equals_the_post_module(
     make: Callable[[], ConvDiffusionModel], fused: bool, channels_last: bool
 ) -> None:
     model = make()

@@ -1,6 +1,6 @@
 """The denoise sampler in the one inference path (core.runtime.samplers, core.runtime.engine,
-core.runtime.img2img,
-core.diffusion.generate): real checkpoint files, the real network, real torch on the CPU, 32 px."""
+core.runtime.img2img, core.diffusion.generate): real checkpoint files, the real network, real
+torch on the CPU, 32 px."""
 
 from __future__ import annotations
 

@@ -91,3 +91,22 @@ def test_the_tree_parser_follows_folders() -> None:
         ("core/sub/b.py", False),
         ("c.py", False),
     ]
+
+
+# An issue number cited in a comment or docstring: a reader of the repository cannot follow it.
+ISSUE_CITATION = re.compile(r"\b[Ii]ssues? #?\d+")
+
+
+def test_no_python_file_cites_an_issue_number() -> None:
+    """Comments and docstrings point at the doc that explains a thing (docs/*.md), never at an
+    issue number."""
+    this = Path(__file__).resolve()
+    cited = []
+    for package in ("core", "daemon", "bench", "tests"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if path.resolve() == this and "ISSUE_CITATION = re.compile" in line:
+                    continue  # the pattern itself
+                if ISSUE_CITATION.search(line):
+                    cited.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert cited == [], "issue numbers cited (point at the doc instead):\n" + "\n".join(cited)

@@ -1,4 +1,4 @@
-"""Several models at once (issue 14): presets on more checkpoints than the memory budget
+"""Several models at once (docs/operations.md): presets on more checkpoints than the memory budget
 holds, least recently used out first, RSS bounded; each preset's checkpoint hot-reloaded and
 validated as the default model is."""
 

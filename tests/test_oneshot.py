@@ -1,4 +1,4 @@
-"""daemon.oneshot: `artd process` as a real subprocess (outputs, rejects, exit codes, seed
+"""daemon.oneshot: `artd process` as a real subprocess (outputs, rejects, exit codes, post
 parity), and its I/O threads' priority with real threads and the real scheduler settings."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from conftest import ROOT, textured_image, write_images
 from PIL import Image
-from test_engine import seed_inference
+from test_engine import post_inference
 
 from daemon.oneshot import IO_NICENESS, lower_thread_priority
 
@@ -68,7 +68,7 @@ def test_all_good_exits_zero_and_fatal_exits_one(pixel_checkpoint: Path, tmp_pat
     assert "nope.pt" in missing.stderr
 
 
-def test_seed_parity_through_the_cli(seed_checkpoint: Path, tmp_path: Path) -> None:
+def test_post_parity_through_the_cli(post_checkpoint: Path, tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
     sizes = [(200, 150), (300, 200), (128, 128), (90, 170)]
@@ -77,13 +77,13 @@ def test_seed_parity_through_the_cli(seed_checkpoint: Path, tmp_path: Path) -> N
     textured_image(200, 150, seed=20).save(inputs / "j.jpg", quality=95)
     out = tmp_path / "out"
     result = artd(
-        "process", inputs, "--out", out, "--checkpoint", seed_checkpoint,
+        "process", inputs, "--out", out, "--checkpoint", post_checkpoint,
         "--resize", "stretch", "--size", "128", "--precision", "fp32",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     for source in sorted(inputs.iterdir()):
         ours = np.asarray(Image.open(out / (source.name + ".png"))).astype(int)
-        expected = seed_inference(seed_checkpoint, source).astype(int)
+        expected = post_inference(post_checkpoint, source).astype(int)
         assert np.abs(ours - expected).max() <= 1, source.name
 
 

@@ -1,5 +1,5 @@
 """The page in a real headless browser (Debian's chromium and chromium-driver, driven by
-selenium) against a real daemon (issue 16): it loads with no console errors, shows a
+selenium) against a real daemon (docs/operations.md): it loads with no console errors, shows a
 dropped photo's before/after within seconds of its output, shows a quarantined file with
 its reason in plain words, and retry works with the token and is refused without it. The
 screenshots are saved under ``build/page/`` (the CI's artefacts)."""

@@ -1,5 +1,6 @@
-"""Presets per folder and settings per job on the real daemon (issue 14): two presets on two
-checkpoints plus the defaults, job sidecars, hostile sidecars, settings fixed at claim."""
+"""Presets per folder and settings per job on the real daemon (docs/operations.md): two
+presets on two checkpoints plus the defaults, job sidecars, hostile sidecars, settings fixed
+at claim."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ RECOMMENDED = {"strength": 0.5, "steps": 4, "eta": 1.0}
 
 
 def save_denoise_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A denoise checkpoint of the seed's network, recommending 4 steps at strength 0.5."""
+    """A denoise checkpoint of the post's network, recommending 4 steps at strength 0.5."""
     meta = CheckpointMeta(
         objective="denoise",
         diffusion=Schedule().to_dict(),

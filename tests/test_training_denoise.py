@@ -217,7 +217,7 @@ def test_denoise_validation_figure_is_deterministic_and_keyed_by_image():
 
 
 def reconstruct_checkpoint(path: Path) -> Path:
-    """A served reconstruct model (the seed's kind), deliberately good at nothing."""
+    """A served reconstruct model (the post's kind), deliberately good at nothing."""
     torch.manual_seed(0)
     return save_checkpoint(path, ConvDiffusionModel().state_dict(), CheckpointMeta(train_size=32))
 
@@ -226,7 +226,7 @@ def test_gate_refuses_to_compare_objectives_unless_asked(engravings, tmp_path):
     served = tmp_path / "served"
     served.mkdir()
     pointer = served / "current"
-    os.symlink(reconstruct_checkpoint(served / "seedlike.safetensors"), pointer)
+    os.symlink(reconstruct_checkpoint(served / "postlike.safetensors"), pointer)
     link_before = os.readlink(pointer)
     gated = ["--epochs", "1", "--promote", str(pointer)]
 

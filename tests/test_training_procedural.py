@@ -1,6 +1,5 @@
 """``python -m core.synthetic.procedural --style``: the art styles as training collections, one
-style
-or a mix, next to the procedural ones (real files, small images)."""
+style or a mix, next to the procedural ones (real files, small images)."""
 
 from __future__ import annotations
 

@@ -231,7 +231,7 @@ def test_gate_compares_style_with_style_and_refuses_other_objectives(
     pointer = served / "current"
     torch.manual_seed(0)
     reconstruct = save_checkpoint(
-        served / "seedlike.safetensors", ConvDiffusionModel().state_dict(), CheckpointMeta()
+        served / "postlike.safetensors", ConvDiffusionModel().state_dict(), CheckpointMeta()
     )
     os.symlink(reconstruct, pointer)
     gated = ["--epochs", "1", "--promote", str(pointer)]

@@ -1,4 +1,4 @@
-"""The post's per-image inference loop, copied faithfully (docs/seed.md): the suite's baseline.
+"""The post's per-image inference loop, copied faithfully (docs/post.md): the suite's baseline.
 
 PIL open -> convert RGB -> Resize((128, 128)) -> ToTensor -> Normalize -> model -> denormalize
 -> save_image PNG, one image at a time, fp32, default torch threads. Run as a subprocess so

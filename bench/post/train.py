@@ -1,4 +1,4 @@
-"""The post's training loop, copied faithfully (docs/seed.md): the training bench's baseline.
+"""The post's training loop, copied faithfully (docs/post.md): the training bench's baseline.
 
 Faithful except where it cannot run here:
 VGG16 ``features[:16]`` is read from a file (randomly initialised by the bench: same speed as

@@ -95,19 +95,19 @@ def seeded_model_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def bench_checkpoints(out: Path) -> tuple[Path, Path]:
-    """(ours.safetensors, post.pth): the same weights, in our format and as the post's
-    state_dict.
+    """(ours.safetensors, post.pth): the same weights in our format and as the post's state_dict.
 
-    Marked ``image_space="seed"`` (core's name for the post's image space) so our engine
-    applies the post's denormalization and both sides write the same picture.
+    Marked with the post's image space (``POST_IMAGE_SPACE``) so our engine applies the
+    post's denormalization and both sides write the same picture.
     """
     from core.checkpoint import CheckpointMeta, save_checkpoint
+    from core.network.space import POST_IMAGE_SPACE
 
     ours, post = out / "bench-model.safetensors", out / "bench-model.pth"
     if not (ours.exists() and post.exists()):
         out.mkdir(parents=True, exist_ok=True)
         state = seeded_model_state()
-        meta = CheckpointMeta(image_space="seed", train_size=128, resize="stretch")
+        meta = CheckpointMeta(image_space=POST_IMAGE_SPACE, train_size=128, resize="stretch")
         save_checkpoint(ours, state, meta)
         torch.save(state, post)
     return ours, post

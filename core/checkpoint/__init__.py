@@ -7,7 +7,7 @@
   :func:`build_model`.
 - ``safetensors_format``: artd's own format, a safetensors file with the metadata and a
   checksum of the tensor data in its header.
-- ``seed``: importing the seed script's ``.pth`` files with ``torch.load(weights_only=True)``.
+- ``post``: importing the post script's ``.pth`` files with ``torch.load(weights_only=True)``.
 - ``files``: :func:`save_checkpoint` (atomic, through ``core.durable``), :func:`load_checkpoint`
   (decides the kind by content, never by extension), :func:`resolve_current`.
 - ``pointer``: :func:`promote`, which moves the ``current`` symlink atomically.

@@ -76,9 +76,10 @@ def resolve_current(path: str | os.PathLike[str]) -> Path:
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Load and validate weights onto the CPU. Follows symlinks; sniffs the content.
 
-    Our safetensors files give their own metadata; torch files (zip or legacy) are seed
-    imports with ``image_space="seed"``, ``train_size=128``, ``resize="stretch"`` and the
-    epoch taken from a name like ``model_epoch_150.pth`` when present.
+    Our safetensors files give their own metadata; torch files (zip or legacy) are the post's
+    checkpoints, imported with ``image_space="seed"`` (the post's image space),
+    ``train_size=128``, ``resize="stretch"`` and the epoch taken from a name like
+    ``model_epoch_150.pth`` when present.
     """
     given = Path(path)
     real = resolve_current(given)
@@ -90,7 +91,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if safetensors_format.looks_like_safetensors(data):
         state_dict, meta = safetensors_format.parse(data, label)
     elif post.looks_like_torch_file(data):
-        state_dict, meta = post.load_seed(data, real, label)
+        state_dict, meta = post.load_post(data, real, label)
     else:
         raise CheckpointError(
             f"not a checkpoint (content is neither safetensors nor a torch file; "

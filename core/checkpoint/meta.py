@@ -22,11 +22,13 @@ import torch
 
 from core import __version__
 from core.network.model import ARCHITECTURE, DECODERS, IMAGENET_MEAN, IMAGENET_STD
+from core.network.space import POST_IMAGE_SPACE
 
 # Bump when the layout changes incompatibly; readers refuse versions newer than they know.
 FORMAT_VERSION = 1
+# "seed" is POST_IMAGE_SPACE, the post's image space: the on-disk value keeps the old word.
 ImageSpaceName = Literal["pixel", "seed"]
-IMAGE_SPACES: tuple[str, ...] = ("pixel", "seed")
+IMAGE_SPACES: tuple[str, ...] = ("pixel", POST_IMAGE_SPACE)
 RESIZE_POLICIES: tuple[str, ...] = ("fit", "stretch")
 # What an objective's name may look like. Which names exist, and the fields each objective
 # records (``diffusion`` for denoise), are the objectives' own to check (core.objectives.of):
@@ -78,7 +80,7 @@ class CheckpointMeta:
     # Recommended sampler settings ({"strength": .., "steps": .., "eta": ..}), may be empty.
     sampler: dict[str, float] = field(default_factory=dict)
     # The network's decoder variant (core.network.model.DECODERS); files written before it existed,
-    # and every seed file, are the seed's "transpose".
+    # and every file of the post, are the post's "transpose".
     decoder: str = "transpose"
 
     def to_dict(self) -> dict[str, Any]:

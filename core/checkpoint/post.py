@@ -1,4 +1,4 @@
-"""Importing checkpoints written by the seed's training script (docs/seed.md).
+"""Importing checkpoints written by the post's training script (docs/post.md).
 
 They are bare ``state_dict`` files written by ``torch.save``, read here with
 ``torch.load(weights_only=True)`` and nothing else: a pickle that asks to import or call
@@ -6,7 +6,7 @@ anything beyond tensors and containers is refused, never run. Wrapped variants s
 wild are accepted: keys prefixed ``module.`` (DataParallel/DDP) or ``_orig_mod.``
 (``torch.compile``) have the prefix stripped, and ``{"state_dict": sd}``, ``{"model_state_dict":
 sd}`` or ``{"model": sd, "optimizer": ...}`` dicts have the nested state_dict taken out. The
-seed wrote no metadata; :func:`seed_meta` gives the import what its script implies.
+post wrote no metadata; :func:`post_meta` gives the import what its script implies.
 """
 
 from __future__ import annotations
@@ -28,9 +28,13 @@ from core.checkpoint.meta import (
 )
 from core.checkpoint.weights import few, strip_wrapper_prefixes
 from core.network.model import ARCHITECTURE
+from core.network.space import POST_IMAGE_SPACE
 
-# The seed's script trained on 128x128 stretched images.
-SEED_TRAIN_SIZE = 128
+# The post's script trained on 128x128 stretched images.
+POST_TRAIN_SIZE = 128
+# The ``code_version`` an import records. Saved again in artd's format, it is on disk, so the
+# value keeps the project's old word for the post.
+POST_CODE_VERSION = "seed"
 NESTED_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 # torch's weights-only unpickler messages that mean "this pickle wants to run code".
 _REFUSAL_MARKERS = (
@@ -47,10 +51,10 @@ def looks_like_torch_file(data: bytes) -> bool:
     return data[:4] == b"PK\x03\x04" or data[:1] == b"\x80"
 
 
-def load_seed(
+def load_post(
     data: bytes, real: Path, label: str
 ) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
-    """The state_dict in a torch file's bytes and the seed's metadata for it."""
+    """The state_dict in a torch file's bytes and the post's metadata for it."""
     try:
         # weights_only=True, passed explicitly, is what keeps a pickle from running code;
         # there is deliberately no fallback to a full unpickle.
@@ -73,7 +77,7 @@ def load_seed(
     state_dict = _extract_state_dict(loaded, label)
     state_dict = strip_wrapper_prefixes(state_dict, label)
     state_dict = {k: v.detach() for k, v in state_dict.items()}
-    return state_dict, seed_meta(real)
+    return state_dict, post_meta(real)
 
 
 def _torch_reason(text: str) -> str:
@@ -111,21 +115,21 @@ def _extract_state_dict(loaded: object, label: str) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"torch file holds a {type(loaded).__name__}, not a state_dict", label)
 
 
-def seed_meta(real: Path) -> CheckpointMeta:
-    """The seed's recipe as metadata: seed space, 128 stretched, ImageNet normalisation, and
-    the epoch from a name like ``model_epoch_150.pth`` when present."""
+def post_meta(real: Path) -> CheckpointMeta:
+    """The post's recipe as metadata: the post's image space, 128 stretched, ImageNet
+    normalisation, and the epoch from a name like ``model_epoch_150.pth`` when present."""
     epoch_match = re.search(r"epoch[_-]?(\d+)", real.name)
     mtime = datetime.fromtimestamp(real.stat().st_mtime, UTC).isoformat(timespec="seconds")
     return CheckpointMeta(
         architecture=ARCHITECTURE,
-        image_space="seed",
-        train_size=SEED_TRAIN_SIZE,
+        image_space=POST_IMAGE_SPACE,
+        train_size=POST_TRAIN_SIZE,
         resize="stretch",
         normalization=imagenet_normalization(),
         epoch=int(epoch_match.group(1)) if epoch_match else None,
         metrics={},
         dataset_hash=None,
-        code_version="seed",
+        code_version=POST_CODE_VERSION,
         created=mtime,
         settings={},
         format_version=FORMAT_VERSION,

@@ -1,7 +1,7 @@
 """The weights themselves: checking a state_dict against ConvDiffusionModel, undoing the
 wrappers training tools add to its keys, and building the model from a loaded checkpoint.
 
-Both formats (safetensors and the seed's torch files) go through these, on save and on load.
+Both formats (safetensors and the post's torch files) go through these, on save and on load.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Diffusion on the seed's network: a denoiser without noise conditioning.
+"""Diffusion on the post's network: a denoiser without noise conditioning.
 
 Pure functions and frozen dataclasses over tensors; nothing here knows about the engine,
 the daemon or the trainer.

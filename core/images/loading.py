@@ -7,33 +7,14 @@ decodes, so a large JPEG is drafted (DCT-scaled) and other formats box-reduced t
 
 from __future__ import annotations
 
+from typing import Any
+
 from PIL import Image
 
 from core.images.colour import ColourPolicy
 from core.images.decode import DEFAULT_MAX_PIXELS, Source, decode_with_plan
 from core.images.origin import Origin
 from core.images.pixels import ResizePolicy, target_size
-
-
-def load(
-    source: Source,
-    size: int | str,
-    policy: ResizePolicy = "fit",
-    *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    background: tuple[int, int, int] = (255, 255, 255),
-    draft: bool = True,
-    colour: ColourPolicy | None = None,
-    keep_alpha: bool = False,
-) -> Image.Image:
-    """Decode and resize to the target of the file's (upright) size.
-
-    ``draft=False`` gives pixels identical to ``resize(decode(source), size, policy)``;
-    ``draft=True`` decodes JPEGs at a reduced scale and box-reduces other formats first
-    (same output size, slightly different pixels, several times faster on big files).
-    """
-    kwargs = {"max_pixels": max_pixels, "background": background, "draft": draft}
-    return load_with_origin(source, size, policy, colour=colour, keep_alpha=keep_alpha, **kwargs)[0]
 
 
 def load_with_origin(
@@ -47,8 +28,13 @@ def load_with_origin(
     colour: ColourPolicy | None = None,
     keep_alpha: bool = False,
 ) -> tuple[Image.Image, Origin]:
-    """:func:`load`, and the input's :class:`core.images.origin.Origin` (format, profile,
-    metadata)."""
+    """Decode and resize to the target of the file's (upright) size, and the input's
+    :class:`core.images.origin.Origin` (format, profile, metadata).
+
+    ``draft=False`` gives pixels identical to ``resize(decode(source), size, policy)``;
+    ``draft=True`` decodes JPEGs at a reduced scale and box-reduces other formats first
+    (same output size, slightly different pixels, several times faster on big files).
+    """
     target_size(1, 1, size, policy)  # validate before touching the file
     planned: list[tuple[int, int]] = []
 
@@ -68,3 +54,11 @@ def load_with_origin(
     # Colour is converted at the output size: 4-16x fewer pixels through LittleCMS, and the
     # same result within a level (a bilinear resize is nearly linear in either encoding).
     return (finish(img) if finish else img), origin
+
+
+def load(
+    source: Source, size: int | str, policy: ResizePolicy = "fit", **options: Any
+) -> Image.Image:
+    """:func:`load_with_origin`'s image alone; ``options`` are its keywords (``max_pixels``,
+    ``background``, ``draft``, ``colour``, ``keep_alpha``)."""
+    return load_with_origin(source, size, policy, **options)[0]

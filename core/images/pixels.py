@@ -1,4 +1,4 @@
-"""Resize policies and pixel conversions: target sizes, the seed's resize, tensors, arrays.
+"""Resize policies and pixel conversions: target sizes, the post's resize, tensors, arrays.
 
 Torch is imported inside the tensor functions only, so decoder processes never pay for it.
 """
@@ -44,7 +44,7 @@ def target_size(
 def resize(img: Image.Image, size: int | str, policy: ResizePolicy = "fit") -> Image.Image:
     """Bilinear (antialiased) resize, identical to torchvision's ``Resize`` on a PIL image.
 
-    No ``reducing_gap``: it would change pixels and break parity with the seed.
+    No ``reducing_gap``: it would change pixels and break parity with the post.
     Returns ``img`` itself when it already has the target size.
     """
     new_size = target_size(img.width, img.height, size, policy)

@@ -1,6 +1,6 @@
-"""The seed's network rewritten for inference, with every BatchNorm folded away.
+"""The post's network rewritten for inference, with every BatchNorm folded away.
 
-The seed puts BatchNorm *after* ReLU (``conv -> ReLU -> BN``), so the usual folding into
+The post puts BatchNorm *after* ReLU (``conv -> ReLU -> BN``), so the usual folding into
 the convolution does not apply, and in eager mode the ReLU and BatchNorm passes cost about
 as much as the convolutions. They still fold exactly. With BN as ``s * v + b`` per channel:
 
@@ -58,7 +58,7 @@ def _fold(conv: nn.Conv2d | nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> _Stage:
     # Conv2d weights are (out, in, k, k); ConvTranspose2d weights are (in, out, k, k).
     out_axis = (1, -1, 1, 1) if transpose else (-1, 1, 1, 1)
     weight = conv.weight * scale.view(out_axis)
-    assert conv.bias is not None  # the seed's convolutions all have a bias
+    assert conv.bias is not None  # the post's convolutions all have a bias
     channel = (1, -1, 1, 1)
     if bool((scale >= 0).all()):
         return _Stage(weight, conv.bias * scale, shift.view(channel), None, None, kind)
@@ -189,7 +189,7 @@ class FoldedModel(nn.Module):
 
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kind: str) -> torch.Tensor:
-    # The seed's layers: 3x3 convolutions with padding 1; the transposed ones upsample 2x.
+    # The post's layers: 3x3 convolutions with padding 1; the transposed ones upsample 2x.
     if kind == "transpose":
         return F.conv_transpose2d(x, weight, bias, stride=2, padding=1, output_padding=1)
     if kind == "upsample":

@@ -1,10 +1,10 @@
-"""The seed's network, unchanged in shape and parameter names.
+"""The post's network, unchanged in shape and parameter names.
 
 One forward pass maps an image to an image through a three-level convolutional
 encoder-decoder with additive skips. Keeping the layer layout identical (``enc1.0.weight``,
-``enc1.2.running_mean``, ...) is what lets a seed ``state_dict`` load with ``strict=True``.
+``enc1.2.running_mean``, ...) is what lets the post's ``state_dict`` load with ``strict=True``.
 
-One variant, recorded in a checkpoint's ``decoder`` metadata (issue 12): ``upsample``
+One variant, recorded in a checkpoint's ``decoder`` metadata (docs/training.md): ``upsample``
 replaces each stride-2 transposed convolution of the decoder by nearest-neighbour 2x
 upsampling and a 3x3 convolution, which cannot leave the checkerboard a transposed
 convolution paints when each output pixel sees an uneven share of the kernel (Odena,
@@ -13,11 +13,11 @@ stay the same; the decoder's weights are (out, in, 3, 3) instead of (in, out, 3,
 costs about four times the transposed convolution's multiply-adds in the decoder.
 
 A second variant, ``upsample-full``, gives the ``upsample`` network the full-resolution
-level a U-Net has and the seed lacks (its finest features are at half resolution, so it
+level a U-Net has and the post lacks (its finest features are at half resolution, so it
 must repaint every pixel from them; docs/art-benchmark.md). ``fine`` (a 3x3 convolution of
 the input at full resolution) is added to ``dec3``, which now upsamples to ``FULL_WIDTH``
 channels instead of the image's 3; ``mix`` (3x3) and ``out`` (3x3 to 3 channels, then the
-Sigmoid) follow. The seed's names keep their meaning and shapes but for ``dec3``'s outputs.
+Sigmoid) follow. The post's names keep their meaning and shapes but for ``dec3``'s outputs.
 """
 
 from __future__ import annotations
@@ -40,17 +40,17 @@ __all__ = [
 ]
 
 ARCHITECTURE = "ConvDiffusionModel"
-# The decoder's 2x upsampling: the seed's transposed convolutions, or upsample-then-convolve.
+# The decoder's 2x upsampling: the post's transposed convolutions, or upsample-then-convolve.
 DECODERS: tuple[str, ...] = ("transpose", "upsample", "upsample-full")
 # Channels of the upsample-full variant's full-resolution level.
 FULL_WIDTH = 32
-# The seed normalizes inputs with ImageNet statistics; VGG's perceptual loss expects them too.
+# The post normalizes inputs with ImageNet statistics; VGG's perceptual loss expects them too.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
-    """The seed's ``conv -> ReLU -> BN`` at one resolution (3x3, padding 1)."""
+    """The post's ``conv -> ReLU -> BN`` at one resolution (3x3, padding 1)."""
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel_size=3, stride=1, padding=1), nn.ReLU(), nn.BatchNorm2d(cout)
     )
@@ -83,7 +83,7 @@ def _decoder(cin: int, cout: int, decoder: str, last: bool = False) -> nn.Sequen
 
 class ConvDiffusionModel(nn.Module):
     """Encoder-decoder with additive skips; output is a Sigmoid in 0..1. ``decoder`` is one
-    of :data:`DECODERS` (module docstring); the default is the seed's."""
+    of :data:`DECODERS` (module docstring); the default is the post's."""
 
     def __init__(self, decoder: str = "transpose") -> None:
         super().__init__()

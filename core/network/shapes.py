@@ -1,6 +1,6 @@
 """The network's shape rule, importable without torch (settings validate against it).
 
-Three 2x poolings in the seed's network (core.network.model): the height and width it is fed must be
+Three 2x poolings in the post's network (core.network.model): the height and width it is fed must be
 multiples of :data:`SIZE_MULTIPLE`.
 """
 

@@ -6,9 +6,10 @@ processor own it). Pixels are float NCHW in 0..1 everywhere outside this module.
 - ``pixel`` (artd's own training): the input is normalised with the checkpoint's recorded
   ``normalization`` (ImageNet statistics so far); the output *is* the image (the network's
   Sigmoid, 0..1).
-- ``seed`` (a checkpoint trained with the seed's script): the seed trained against
-  normalised targets and "denormalised" the Sigmoid's output at inference (docs/seed.md);
-  its checkpoints only look right with exactly that post-processing, clamped to 0..1.
+- ``seed`` (:data:`POST_IMAGE_SPACE`, a checkpoint trained with the post's script): the post
+  trained against normalised targets and "denormalised" the Sigmoid's output at inference
+  (docs/post.md); its checkpoints only look right with exactly that post-processing, clamped
+  to 0..1.
 
 The VGG perceptual loss always sees ImageNet-normalised copies (:func:`imagenet`), whatever
 the checkpoint records: those are the statistics VGG was trained with.
@@ -23,6 +24,10 @@ from torch import nn
 
 from core.network.model import IMAGENET_MEAN, IMAGENET_STD
 
+# The ``image_space`` of a checkpoint trained with the post's script. The value is on disk (in
+# checkpoint metadata) and keeps the project's old word for the post, so old checkpoints load.
+POST_IMAGE_SPACE = "seed"
+
 
 class ImageSpace(nn.Module):
     """Normalisation on the way in, the space's post-processing on the way out.
@@ -34,12 +39,12 @@ class ImageSpace(nn.Module):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         *,
-        seed_output: bool = False,
+        post_output: bool = False,
     ) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        self.seed_output = seed_output
+        self.post_output = post_output
 
     @classmethod
     def of(cls, meta: object) -> ImageSpace:
@@ -49,7 +54,7 @@ class ImageSpace(nn.Module):
         return cls(
             normalization["mean"],
             normalization["std"],
-            seed_output=meta.image_space == "seed",  # type: ignore[attr-defined]
+            post_output=meta.image_space == POST_IMAGE_SPACE,  # type: ignore[attr-defined]
         )
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -58,7 +63,7 @@ class ImageSpace(nn.Module):
 
     def to_pixels(self, output: torch.Tensor) -> torch.Tensor:
         """The network's output -> 0..1 pixels."""
-        if not self.seed_output:
+        if not self.post_output:
             return output
         return (output * self.std + self.mean).clamp_(0, 1)
 

@@ -166,6 +166,11 @@ class Objective:
     ) -> dict[str, float]:
         """The validation figures (``val_loss`` first) of ``model`` on held-out ``batches``,
         fed as ``figure`` says; ``{}`` when there are none."""
+        return self._validation(model, batches, loss_fn, device, figure, channels_last)
+
+    def _validation(self, model, batches, loss_fn, device, figure, channels_last):
+        """:meth:`evaluate`'s work (an objective with other figures overrides this): the loss
+        and PSNR against :meth:`target`."""
         from core.training.evaluate import evaluate
 
         return evaluate(

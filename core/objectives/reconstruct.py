@@ -1,4 +1,4 @@
-"""The ``reconstruct`` objective, the seed's: the network re-renders its input image.
+"""The ``reconstruct`` objective, the post's: the network re-renders its input image.
 
 The input is the image, normalised with ImageNet's statistics; the target is the image; the
 loss is MSE plus the VGG16 perceptual term; served in one pass (``SinglePass``). Checkpoints
@@ -12,7 +12,7 @@ from core.objectives.base import Objective
 
 
 class Reconstruct(Objective):
-    """The image in, the image out (the seed's recipe)."""
+    """The image in, the image out (the post's recipe)."""
 
     name = "reconstruct"
-    summary = "reconstruct (the seed's recipe)"
+    summary = "reconstruct (the post's recipe)"

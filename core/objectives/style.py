@@ -11,7 +11,7 @@ Served in one pass (``SinglePass``), like reconstruct.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,11 +19,9 @@ from loguru import logger
 from torch import nn
 
 from core.objectives.base import Objective, Steps
-from core.training.figure import Figure
 
 if TYPE_CHECKING:
     from core.training.distributed import Dist
-    from core.training.evaluate import KeyedBatch
     from core.training.loaders import Data
     from core.training.losses import RunLoss
     from core.training.run_folder import RunFolder
@@ -81,16 +79,7 @@ class Style(Objective):
 
         return StyleSteps(self, style_draw(s, d, loss, data.style_set))
 
-    def evaluate(
-        self,
-        model: nn.Module,
-        batches: Iterable[KeyedBatch],
-        loss_fn: RunLoss,
-        device: torch.device,
-        figure: Figure,
-        *,
-        channels_last: bool = False,
-    ) -> dict[str, float]:
+    def _validation(self, model, batches, loss_fn, device, figure, channels_last):
         """Content and style loss on the held-out photos
         (``core.training.style.evaluate_style``)."""
         from core.training.style import evaluate_style

@@ -44,9 +44,9 @@ def encode(
     """Encode to ``fmt`` (a key of :data:`OUTPUT_FORMATS`) with ``metadata`` embedded.
 
     ``quality``: JPEG and lossy WebP; ``lossless``: WebP only. ``xmp``: the packet to embed
-    (for WebP it must carry the private fields, as core.outputs.labels.xmp_packet's does; without
-    one
-    WebP gets a packet of the private fields alone). ``exif``: JPEG, WebP and PNG (eXIf)."""
+    (for WebP it must carry the private fields, as core.outputs.labels.xmp_packet's does;
+    without one WebP gets a packet of the private fields alone). ``exif``: JPEG, WebP and PNG
+    (eXIf)."""
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {fmt!r} (expected one of {list(OUTPUT_FORMATS)})")
     img = _output_mode(img, fmt, background)

@@ -1,6 +1,6 @@
 """What every output says about itself: AI-made, by which model, from which input, how.
 
-The seed's ethics section asks that AI-made art be transparent about being AI-made; the
+The post's ethics section asks that AI-made art be transparent about being AI-made; the
 daemon, ``artd process`` and ``artd generate`` all embed these fields in the files they
 write. A denoise checkpoint's outputs also record the sampler settings that made them
 (``artd:sampler``: strength, steps, eta and seed, where a null seed means the noise was

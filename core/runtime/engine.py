@@ -77,7 +77,7 @@ class Engine:
         self.max_batch = max_batch or DEFAULT_MAX_BATCH.get(self.device.type, 8)
         # channels_last helps convolutions on CPU (oneDNN) and on tensor-core GPUs.
         self.channels_last = self.device.type in ("cpu", "cuda")
-        # The seed's module is kept for reference; inference runs a BatchNorm-folded copy
+        # The post's module is kept for reference; inference runs a BatchNorm-folded copy
         # per precision (about 1.5x faster on CPU, equal to rounding; see core.network.folded).
         self.model = build_model(checkpoint).to(self.device)
         self._folded_models: dict[str, torch.nn.Module] = {}

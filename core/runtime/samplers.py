@@ -42,13 +42,13 @@ if TYPE_CHECKING:
 Network = Callable[[torch.Tensor], torch.Tensor]
 
 
-class SinglePass(nn.Module):
-    """The sampler of every one-pass checkpoint (reconstruct, style): normalise, one network
-    pass, to pixels. ``objective`` is the checkpoint's, for logs and refusals.
+class Sampler(nn.Module):
+    """What turns a batch of pixels into a batch of pixels with a checkpoint's network:
+    ``sampler(pixels, network, seeds, settings)``. ``objective`` is the checkpoint's, for
+    logs and refusals. A module so that ``.to(device)`` moves the image space's statistics
+    with the engine."""
 
-    A module so that ``.to(device)`` moves the image space's statistics with the engine."""
-
-    def __init__(self, space: ImageSpace, objective: str = "reconstruct") -> None:
+    def __init__(self, space: ImageSpace, objective: str) -> None:
         super().__init__()
         self.space = space
         self.objective = objective
@@ -60,31 +60,36 @@ class SinglePass(nn.Module):
         seeds: Sequence[int] | None = None,
         settings: SamplerSettings | None = None,
     ) -> torch.Tensor:
-        """0..1 NCHW pixels in, 0..1 NCHW pixels out; ``seeds`` and ``settings`` are unused."""
+        """0..1 NCHW pixels in, 0..1 NCHW pixels out; ``seeds`` (one per image) and
+        ``settings`` are for samplers that draw noise."""
+        return self._sample(pixels, network, seeds, settings)
+
+    def _sample(self, pixels, network, seeds, settings) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SinglePass(Sampler):
+    """The sampler of every one-pass checkpoint (reconstruct, style): normalise, one network
+    pass, to pixels; it takes no seeds and ignores sampler settings."""
+
+    def __init__(self, space: ImageSpace, objective: str = "reconstruct") -> None:
+        super().__init__(space, objective)
+
+    def _sample(self, pixels, network, seeds, settings) -> torch.Tensor:
         return self.space.to_pixels(network(self.space.normalize(pixels)))
 
 
-class DiffusionSampler(nn.Module):
-    """SDEdit img2img on a denoise checkpoint (core.diffusion.schedule.sample), the batch stepping
-    together: one ``network`` call per step. ``recommended`` is what the checkpoint is
-    served with unless the user overrides it."""
-
-    objective = "denoise"
+class DiffusionSampler(Sampler):
+    """SDEdit img2img on a denoise checkpoint (``core.diffusion.schedule.sample``), the batch
+    stepping together: one ``network`` call per step, one noise seed per image.
+    ``recommended`` is what the checkpoint is served with unless the user overrides it."""
 
     def __init__(self, space: ImageSpace, schedule: Schedule, recommended: SamplerSettings) -> None:
-        super().__init__()
-        self.space = space
+        super().__init__(space, "denoise")
         self.schedule = schedule
         self.recommended = recommended
 
-    def forward(
-        self,
-        pixels: torch.Tensor,
-        network: Network,
-        seeds: Sequence[int] | None = None,
-        settings: SamplerSettings | None = None,
-    ) -> torch.Tensor:
-        """0..1 NCHW pixels and one noise seed per image in, 0..1 NCHW pixels out."""
+    def _sample(self, pixels, network, seeds, settings) -> torch.Tensor:
         if seeds is None or settings is None:
             raise ValueError("a denoise checkpoint needs one seed per image and sampler settings")
         # The network maps a NaN input to finite values (oneDNN's ReLU), so a step's NaN would
@@ -98,9 +103,6 @@ class DiffusionSampler(nn.Module):
 
         result = sample(denoise, pixels, seeds, settings, self.schedule)
         return result.masked_fill_(broken.view(-1, 1, 1, 1), float("nan"))
-
-
-Sampler = SinglePass | DiffusionSampler
 
 
 def recommended_settings(meta: CheckpointMeta) -> SamplerSettings:

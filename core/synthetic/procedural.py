@@ -8,10 +8,9 @@ Each image of the procedural styles (:data:`STYLES`) layers a colour field (grad
 Voronoi cells or stripes), shapes drawn in a random palette and grain, so that a
 reconstruction network sees edges, flat areas and fine texture, the three things that
 separate a good autoencoder from a blurry one. The art styles (:data:`ART_STYLES`: engraving,
-brushstrokes, watercolour, pointillism, woodcut; ``core.synthetic.art_styles``) render a scene in
-one
-medium: a collection a denoiser learns a manner from. A data set is one style, or a mix that
-cycles through several: ``--style engraving`` or ``--style engraving,woodcut`` (``art`` names
+brushstrokes, watercolour, pointillism, woodcut; ``core.synthetic.art_styles``) render a scene
+in one medium: a collection a denoiser learns a manner from. A data set is one style, or a mix
+that cycles through several: ``--style engraving`` or ``--style engraving,woodcut`` (``art`` names
 all five art styles, ``procedural`` the four procedural ones, the default).
 """
 

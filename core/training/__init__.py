@@ -1,6 +1,6 @@
 """The trainer's parts; ``python -m core.train`` (core/train.py) runs them top to bottom.
 
-- ``settings``: TrainSettings (the seed's recipe as defaults) and the flags built from it.
+- ``settings``: TrainSettings (the post's recipe as defaults) and the flags built from it.
 - ``distributed``: who this process is under torchrun, and how ranks share work.
 - ``loaders``: the prepared data set (decoded on rank 0) and each rank's loaders.
 - ``learner``: the network, optimizer, schedule and mixed precision; restored on resume.

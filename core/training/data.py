@@ -2,7 +2,7 @@
 
 - **Scan**: every non-hidden regular file below the data folder (flat, or class sub-folders
   like the Kaggle set). Anything that is not a decodable image is *rejected* with a reason,
-  never a crash (the seed's ``verify()`` missed truncated files, defect 3 in docs/seed.md).
+  never a crash (the post's ``verify()`` missed truncated files, defect 3 in docs/post.md).
 - **Split**: by a hash of the relative path, so an image stays on its side of the split
   across nightly runs while files are added. At least one validation image whenever there
   are two or more images.
@@ -12,7 +12,7 @@
   Slots of files that changed are left behind (a new slot is appended); delete the cache
   folder to reclaim that space.
 - **Manifest**: path, size and sha256 of every image used; its hash identifies the data
-  set in checkpoint metadata (provenance, the seed's ethics section).
+  set in checkpoint metadata (provenance, the post's ethics section).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def assign_splits(rel_paths: Sequence[str], val_fraction: float) -> dict[str, st
 
 
 def resize_for_training(img: Image.Image, size: int, policy: TrainResize) -> Image.Image:
-    """``stretch``: the seed's size x size; ``crop``: cover size x size, keep aspect, centre."""
+    """``stretch``: the post's size x size; ``crop``: cover size x size, keep aspect, centre."""
     if policy == "stretch":
         return resize(img, size, "stretch")
     scale = size / min(img.size)

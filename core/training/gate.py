@@ -3,18 +3,17 @@
 The gate evaluates the run's best checkpoint and the currently served one on the *current*
 validation split with the same loss, each by its objective's figure (``core.objectives``:
 ``Objective.figure`` and ``Objective.evaluate``) in the image space its metadata records
-(``core.network.space.ImageSpace.of``: a served seed-space checkpoint is judged by the seed's own
-post-processing), and moves the pointer (atomically, via ``core.checkpoint.promote``) only
-when the new loss is at most ``served x (1 + tolerance)``.
+(``core.network.space.ImageSpace.of``: a served checkpoint in the post's image space is judged by
+the post's own post-processing), and moves the pointer (atomically, via
+``core.checkpoint.promote``) only when the new loss is at most ``served x (1 + tolerance)``.
 
 A style run's candidate is judged by its own figure (``core.training.style.evaluate_style``:
 style and content loss on the held-out content photos, the collection's mean Gram target),
 and so is a served style checkpoint.
 
 Two checkpoints of different objectives (``reconstruct``, ``denoise``, ``style``) are never
-compared:
-their figures measure different things. The gate then keeps the served model, says so in
-``gate.json`` and the log, and the trainer exits 3. To switch the served model's objective on
+compared: their figures measure different things. The gate then keeps the served model, says
+so in ``gate.json`` and the log, and the trainer exits 3. To switch the served model's objective on
 purpose, run the trainer with ``--promote-across-objectives`` (the candidate is promoted
 without a comparison), or promote the run's best checkpoint by hand::
 

@@ -1,6 +1,6 @@
 """The network and what trains it: model, optimizer, schedule and mixed precision.
 
-A fresh run starts from the seed's recipe (Adam, StepLR); a resumed one restores every part
+A fresh run starts from the post's recipe (Adam, StepLR); a resumed one restores every part
 of the ``last.pt`` state, RNGs last (initialising the fresh weights has drawn from them), so
 the rest of the run matches an uninterrupted one bit for bit on the same machine.
 """
@@ -37,7 +37,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 @dataclass
 class Learner:
-    """The network and what trains it: fresh from the seed, or where the last run stopped."""
+    """The network and what trains it: fresh (the post's recipe), or where the last run stopped."""
 
     device: torch.device
     raw: ConvDiffusionModel  # the weights: validated, sampled and saved

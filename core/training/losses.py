@@ -3,7 +3,7 @@
 
 Outputs and targets are both images in 0..1 (pixel space); VGG sees ImageNet-normalized
 copies of both (``core.network.space.imagenet``), which is what its features were trained on (the
-seed fed it the mismatched spaces, defect 1 in docs/seed.md).
+post fed it the mismatched spaces, defect 1 in docs/post.md).
 
 VGG16 weights are looked up, in order: an explicit file, the torch hub cache
 (``$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth``, where torchvision itself puts them),
@@ -30,7 +30,7 @@ from torch import nn
 from core.network.space import imagenet
 
 VGG16_FILENAME = "vgg16-397923af.pth"
-# features[:16] ends after relu3_3, the layer the seed (and most perceptual losses) use.
+# features[:16] ends after relu3_3, the layer the post (and most perceptual losses) use.
 VGG_FEATURE_LAYERS = 16
 # Where features[:16] is cut for the style loss: after relu1_2, relu2_2 and relu3_3.
 STYLE_LAYERS = (("relu1_2", 4), ("relu2_2", 9), ("relu3_3", 16))

@@ -1,4 +1,4 @@
-"""Trainer settings: the seed's recipe as defaults, overridable by flag, env var or TOML.
+"""Trainer settings: the post's recipe as defaults, overridable by flag, env var or TOML.
 
 Every field is a flag (``--batch-size``), an env var (``ARTD_TRAIN_BATCH_SIZE``) and a TOML
 key (``batch_size``) in a ``--config`` file; precedence is flag, env, file, default
@@ -10,7 +10,7 @@ Under ``torchrun`` every process uses ``batch_size``: the global batch is
 global batch, scale ``lr`` yourself (linearly is the usual first guess for Adam at these sizes).
 
 ``objective`` picks what the network learns, one of the registered objectives
-(``core.objectives``): ``reconstruct`` (the seed's: the image itself), ``denoise`` (the clean
+(``core.objectives``): ``reconstruct`` (the post's: the image itself), ``denoise`` (the clean
 image from a noised one, ``core.diffusion.schedule``) or ``style`` (photo -> the collection's
 manner, ``core.training.style``). The ``sample_*`` settings are the img2img sampler a denoise
 checkpoint recommends (its ``meta.sampler``), also used for the run's sample grids. For style
@@ -47,7 +47,7 @@ class TrainSettings(BaseSettings):
     )
     decoder: Literal["transpose", "upsample", "upsample-full"] = Field(
         "transpose",
-        description="the network's 2x upsampling: the seed's transposed convolutions, "
+        description="the network's 2x upsampling: the post's transposed convolutions, "
         "nearest upsampling + 3x3 convolution (no checkerboard, ~4x the decoder's cost), or "
         "upsample-full: upsample plus a full-resolution level (core/network/model.py)",
     )
@@ -75,7 +75,7 @@ class TrainSettings(BaseSettings):
     lr_gamma: float = Field(0.1, gt=0, le=1, description="StepLR: factor at each drop")
     image_size: int = Field(128, description="training size in pixels (multiple of 8)")
     resize: Literal["stretch", "crop"] = Field(
-        "stretch", description="stretch to a square (the seed) or crop a square (keeps aspect)"
+        "stretch", description="stretch to a square (the post) or crop a square (keeps aspect)"
     )
     perceptual_weight: float = Field(1.0, ge=0, description="weight of the VGG16 term; 0 = off")
     vgg_weights: Path | None = Field(None, description="VGG16 .pth file (else the hub cache)")

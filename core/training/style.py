@@ -5,10 +5,9 @@ in one pass.
 
 Johnson, Alahi and Fei-Fei, "Perceptual Losses for Real-Time Style Transfer" (2016), as in
 pytorch/examples ``fast_neural_style``: the network gets a content photo (ImageNet-normalised,
-like reconstruct) and is trained with ``core.training.losses.StyleLoss``: relu2_2 of its output
-against
-relu2_2 of the photo, the Gram matrices of its output at relu1_2, relu2_2 and relu3_3 against
-the collection's, and total variation.
+like reconstruct) and is trained with ``core.training.losses.StyleLoss``: relu2_2 of its
+output against relu2_2 of the photo, the Gram matrices of its output at relu1_2, relu2_2 and
+relu3_3 against the collection's, and total variation.
 
 - **The style target** (:func:`mean_grams`): every training-split image of the collection
   (``--data``) through VGG once, in the split's order, its Gram matrices averaged in float64.
@@ -58,9 +57,8 @@ def mean_grams(
 def build_style_loss(
     s: TrainSettings, d: Dist, features: StyleFeatures, style_set: CachedImages
 ) -> StyleLoss:
-    """The run's :class:`~core.training.losses.StyleLoss`: the target computed once on rank 0 (on
-    its
-    device) and shared, the weights from the settings."""
+    """The run's :class:`~core.training.losses.StyleLoss`: the target computed once on rank 0
+    (on its device) and shared, the weights from the settings."""
     features = features.to(d.device)
     target = share_from_main(d, lambda: mean_grams(features, style_set, d.device, s.batch_size))
     loss = StyleLoss(

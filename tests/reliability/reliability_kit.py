@@ -1,7 +1,7 @@
 """Shared helpers of the reliability suite: the ledger it prints, tmpfs mounts, invariants.
 
-The ledger is what issue 7 asks the suite to print: cases run, faults injected, files in and
-out, lost / duplicated / escaped (each must stay 0). Each test adds its figures through the
+The ledger is what the suite prints (docs/reliability.md): cases run, faults injected, files
+in and out, lost / duplicated / escaped (each must stay 0). Each test adds its figures through the
 ``ledger`` fixture (modules import ``ledger_fixture``); the first use registers a small plugin
 that prints the totals at the end of the session.
 """

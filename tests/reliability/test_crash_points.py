@@ -39,7 +39,7 @@ DRIVER = Path(__file__).with_name("spool_crash_driver.py")
 GOOD = ["a.jpg", "same.jpg", "same.png", "sub/c.jpg"]
 BAD = ["bad1.jpg", "sub/deep/bad2.gif"]
 SUSPECTS = 3  # claimed by a process that died before the loop: a.jpg, bad1.jpg, same.jpg
-# Job sidecars (issue 14): one on a suspect, one on a fresh file, one on a bad file (which
+# Job sidecars (docs/operations.md): one on a suspect, one on a fresh file, one on a bad file (which
 # must end beside it in the quarantine, never as an image).
 SIDECARS = {"a.jpg": b'{"size": 32}', "sub/c.jpg": b'{"seed": 1}', "bad1.jpg": b'{"size": 48}'}
 JOB_SUFFIX = ".artd.json"

@@ -1,4 +1,4 @@
-"""Two hosts on one network share: real servers, real mounts, real daemons (issue 17, part 2).
+"""Two hosts on one network share: real servers, real mounts, real daemons (docs/network-shares.md).
 
 Each share (``netfs_kit.share``: NFS from the kernel server or nfs-ganesha, SMB from Samba
 through the kernel CIFS client) is exported on this machine over loopback and mounted twice,
@@ -46,7 +46,7 @@ from reliability_kit import (
 )
 from test_load import drop, settled, tiny_png
 
-FILES = 2_000 if FULL else 400  # the issue's figure is 2,000: `make soak` runs it
+FILES = 2_000 if FULL else 400  # the required figure is 2,000: `make soak` runs it
 PICKUP_FILES = 8
 # Polling (inotify sees no other host's writes), a 1 s settle, 8x8 model runs.
 NET = {

@@ -1,4 +1,4 @@
-"""The page under fire (issue 17, part 3, the page's share): a real daemon SIGKILLed at
+"""The page under fire (docs/soak.md, "The page under fire"): a real daemon SIGKILLed at
 every step of a retry, and the hostile HTTP corpus fired at a daemon while it works.
 
 Kill points: ``_ARTD_RETRY_KILL_AT=<step>`` (daemon.web.requeue.STEPS, test-only, read at

@@ -1,4 +1,4 @@
-"""kill -9 during a mixed run of presets and job sidecars (issue 14).
+"""kill -9 during a mixed run of presets and job sidecars (docs/operations.md).
 
 Sixty files across two presets on two checkpoints, the defaults and a plain sub-folder, a
 third of them with a sidecar, dropped in waves while the real daemon is SIGKILLed at random

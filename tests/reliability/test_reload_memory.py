@@ -1,6 +1,6 @@
-"""Memory across hot reloads (issue 17, "memory flat"): a real daemon, a new checkpoint
-promoted over the served one again and again, real photos (and a bad file, and job
-sidecars: per-group Inferences) processed between promotions.
+"""Memory across hot reloads (docs/soak.md, "Memory across hot reloads"): a real daemon, a
+new checkpoint promoted over the served one again and again, real photos (and a bad file,
+and job sidecars: per-group Inferences) processed between promotions.
 
 Each promotion frees a whole engine (about 10 MiB: weights, BatchNorm-folded fp32 and bf16
 copies). Before the fix the RSS stepped up at every reload: the pipeline's per-group

@@ -30,7 +30,7 @@ from reliability_kit import (
 )
 from test_load import drop, settled, tiny_png
 
-FILES, KILLS = (400, 16) if FULL else (200, 8)  # the issue 17 figure: 200 files, 8 kills
+FILES, KILLS = (400, 16) if FULL else (200, 8)  # the required figure: 200 files, 8 kills
 MAX_ATTEMPTS = 3  # the setting's default
 QUICK = {"size": 192, "settle_seconds": 0.2, "max_batch": 16, "max_delay_ms": 50}
 

@@ -1,4 +1,4 @@
-"""The mixed soak (issue 17, part 4): one real daemon for ``SOAK_MINUTES`` of mixed drops,
+"""The mixed soak (docs/soak.md): one real daemon for ``SOAK_MINUTES`` of mixed drops,
 hot reloads, page traffic and periodic ``kill -9``, ending in the ledger.
 
 Under ``RELIABILITY_FULL=1`` (``make soak``) it runs 30 minutes unless ``SOAK_MINUTES``
@@ -25,7 +25,7 @@ the outbox or the quarantine, no good file quarantined, memory flat.
 ``SOAK_RSS_LOG=FILE`` writes the daemon's RSS samples (seconds into the life, life, kB,
 seconds into the soak) and the times of the kills and promotions as JSON. Switches:
 ``SOAK_PRESETS=0`` runs without presets (and without sidecars naming a preset's model),
-``SOAK_SIDECARS=0`` without job sidecars, for a tree where issue 14 is not in.
+``SOAK_SIDECARS=0`` without job sidecars, for a tree that lacks those features.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""core.checkpoint importing the seed script's torch files: variants, hostile pickles, cuts."""
+"""core.checkpoint importing the post script's torch files: variants, hostile pickles, cuts."""
 
 from __future__ import annotations
 
@@ -21,23 +21,25 @@ from checkpoint_kit import (
 
 from core.checkpoint import build_model, load_checkpoint, save_checkpoint
 from core.network.model import ARCHITECTURE, ConvDiffusionModel
+from core.network.space import POST_IMAGE_SPACE
 
-# --- seed imports --------------------------------------------------------------------------------
+# --- imports of the post's checkpoints -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
-def test_seed_state_dict_imports_and_strict_loads(
+def test_post_state_dict_imports_and_strict_loads(
     tmp_path: Path, weights: dict[str, torch.Tensor], zip_format: bool
 ) -> None:
     original = ConvDiffusionModel()
     original.load_state_dict(weights)
     path = tmp_path / "model_epoch_150.pth"
-    # Exactly what the seed's training script does.
+    # Exactly what the post's training script does.
     torch.save(original.state_dict(), path, _use_new_zipfile_serialization=zip_format)
 
     ckpt = load_checkpoint(path)
 
-    assert ckpt.meta.image_space == "seed"
+    # The on-disk value keeps the project's old word for the post: old checkpoints keep loading.
+    assert ckpt.meta.image_space == POST_IMAGE_SPACE == "seed"
     assert (ckpt.meta.train_size, ckpt.meta.resize, ckpt.meta.epoch) == (128, "stretch", 150)
     assert ckpt.meta.architecture == ARCHITECTURE
     assert all(torch.equal(ckpt.state_dict[k], v) for k, v in weights.items())
@@ -46,14 +48,14 @@ def test_seed_state_dict_imports_and_strict_loads(
     assert torch.equal(model_output(model), model_output(original.eval()))
 
 
-def test_seed_round_trips_through_our_format(
+def test_post_round_trips_through_our_format(
     tmp_path: Path, weights: dict[str, torch.Tensor]
 ) -> None:
-    seed = tmp_path / "model_epoch_10.pth"
-    torch.save(weights, seed)
-    imported = load_checkpoint(seed)
+    post = tmp_path / "model_epoch_10.pth"
+    torch.save(weights, post)
+    imported = load_checkpoint(post)
 
-    converted = save_checkpoint(tmp_path / "seed.safetensors", imported.state_dict, imported.meta)
+    converted = save_checkpoint(tmp_path / "post.safetensors", imported.state_dict, imported.meta)
 
     again = load_checkpoint(converted)
     assert again.meta == imported.meta
@@ -71,7 +73,7 @@ def test_seed_round_trips_through_our_format(
     ],
     ids=["ddp", "nested-ddp", "state_dict-key", "model_state_dict-key", "torch-compile"],
 )
-def test_wrapped_seed_variants_load(
+def test_wrapped_post_variants_load(
     tmp_path: Path, weights: dict[str, torch.Tensor], wrap: Callable[[dict], object]
 ) -> None:
     path = tmp_path / "wrapped.pth"
