@@ -201,6 +201,7 @@ def check(settings: DaemonSettings) -> int:
 def check_presets(settings: DaemonSettings, problems: list[str]) -> dict[str, Any]:
     """Every preset (and the defaults) with its resolved settings; a checkpoint that does not
     load is a problem naming the preset and the key."""
+    from core import objectives
     from core.checkpoint import CheckpointError, load_checkpoint
     from daemon.settings import Resolver
 
@@ -214,7 +215,9 @@ def check_presets(settings: DaemonSettings, problems: list[str]) -> dict[str, An
         if preset["checkpoint"] == default:
             continue
         try:
-            preset["model"] = load_checkpoint(preset["checkpoint"]).version
+            checkpoint = load_checkpoint(preset["checkpoint"])
+            objectives.of(checkpoint.meta)  # an objective this version serves, fields checked
+            preset["model"] = checkpoint.version
         except (CheckpointError, ValueError, OSError) as exc:
             problems.append(f"preset {name!r}: key 'checkpoint': {exc}")
     return presets

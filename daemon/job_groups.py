@@ -1,6 +1,6 @@
 """Job groups: what claims must share to be batched together, and each group's settings.
 
-A claim carries the settings fixed at its claim (``claim.job``: daemon.presets). Claims of
+A claim carries the settings fixed at its claim (``claim.job``: daemon.settings.jobs). Claims of
 one model and one set of settings form a group; the hot path (daemon.pipeline) decodes,
 batches, runs and encodes by group, and :class:`JobGroups` builds each group's decode and
 output settings once, not per file. A claim without a job is the daemon's own group.

@@ -12,7 +12,7 @@ its batch-mates go on. A *suspect* (a claim a restart found unfinished) runs alo
 batch, no encode still running, its ``solo`` marker on disk while the model has it; only
 ``max_attempts`` deaths of the process in that window quarantine it (docs/spool.md).
 
-Each claim carries the settings fixed at its claim (``claim.job``: daemon.presets): it is
+Each claim carries the settings fixed at its claim (``claim.job``: daemon.settings.jobs): it is
 decoded at its size, batched only with claims of the same model and settings (its group:
 daemon.job_groups, which builds each group's decode and output settings once), run by one
 :class:`Inference` per such group on an engine from the bounded model cache

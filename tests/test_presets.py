@@ -4,6 +4,7 @@ at claim."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -380,3 +381,32 @@ def test_artd_check_refuses_a_bad_preset_naming_it_and_the_key(
         )
         assert result.returncode == 1, result
         assert fragment in result.stderr, result.stderr
+
+
+def test_artd_check_refuses_a_preset_model_of_an_objective_it_cannot_serve(
+    tmp_path: Path, pixel_checkpoint: Path
+) -> None:
+    """The checkpoint loads, but its objective is none this version serves: the daemon would
+    refuse it at its first job, so check says so now, naming the preset and the key."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARTD_")}
+    served = load_checkpoint(pixel_checkpoint)
+    painted = tmp_path / "paint.safetensors"
+    save_checkpoint(painted, served.state_dict, dataclasses.replace(served.meta, objective="paint"))
+    config = tmp_path / "artd.toml"
+    config.write_text(
+        f'root = "{tmp_path / "root"}"\ncheckpoint = "{pixel_checkpoint}"\n'
+        f'[presets.paint]\ncheckpoint = "{painted}"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "check", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result
+    problems = json.loads(result.stdout)["problems"]
+    assert problems == [
+        "preset 'paint': key 'checkpoint': unknown objective 'paint': choose one of "
+        "reconstruct, denoise, style"
+    ]

@@ -6,7 +6,7 @@ scale-invariant, with occluding edges at every scale and a power spectrum close 
 Achddou, Gousseau and Ladjal (2021, "Synthetic images as a regularity prior for image
 restoration neural networks") train denoisers on such images and come close to training on
 photographs. artd uses them where its denoiser must behave like one for photographs: at low
-noise levels, so that a low strength gives the photo back (``core.training.objective``'s
+noise levels, so that a low strength gives the photo back (``core.objectives.denoise``'s
 low-noise prior). No third-party image is involved.
 
 Each image: a palette of 3 to 6 colours; discs drawn front to back until the canvas is

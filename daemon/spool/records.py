@@ -59,7 +59,7 @@ class Claim:
     # was alone in the model (its ``solo`` marker set): only these can blame the file.
     interrupted: int = 0
     solo_crashes: int = 0
-    # The settings resolved at claim time (daemon.presets.Resolver.resolve); None without
+    # The settings resolved at claim time (daemon.settings.jobs.Resolver.resolve); None without
     # a resolver (the spool alone, as its tests drive it).
     job: dict[str, Any] | None = None
 

@@ -55,7 +55,7 @@ class Spool:
         self.state, self.work_dir = layout.state, layout.work
         self._layout = layout
         self._lock_fd: int | None = None
-        # resolve: each claim's settings, fixed in its record (daemon.presets.Resolver).
+        # resolve: each claim's settings, fixed in its record (daemon.settings.jobs.Resolver).
         self._machine = Machine(layout, instance, ext, keep_originals, resolve)
         self._recovery = Recovery(self._machine)
 

@@ -52,7 +52,7 @@ from daemon.spool.records import (
 from daemon.spool.reservations import Reservations, owner, taken_with_sidecar
 
 _REPORTED_MAX = 10_000
-# Resolves a claim's settings from its relative path and sidecar bytes (daemon.presets);
+# Resolves a claim's settings from its relative path and sidecar bytes (daemon.settings.jobs);
 # raises ValueError (with ``.message``) for settings the job cannot run with.
 Resolve = Callable[[PurePosixPath, bytes | None, str | None], dict[str, Any]]
 

@@ -33,7 +33,7 @@ MAX_ATTEMPTS = 10  # far above what three restarts can reach: a quarantine means
 
 
 def _resolve(rel: object, sidecar: bytes | None, sidecar_rel: str | None) -> dict:
-    """A resolver without torch: a job sidecar's settings as they are (daemon.presets's
+    """A resolver without torch: a job sidecar's settings as they are (daemon.settings.jobs's
     Resolver validates them; here only where they travel and that they stay fixed matters)."""
     from daemon import sidecars
 
