@@ -155,3 +155,23 @@ def exiftool(path: Path) -> dict[str, str]:
     done = subprocess.run(["exiftool", "-j", "-G1", "-a", str(path)], capture_output=True,
                           text=True, check=True, timeout=60)  # fmt: skip
     return json.loads(done.stdout)[0]
+
+
+def test_the_embedded_srgb_profile_is_the_same_bytes_in_every_run() -> None:
+    """LittleCMS stamps the time into a profile it builds; artd's sRGB profile carries a fixed
+    date, so an output made twice (two processes, seconds apart) is the same file."""
+    import struct
+    import sys
+    import time
+
+    from core.images.colour import SRGB_ICC_DATE
+
+    assert struct.unpack(">6H", SRGB_ICC[24:36]) == SRGB_ICC_DATE
+    profile = ImageCms.getOpenProfile(io.BytesIO(SRGB_ICC))
+    assert "sRGB" in ImageCms.getProfileDescription(profile)
+    time.sleep(1.1)  # a second later: an unfixed header would differ in its seconds field
+    script = "import sys; from core.images.colour import SRGB_ICC; sys.stdout.write(SRGB_ICC.hex())"
+    other = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert bytes.fromhex(other) == SRGB_ICC

@@ -156,6 +156,7 @@ _AS_OUTPUT = {
     "colour_management": lambda o: o.colour.manage,
     "colour_intent": lambda o: o.colour.intent,
     "cmyk_profile": lambda o: o.colour.cmyk_profile,
+    "colour": lambda o: o.palette,  # the operator's colour mode (o.colour: the ColourPolicy)
     "c2pa_cert": lambda o: o.credentials,
     "c2pa_key": lambda o: o.credentials,
 }

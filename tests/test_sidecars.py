@@ -127,7 +127,8 @@ def test_resolution_order_and_refusals(tmp_path: Path, pixel_checkpoint: Path) -
 def test_bad_presets_name_the_preset_and_the_key(tmp_path: Path, pixel_checkpoint: Path) -> None:
     cases = {
         "size": ({"size": 100}, "preset 'w': key 'size'"),
-        "unknown": ({"colour": "red"}, "preset 'w': unknown key 'colour'"),
+        "unknown": ({"hue": "red"}, "preset 'w': unknown key 'hue'"),
+        "colour": ({"colour": "red"}, "preset 'w': key 'colour': Input should be 'collection'"),
         "missing": ({"checkpoint": str(tmp_path / "gone.safetensors")}, "does not exist"),
         "root": ({"root": "/"}, "preset 'w': unknown key 'root'"),
     }

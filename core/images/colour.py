@@ -16,6 +16,9 @@ inside sRGB come through unchanged, out-of-gamut ones are clipped to the nearest
 perceptual table, matrix RGB profiles fall back to colorimetric). Transforms are built once per
 (profile, mode, intent) and cached: building one costs milliseconds, applying it microseconds
 per thousand pixels. Alpha never goes through LittleCMS: it is split off and put back.
+
+:func:`keep_colours` is the output colour mode ``keep``: a result's luminance under its input's
+own chroma (luminance-only transfer, Gatys et al. 2016), in JPEG's YCbCr (BT.601, PIL's).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +37,9 @@ from loguru import logger
 from PIL import Image, ImageCms
 
 ColourIntent = Literal["relative", "perceptual"]
+# What an output's colours come from: the model's (the collection's palette) or the input's.
+Palette = Literal["collection", "keep"]
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # Y of BT.601 (JPEG's YCbCr, PIL's)
 INTENTS: dict[str, ImageCms.Intent] = {
     "relative": ImageCms.Intent.RELATIVE_COLORIMETRIC,
     "perceptual": ImageCms.Intent.PERCEPTUAL,
@@ -45,7 +52,13 @@ CMYK_PROFILE_PATHS = (
     Path("/usr/share/color/icc/CoatedFOGRA39.icc"),
 )
 _SRGB = ImageCms.createProfile("sRGB")
-SRGB_ICC: bytes = ImageCms.ImageCmsProfile(_SRGB).tobytes()
+# The ICC header's creation date (bytes 24-35: year, month, day, hour, minute, second, each a
+# big-endian uint16) is stamped by LittleCMS when the profile is built; a fixed one keeps every
+# output that embeds this profile byte-identical from one run to the next. The profile ID
+# (bytes 84-99) is zero, so no checksum covers the date.
+SRGB_ICC_DATE = (2026, 1, 1, 0, 0, 0)
+_built = ImageCms.ImageCmsProfile(_SRGB).tobytes()
+SRGB_ICC: bytes = _built[:24] + struct.pack(">6H", *SRGB_ICC_DATE) + _built[36:]
 _PROFILE_MODES = {"RGB ": "RGB", "GRAY": "L", "CMYK": "CMYK"}
 
 
@@ -78,6 +91,28 @@ def _profile_file(path: str) -> bytes:
 def default_cmyk_profile() -> Path | None:
     """The first installed standard CMYK profile (CMYK_PROFILE_PATHS), or None."""
     return next((p for p in CMYK_PROFILE_PATHS if p.is_file()), None)
+
+
+def keep_colours(result: Image.Image, given: np.ndarray | Image.Image) -> Image.Image:
+    """``result``'s luminance (Y) under the chroma (Cb, Cr) of ``given``, the RGB input the
+    model was given, per pixel at ``result``'s size (``given`` resized to it if it differs):
+    an RGB image. Deterministic; a few milliseconds for 512 px (docs/colour.md).
+
+    The YCbCr is JPEG's (BT.601, full range), PIL's ``"YCbCr"`` mode. Only Y changes, so in
+    RGB the input gains ``Y(result) - Y(given)`` on each channel: the same merge, in float
+    and rounded once. PIL's own ``convert`` round trip rounds down at each step and would
+    darken every output by about a level."""
+    source = given if isinstance(given, Image.Image) else Image.fromarray(np.asarray(given))
+    if source.mode != "RGB":
+        source = source.convert("RGB")
+    if source.size != result.size:
+        source = source.resize(result.size, Image.Resampling.BICUBIC)
+    out = np.asarray(source, np.float32)
+    made = np.asarray(result if result.mode == "RGB" else result.convert("RGB"), np.float32)
+    luma = made @ _LUMA  # Y(result) - Y(given), per pixel
+    luma -= out @ _LUMA
+    out += luma[..., None] + 0.5
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
 
 
 def profile_space(icc: bytes) -> str | None:

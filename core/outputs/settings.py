@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from core.images.colour import ColourIntent, ColourPolicy
+from core.images.colour import ColourIntent, ColourPolicy, Palette
 from core.outputs.encoding import DEFAULT_QUALITY, OUTPUT_FORMATS
 
 if TYPE_CHECKING:
@@ -58,6 +58,8 @@ class OutputSource(Protocol):
     @property
     def output_profile(self) -> Literal["srgb", "input"]: ...
     @property
+    def colour(self) -> Palette: ...
+    @property
     def keep_alpha(self) -> bool: ...
     @property
     def copy_metadata(self) -> bool: ...
@@ -87,6 +89,8 @@ class OutputSettings:
     webp_lossless: bool = False
     colour: ColourPolicy = field(default_factory=ColourPolicy)
     output_profile: Literal["srgb", "input"] = "srgb"
+    # The operator's ``colour`` setting: the model's colours, or the input's kept (keep_colours).
+    palette: Palette = "collection"
     keep_alpha: bool = True
     copy_metadata: bool = False
     copy_gps: bool = False
@@ -117,6 +121,7 @@ class OutputSettings:
                 cmyk_profile=None if cmyk is None else str(cmyk),
             ),
             "output_profile": settings.output_profile,
+            "palette": settings.colour,
             "keep_alpha": settings.keep_alpha,
             "copy_metadata": settings.copy_metadata,
             "copy_gps": settings.copy_gps,
@@ -144,7 +149,8 @@ class OutputSettings:
         """The settings as the provenance and the quarantine sidecars carry them."""
         out: dict[str, object] = {"size": self.size, "resize": self.resize, "format": self.fmt}
         defaults = OutputSettings(self.size)
-        for name in ("jpeg_quality", "webp_quality", "webp_lossless", "output_profile"):
+        # Only what differs from the defaults, so a default output's record never changes.
+        for name in ("jpeg_quality", "webp_quality", "webp_lossless", "output_profile", "palette"):
             if getattr(self, name) != getattr(defaults, name):
                 out[name] = getattr(self, name)
         if self.colour != defaults.colour:

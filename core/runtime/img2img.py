@@ -18,7 +18,9 @@ Faithful outputs (docs/colour.md): a batch of HWC *RGBA* arrays (the decoders'
 ``keep_alpha``) runs the model on the colour composited on ``OutputSettings.background``, as
 an opaque input always did, and gets its alpha back afterwards, the colour un-composited, so
 PNG and WebP keep the transparency and JPEG composites on the same background. Each output
-carries an ICC profile (sRGB, or the input's with ``output_profile="input"``), the standard AI
+carries an ICC profile (sRGB, or the input's with ``output_profile="input"``); the ``keep``
+palette (the ``colour`` setting) puts each result's luminance under its input's own chroma
+(core.images.colour.keep_colours) before the alpha goes back on. Each also carries the standard AI
 label (core.outputs.labels: XMP DigitalSourceType, EXIF Software/ImageDescription), optionally the
 input's own metadata (core.images.origin) and a Content Credentials manifest
 (core.outputs.content_credentials).
@@ -35,7 +37,7 @@ from loguru import logger
 from PIL import Image
 
 from core.diffusion.sampler_settings import SamplerRequest
-from core.images.colour import SRGB_ICC, from_srgb
+from core.images.colour import SRGB_ICC, from_srgb, keep_colours
 from core.images.origin import Origin
 from core.outputs.encoding import encode
 from core.outputs.labels import exif_block, xmp_packet
@@ -83,7 +85,9 @@ class Inference:
 
         ``sha256s`` are the inputs' file hashes, which seed a denoise checkpoint's noise
         (the same ones :meth:`encode` records); without them each decoded array's own
-        bytes are hashed instead. RGBA arrays give RGBA results (module docstring)."""
+        bytes are hashed instead. RGBA arrays give RGBA results (module docstring). With the
+        ``keep`` palette each result takes its input's chroma here, on the flat (composited)
+        input, so RGB and RGBA batches, the daemon and ``artd process`` all get it."""
         if batch and np.ndim(batch[0]) == 3 and np.shape(batch[0])[2] == 4:
             return self._run_with_alpha(batch, sha256s)
         try:
@@ -92,7 +96,13 @@ class Inference:
                 if len(sha256s) != len(batch):
                     raise ValueError(f"{len(sha256s)} hashes for {len(batch)} images")
                 seeds = seeds_for(sha256s, self.sampler_settings)
-            return self.engine.run(torch.from_numpy(np.stack(batch)), seeds, self.request)
+            results = self.engine.run(torch.from_numpy(np.stack(batch)), seeds, self.request)
+            if self.output.palette == "keep":
+                results = [
+                    r if isinstance(r, InferenceError) else keep_colours(r, given)
+                    for r, given in zip(results, batch, strict=True)
+                ]
+            return results
         except Exception as exc:  # keep serving; each item is reported on its own
             logger.exception("model call failed")
             return [InferenceError(Reason.MODEL_FAILED, str(exc)[:300])] * len(batch)

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings
 
 from core.config import FieldError
-from core.images.colour import ColourIntent
+from core.images.colour import ColourIntent, Palette
 from core.outputs.settings import DEFAULT_COLOUR, OutputSettings
 
 # The dataclass's own defaults (class attributes of a dataclass field with a plain default).
@@ -49,6 +49,11 @@ class OutputOptions(BaseSettings):
     output_profile: Literal["srgb", "input"] = Field(
         _DEFAULT.output_profile,
         description="outputs in sRGB, or converted back to the input's RGB profile",
+    )
+    colour: Palette = Field(
+        _DEFAULT.palette,
+        description="outputs in the model's colours (collection), or the input's own (keep: "
+        "the output's luminance under the input's chroma)",
     )
     keep_alpha: bool = Field(
         _DEFAULT.keep_alpha,
