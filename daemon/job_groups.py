@@ -9,9 +9,11 @@ output settings once, not per file. A claim without a job is the daemon's own gr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from core.diffusion.sampler_settings import SamplerRequest
 from core.images.colour import ColourPolicy
@@ -22,6 +24,7 @@ from daemon.spool import Claim
 
 MAX_GROUPS = 256  # (model, settings) groups whose settings are kept; beyond, rebuilt on demand
 Group = tuple[str, str]  # (checkpoint, settings as sorted JSON): what a batch shares
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -104,22 +107,16 @@ class JobGroups:
 
     def decode_settings(self, claim: Claim) -> DecodeSettings:
         """How a job's file is decoded (built once per group, like its output settings)."""
-        group = self.group(claim)
-        settings = self._decodes.get(group)
-        if settings is None:
-            if len(self._decodes) >= MAX_GROUPS:
-                self._decodes.clear()
-            settings = self._decodes[group] = decode_settings(JobView(claim.job, self.settings))
-        return settings
+
+        def build() -> DecodeSettings:
+            return decode_settings(JobView(claim.job, self.settings))
+
+        return _once_per_group(self._decodes, self.group(claim), build)
 
     def output(self, claim: Claim) -> JobOutput:
         """The job's OutputSettings (built once per group), recording this claim's sources."""
-        group = self.group(claim)
-        base = self._outputs.get(group)
-        if base is None:
-            if len(self._outputs) >= MAX_GROUPS:
-                self._outputs.clear()
-            base = self._outputs[group] = job_output(claim.job, self.settings)
+        build = functools.partial(job_output, claim.job, self.settings)
+        base = _once_per_group(self._outputs, self.group(claim), build)
         return dataclasses.replace(base, job=claim.job)
 
     def recorded(self, claim: Claim) -> dict[str, object]:
@@ -128,3 +125,14 @@ class JobGroups:
             return self.output(claim).recorded()
         except Exception as exc:  # a quarantine must not fail on its details
             return {"job": claim.job, "error": str(exc)}
+
+
+def _once_per_group(cache: dict[Group, T], group: Group, build: Callable[[], T]) -> T:
+    """``cache[group]``, built on first use; the cache is emptied when it holds
+    :data:`MAX_GROUPS` groups (a flood of distinct sidecars must not grow it without bound)."""
+    value = cache.get(group)
+    if value is None:
+        if len(cache) >= MAX_GROUPS:
+            cache.clear()
+        value = cache[group] = build()
+    return value

@@ -15,18 +15,16 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.shared.common import seeded_model_state  # noqa: E402
 from core.checkpoint import CheckpointMeta, save_checkpoint  # noqa: E402
 from core.network.model import ConvDiffusionModel  # noqa: E402
 
 
 def seeded_model(seed: int = 0) -> ConvDiffusionModel:
-    """A fixed random network with non-trivial BatchNorm statistics (like a trained one)."""
-    torch.manual_seed(seed)
+    """A fixed random network with non-trivial BatchNorm statistics (like a trained one):
+    the bench's (``bench.shared.common.seeded_model_state``), so both use one recipe."""
     model = ConvDiffusionModel()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 1.5)
+    model.load_state_dict(seeded_model_state(seed))
     return model.eval()
 
 

@@ -358,10 +358,21 @@ def test_the_worked_example_in_the_docs(tmp_path: Path, pixel_checkpoint: Path) 
     assert (root / "archive" / "sketch" / "portrait.jpg.artd.json").read_text() == sidecar
 
 
+def artd_check(config: Path) -> subprocess.CompletedProcess[str]:
+    """``artd check --config CONFIG`` as a real subprocess, with no ``ARTD_*`` from outside."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARTD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "check", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_artd_check_refuses_a_bad_preset_naming_it_and_the_key(
     tmp_path: Path, pixel_checkpoint: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARTD_")}
     config = tmp_path / "artd.toml"
     cases = {
         "[presets.sketch]\nsize = 100\n": "preset 'sketch': key 'size'",
@@ -372,13 +383,7 @@ def test_artd_check_refuses_a_bad_preset_naming_it_and_the_key(
         config.write_text(
             f'root = "{tmp_path / "root"}"\ncheckpoint = "{pixel_checkpoint}"\n{body}'
         )
-        result = subprocess.run(
-            [sys.executable, "-m", "daemon.cli", "check", "--config", str(config)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = artd_check(config)
         assert result.returncode == 1, result
         assert fragment in result.stderr, result.stderr
 
@@ -388,7 +393,6 @@ def test_artd_check_refuses_a_preset_model_of_an_objective_it_cannot_serve(
 ) -> None:
     """The checkpoint loads, but its objective is none this version serves: the daemon would
     refuse it at its first job, so check says so now, naming the preset and the key."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARTD_")}
     served = load_checkpoint(pixel_checkpoint)
     painted = tmp_path / "paint.safetensors"
     save_checkpoint(painted, served.state_dict, dataclasses.replace(served.meta, objective="paint"))
@@ -397,13 +401,7 @@ def test_artd_check_refuses_a_preset_model_of_an_objective_it_cannot_serve(
         f'root = "{tmp_path / "root"}"\ncheckpoint = "{pixel_checkpoint}"\n'
         f'[presets.paint]\ncheckpoint = "{painted}"\n'
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "check", "--config", str(config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = artd_check(config)
     assert result.returncode == 1, result
     problems = json.loads(result.stdout)["problems"]
     assert problems == [

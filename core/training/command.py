@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationInfo, field_validator, model_validator
 
-from core.config import add_settings_flags, settings_from_args
+from core.config import FieldError, add_settings_flags, settings_from_args
 from core.objectives import UnknownObjective, get, names
 from core.training.settings import TrainSettings
 
@@ -43,7 +43,9 @@ class CheckedSettings(TrainSettings):
     @model_validator(mode="after")
     def _content_data_owned(self) -> CheckedSettings:
         if self.content_data is not None and not owns(self.objective, "content_data"):
-            raise ValueError(f"content_data is only for --objective {owners('content_data')}")
+            raise FieldError(
+                "content_data", f"content_data is only for --objective {owners('content_data')}"
+            )
         return self
 
 
