@@ -75,7 +75,7 @@ def train(s: TrainSettings, d: Dist, closing: contextlib.ExitStack) -> int:
 
     data = objective.load_data(s, d, run)
     loss_fn = objective.loss(s, d, vgg, data)
-    learner = build_learner(s, d, state, channels_last, objective.space())
+    learner = build_learner(s, d, state, channels_last, objective.space(), objective.network(s))
     steps = objective.steps(s, d, loss_fn, data)  # each step's input, target and loss extras
     logger.info(
         "training {} ({}) epochs from {} on {} x{} ({}), global batch {}, {} train / {} val images",
@@ -146,6 +146,12 @@ def load_resume(s: TrainSettings) -> tuple[Path | None, dict[str, Any] | None]:
         raise SettingsError(
             f"--resume: the run's network has the {built} decoder, not {s.decoder}; "
             "start a new run to change the network"
+        )
+    guided = before.get("guide_abstraction", "luminance")  # states from before guides
+    if guided != s.guide_abstraction:
+        raise SettingsError(
+            f"--resume: the run's guide keeps {guided}, not {s.guide_abstraction}; "
+            "start a new run to change the guide"
         )
     meant = before.get("parameterisation", "x0")  # states from before parameterisations
     if meant != s.parameterisation:

@@ -134,6 +134,7 @@ def run_generate(argv: list[str]) -> int:
             seed=seed,
             fmt=settings.output_format,
             request=request,
+            guide=settings.guide,
         )
     except GenerateRefused as exc:
         logger.error("{}", exc)

@@ -68,8 +68,14 @@ def job_output(job: dict[str, Any], daemon: DaemonSettings) -> JobOutput:
 def job_sampler_request(job: dict[str, Any]) -> SamplerRequest:
     """The sampler settings a job asked for (unset: its model's recommendation)."""
     s = job["settings"]
+    working = s.get("working_size", "auto")
     return SamplerRequest(
-        strength=s.get("strength"), steps=s.get("steps"), eta=s.get("eta"), seed=s.get("seed")
+        strength=s.get("strength"),
+        steps=s.get("steps"),
+        eta=s.get("eta"),
+        seed=s.get("seed"),
+        working_size=None if working == "auto" else working,
+        refine=s.get("refine"),
     )
 
 

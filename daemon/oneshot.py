@@ -213,6 +213,7 @@ def generate_files(
     seed: int,
     fmt: str,
     request: SamplerRequest | None = None,
+    guide: Path | None = None,
 ) -> Report:
     """``count`` images from noise into ``out`` (module docstring), each with its provenance.
 
@@ -221,8 +222,19 @@ def generate_files(
     in the Report and the rest are still written."""
     from core.diffusion.generate import generate, generated_provenance, generation_settings
 
+    guide_image = None
+    if guide is not None:
+        try:
+            guide_image = loading.load(guide, max(width, height), "stretch")
+        except ImageError as exc:
+            raise GenerateRefused(f"--guide {guide}: {exc}") from None
+        if not engine.sampler.takes_guide:
+            raise GenerateRefused(
+                f"--guide: model {engine.version} is a {engine.objective} checkpoint, "
+                "which takes no guide image"
+            )
     try:
-        generation_settings(engine, request)
+        generation_settings(engine, request, guided=guide is not None)
     except ValueError as exc:
         raise GenerateRefused(str(exc)) from None
     targets = [out / generated_name(seed, i, OUTPUT_FORMATS[fmt]) for i in range(count)]
@@ -241,7 +253,7 @@ def generate_files(
         seed,
         seed,
     )
-    results = generate(engine, count, width, height, seed, request)
+    results = generate(engine, count, width, height, seed, request, guide_image)
     out.mkdir(parents=True, exist_ok=True)
     recorded: dict[str, object] = {"width": width, "height": height, "format": fmt}
     report = Report()
@@ -249,7 +261,7 @@ def generate_files(
         if isinstance(result, InferenceError):
             report.rejected.append((target, result.reason, result.message))
             continue
-        meta = generated_provenance(engine, seed, index, request, recorded)
+        meta = generated_provenance(engine, seed, index, request, recorded, guide is not None)
         try:
             if target.exists() or target.is_symlink():  # written by someone else meanwhile
                 raise FileExistsError(f"{target} appeared during the run; not overwritten")

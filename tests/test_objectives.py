@@ -155,7 +155,7 @@ def test_the_cli_choices_are_the_registry(invert, capsys):
 
 def test_builtin_objectives_record_and_serve_as_before(tmp_path):
     s = parse_settings(["--data", str(tmp_path)])
-    assert names()[:3] == OBJECTIVES == ("reconstruct", "denoise", "style")
+    assert names()[:4] == OBJECTIVES == ("reconstruct", "denoise", "style", "guided")
     assert get("reconstruct").meta_fields(s) == {"objective": "reconstruct"}
     assert get("style").meta_fields(s) == {"objective": "style"}
     assert get("denoise").meta_fields(s) == {
@@ -168,7 +168,7 @@ def test_builtin_objectives_record_and_serve_as_before(tmp_path):
         "loss", "mse", "perceptual",
     )  # fmt: skip
     assert get("style").loss_parts == ("loss", "content", "style", "tv")
-    assert [n for n in OBJECTIVES if get(n).can_generate] == ["denoise"]
+    assert [n for n in OBJECTIVES if get(n).can_generate] == ["denoise", "guided"]
     denoise = CheckpointMeta(**get("denoise").meta_fields(s))  # type: ignore[arg-type]
     assert isinstance(sampler_for(denoise), DiffusionSampler)
     assert isinstance(sampler_for(CheckpointMeta()), SinglePass)

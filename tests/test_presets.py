@@ -406,5 +406,5 @@ def test_artd_check_refuses_a_preset_model_of_an_objective_it_cannot_serve(
     problems = json.loads(result.stdout)["problems"]
     assert problems == [
         "preset 'paint': key 'checkpoint': unknown objective 'paint': choose one of "
-        "reconstruct, denoise, style"
+        "reconstruct, denoise, style, guided"
     ]

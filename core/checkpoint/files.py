@@ -47,7 +47,7 @@ def save_checkpoint(
             f"metadata says architecture {checked.architecture!r}, weights are {ARCHITECTURE}",
             target,
         )
-    validate_state_dict(tensors, target, checked.decoder)
+    validate_state_dict(tensors, target, checked.decoder, checked.guide_channels)
     # Clones: contiguous CPU tensors that share no storage, which safetensors requires.
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
     blob = safetensors_format.serialize(tensors, meta_json, target)
@@ -103,7 +103,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             f"checkpoint is for architecture {meta.architecture!r}, this artd runs {ARCHITECTURE}",
             label,
         )
-    validate_state_dict(state_dict, label, meta.decoder)
+    validate_state_dict(state_dict, label, meta.decoder, meta.guide_channels)
     checkpoint = Checkpoint(
         path=real, state_dict=state_dict, meta=meta, sha256=hashlib.sha256(data).hexdigest()
     )

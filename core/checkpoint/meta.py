@@ -21,7 +21,13 @@ from typing import Any, Literal
 import torch
 
 from core import __version__
-from core.network.model import ARCHITECTURE, DECODERS, IMAGENET_MEAN, IMAGENET_STD
+from core.network.model import (
+    ARCHITECTURE,
+    DECODERS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MAX_GUIDE_CHANNELS,
+)
 from core.network.space import POST_IMAGE_SPACE
 
 # Bump when the layout changes incompatibly; readers refuse versions newer than they know.
@@ -36,7 +42,7 @@ RESIZE_POLICIES: tuple[str, ...] = ("fit", "stretch")
 OBJECTIVE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 # Recommended sampler settings a checkpoint may carry
 # (core.diffusion.sampler_settings.SamplerSettings' keys).
-SAMPLER_KEYS = frozenset({"strength", "steps", "eta"})
+SAMPLER_KEYS = frozenset({"strength", "steps", "eta", "working_size", "refine"})
 
 
 class CheckpointError(Exception):
@@ -82,9 +88,22 @@ class CheckpointMeta:
     # The network's decoder variant (core.network.model.DECODERS); files written before it existed,
     # and every file of the post, are the post's "transpose".
     decoder: str = "transpose"
+    # A guided network's guide (core.network.guide.Guide.to_dict()); None for every other.
+    # Only ``channels`` is read here (the network's shape); the guided objective checks the rest.
+    guide: dict[str, Any] | None = None
+
+    @property
+    def guide_channels(self) -> int:
+        """The network's extra input channels (0 without a guide)."""
+        return 0 if self.guide is None else int(self.guide["channels"])
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field; ``guide`` only when there is one (so every other checkpoint's header
+        stays as it was before guides)."""
+        data = dataclasses.asdict(self)
+        if data["guide"] is None:
+            del data["guide"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CheckpointMeta:
@@ -128,6 +147,7 @@ class CheckpointMeta:
             diffusion=diffusion,
             sampler=sampler,
             decoder=_expect_choice(data, "decoder", DECODERS) if "decoder" in data else "transpose",
+            guide=_parse_guide(data.get("guide")),
         )
 
 
@@ -223,3 +243,17 @@ def _parse_objective(data: dict[str, Any]) -> tuple[str, dict[str, Any] | None, 
     if bad:
         raise ValueError(f"sampler values must be finite numbers, got {bad!r}")
     return objective, (dict(diffusion) if diffusion is not None else None), dict(sampler)
+
+
+def _parse_guide(value: object) -> dict[str, Any] | None:
+    """``guide``: absent, or an object whose ``channels`` the network can take."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"guide must be an object or absent, got {value!r}")
+    channels = value.get("channels")
+    if not is_int(channels) or not 1 <= channels <= MAX_GUIDE_CHANNELS:
+        raise ValueError(
+            f"guide.channels must be an integer 1..{MAX_GUIDE_CHANNELS}, got {channels!r}"
+        )
+    return dict(value)

@@ -28,9 +28,13 @@ def few(items: list[str]) -> str:
 
 
 def validate_state_dict(
-    state_dict: dict[str, Any], source: str | os.PathLike[str], decoder: str = "transpose"
+    state_dict: dict[str, Any],
+    source: str | os.PathLike[str],
+    decoder: str = "transpose",
+    guide_channels: int = 0,
 ) -> None:
-    """Check keys, shapes, dtypes and finiteness against ConvDiffusionModel(decoder).
+    """Check keys, shapes, dtypes and finiteness against
+    ConvDiffusionModel(decoder, guide_channels).
 
     Raises CheckpointError naming ``source`` and every kind of problem found (a few examples
     of each).
@@ -40,7 +44,7 @@ def validate_state_dict(
     not_tensors = [str(k) for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise CheckpointError(f"entries that are not tensors: {few(not_tensors)}", source)
-    expected = expected_shapes(decoder)
+    expected = expected_shapes(decoder, guide_channels)
     problems: list[str] = []
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(str(k) for k in set(state_dict) - set(expected))
@@ -50,7 +54,9 @@ def validate_state_dict(
         problems.append(f"{len(unexpected)} unexpected keys: {few(unexpected)}")
     problems += _tensor_problems(state_dict, expected)
     if problems:
-        variant = "" if decoder == "transpose" else f" ({decoder} decoder)"
+        parts = [] if decoder == "transpose" else [f"{decoder} decoder"]
+        parts += [f"{guide_channels} guide channels"] if guide_channels else []
+        variant = f" ({', '.join(parts)})" if parts else ""
         raise CheckpointError(
             f"not valid {ARCHITECTURE}{variant} weights: " + "; ".join(problems), source
         )
@@ -107,7 +113,7 @@ def build_model(ckpt: Checkpoint) -> ConvDiffusionModel:
             f"checkpoint is for architecture {ckpt.meta.architecture!r}, not {ARCHITECTURE}",
             ckpt.path,
         )
-    model = ConvDiffusionModel(ckpt.meta.decoder)
+    model = ConvDiffusionModel(ckpt.meta.decoder, ckpt.meta.guide_channels)
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as exc:

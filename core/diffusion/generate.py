@@ -15,6 +15,7 @@ from PIL import Image
 
 from core import objectives
 from core.diffusion.sampler_settings import SamplerRequest, SamplerSettings
+from core.images.pixels import to_tensor
 from core.network.model import SIZE_MULTIPLE
 from core.outputs.provenance import provenance
 from core.runtime.engine import Engine
@@ -22,10 +23,13 @@ from core.runtime.errors import InferenceError
 from core.runtime.samplers import seeds_for
 
 
-def generation_settings(engine: Engine, request: SamplerRequest | None) -> SamplerSettings:
+def generation_settings(
+    engine: Engine, request: SamplerRequest | None, guided: bool = False
+) -> SamplerSettings:
     """The effective settings of a generation run: ``request`` over the checkpoint's
-    recommendation, at strength 1. A checkpoint whose objective cannot generate from noise
-    (``Objective.can_generate``: reconstruct, style) raises ValueError."""
+    recommendation, at strength 1, with a guided checkpoint's guide withheld unless
+    ``guided`` (a guide image is given). A checkpoint whose objective cannot generate from
+    noise (``Objective.can_generate``: reconstruct, style) raises ValueError."""
     if not objectives.get(engine.objective).can_generate:
         able = " or ".join(n for n in objectives.names() if objectives.get(n).can_generate)
         raise ValueError(
@@ -33,6 +37,8 @@ def generation_settings(engine: Engine, request: SamplerRequest | None) -> Sampl
             f"an image and cannot generate from noise; serve a {able} checkpoint"
         )
     given = replace(request or SamplerRequest(), strength=1.0)
+    if engine.sampler.takes_guide and not guided:
+        given = replace(given, guide=False)
     settings = engine.sampler_settings(given)
     assert settings is not None  # a denoise engine always resolves
     return settings
@@ -50,9 +56,14 @@ def generate(
     height: int,
     seed: int,
     request: SamplerRequest | None = None,
+    guide: Image.Image | None = None,
 ) -> list[Image.Image | InferenceError]:
     """``count`` images of ``width`` x ``height`` from noise, in index order; an item that
     fails (out of memory at a single image, NaN even in fp32) is its InferenceError.
+
+    A guided checkpoint's images follow ``guide``'s layout (the image is stretched to the
+    size); without one they are made with the guide withheld (``SamplerSettings.guide``
+    False, recorded). Other checkpoints refuse a guide image.
 
     ``request``'s strength is ignored (always 1); its seed, if set, is recorded in the
     settings and hashed into every image's noise seed along with ``seed``. Raises
@@ -65,14 +76,22 @@ def generate(
             raise ValueError(f"{name} must be an integer >= {SIZE_MULTIPLE}, got {value!r}")
         if value % SIZE_MULTIPLE:
             raise ValueError(f"{name} must be a multiple of {SIZE_MULTIPLE}, got {value}")
-    settings = generation_settings(engine, request)
+    if guide is not None and not engine.sampler.takes_guide:
+        raise ValueError(
+            f"model {engine.version} is a {engine.objective} checkpoint: it takes no guide image"
+        )
+    settings = generation_settings(engine, request, guided=guide is not None)
     given = SamplerRequest(**settings.to_dict())  # type: ignore[arg-type]
     seeds = seeds_for((label(seed, i) for i in range(count)), settings)
+    # At strength 1 only the pixels' shape counts, unless they are the guide's layout.
+    pixels = torch.zeros(1, 3, height, width)
+    if guide is not None:
+        stretched = guide.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+        pixels = to_tensor(stretched).unsqueeze(0)
     results: list[Image.Image | InferenceError] = []
     for start in range(0, count, engine.max_batch):
         part = seeds[start : start + engine.max_batch]
-        blank = torch.zeros(len(part), 3, height, width)  # at strength 1 only its shape counts
-        results.extend(engine.run(blank, part, given))
+        results.extend(engine.run(pixels.repeat(len(part), 1, 1, 1), part, given))
     return results
 
 
@@ -82,14 +101,16 @@ def generated_provenance(
     index: int,
     request: SamplerRequest | None = None,
     settings: dict[str, object] | None = None,
+    guided: bool = False,
 ) -> dict[str, str]:
     """The metadata of image ``index`` of a run with ``seed`` (core.outputs.provenance, with the
     sampler settings and ``artd:source`` = its label; there is no input file to hash).
-    ``settings``: the output settings as recorded (e.g. size and format)."""
+    ``settings``: the output settings as recorded (e.g. size and format); ``guided``: the
+    run had a guide image."""
     return provenance(
         engine.checkpoint,
         "",
         settings or {},
-        sampler_settings=generation_settings(engine, request),
+        sampler_settings=generation_settings(engine, request, guided),
         source=label(seed, index),
     )

@@ -18,6 +18,11 @@ must repaint every pixel from them; docs/art-benchmark.md). ``fine`` (a 3x3 conv
 the input at full resolution) is added to ``dec3``, which now upsamples to ``FULL_WIDTH``
 channels instead of the image's 3; ``mix`` (3x3) and ``out`` (3x3 to 3 channels, then the
 Sigmoid) follow. The post's names keep their meaning and shapes but for ``dec3``'s outputs.
+
+A guided network (``guide_channels`` > 0, recorded in a checkpoint's ``guide``:
+core/network/guide.py) takes the guide's channels after the image's: only the convolutions
+that read the input (``enc1.0``, and ``fine.0`` in ``upsample-full``) grow, every other
+shape and name is the same.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ __all__ = [
     "FULL_WIDTH",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MAX_GUIDE_CHANNELS",
     "SIZE_MULTIPLE",
     "ConvDiffusionModel",
     "UpsampleConv2d",
@@ -42,6 +48,8 @@ __all__ = [
 ARCHITECTURE = "ConvDiffusionModel"
 # The decoder's 2x upsampling: the post's transposed convolutions, or upsample-then-convolve.
 DECODERS: tuple[str, ...] = ("transpose", "upsample", "upsample-full")
+# The most extra input channels a guided network takes (core/network/guide.py: colour + presence).
+MAX_GUIDE_CHANNELS = 4
 # Channels of the upsample-full variant's full-resolution level.
 FULL_WIDTH = 32
 # The post normalizes inputs with ImageNet statistics; VGG's perceptual loss expects them too.
@@ -83,21 +91,28 @@ def _decoder(cin: int, cout: int, decoder: str, last: bool = False) -> nn.Sequen
 
 class ConvDiffusionModel(nn.Module):
     """Encoder-decoder with additive skips; output is a Sigmoid in 0..1. ``decoder`` is one
-    of :data:`DECODERS` (module docstring); the default is the post's."""
+    of :data:`DECODERS` (module docstring); the default is the post's. ``guide_channels``:
+    extra input channels after the image's (a guided network; module docstring)."""
 
-    def __init__(self, decoder: str = "transpose") -> None:
+    def __init__(self, decoder: str = "transpose", guide_channels: int = 0) -> None:
         super().__init__()
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(DECODERS)}: {decoder!r}")
+        if isinstance(guide_channels, bool) or not isinstance(guide_channels, int):
+            raise ValueError(f"guide_channels must be an integer, got {guide_channels!r}")
+        if not 0 <= guide_channels <= MAX_GUIDE_CHANNELS:
+            raise ValueError(f"guide_channels must be 0..{MAX_GUIDE_CHANNELS}: {guide_channels}")
         self.decoder = decoder
-        self.enc1 = _encoder(3, 64)
+        self.guide_channels = guide_channels
+        cin = 3 + guide_channels
+        self.enc1 = _encoder(cin, 64)
         self.enc2 = _encoder(64, 128)
         self.enc3 = _encoder(128, 256)
         self.dec1 = _decoder(256, 128, decoder)
         self.dec2 = _decoder(128, 64, decoder)
         self.full = decoder == "upsample-full"
         if self.full:
-            self.fine = _block(3, FULL_WIDTH)
+            self.fine = _block(cin, FULL_WIDTH)
             self.dec3 = _decoder(64, FULL_WIDTH, decoder)
             self.mix = _block(FULL_WIDTH, FULL_WIDTH)
             last = nn.Conv2d(FULL_WIDTH, 3, kernel_size=3, padding=1)
@@ -116,6 +131,9 @@ class ConvDiffusionModel(nn.Module):
         return self.dec3(dec2)
 
 
-def expected_shapes(decoder: str = "transpose") -> dict[str, tuple[int, ...]]:
+def expected_shapes(
+    decoder: str = "transpose", guide_channels: int = 0
+) -> dict[str, tuple[int, ...]]:
     """Parameter and buffer shapes of a fresh model, the reference for validating weights."""
-    return {k: tuple(v.shape) for k, v in ConvDiffusionModel(decoder).state_dict().items()}
+    model = ConvDiffusionModel(decoder, guide_channels)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -2,7 +2,7 @@
 
 ``base`` holds the :class:`Objective` interface and the registry (:func:`register`,
 :func:`get`, :func:`names`); each objective is one module (``reconstruct``, ``denoise``,
-``style``) and one line below. This package sits above what it uses (the network, the
+``style``, ``guided``) and one line below. This package sits above what it uses (the network, the
 samplers, the trainer's parts, checkpoints) and below what asks it (the engine, the trainer's
 command line, the gate, ``artd generate``); nothing it imports imports it back
 (tests/test_import_graph.py). docs/training.md says which objective suits which collection.
@@ -21,6 +21,7 @@ from core.objectives.base import (
     unregister,
 )
 from core.objectives.denoise import Denoise
+from core.objectives.guided import Guided
 from core.objectives.reconstruct import Reconstruct
 from core.objectives.style import Style
 from core.runtime.samplers import Sampler
@@ -29,6 +30,7 @@ from core.training.figure import Figure
 register(Reconstruct())
 register(Denoise())
 register(Style())
+register(Guided())
 
 # The built-in objectives, in registration order.
 OBJECTIVES: tuple[str, ...] = names()

@@ -28,6 +28,7 @@ import torch
 from loguru import logger
 from torch import nn
 
+from core.network.model import ConvDiffusionModel
 from core.network.space import ImageSpace, imagenet, uint8_to_pixels
 from core.training.figure import Figure
 
@@ -111,6 +112,8 @@ class Objective:
             raise ValueError(
                 f"diffusion is only for denoise checkpoints, got one for {self.name!r}"
             )
+        if data.get("guide") is not None:
+            raise ValueError(f"guide is only for guided checkpoints, got one for {self.name!r}")
 
     def sampler(self, meta: CheckpointMeta) -> Sampler:
         """How a checkpoint of this objective is served: one network pass."""
@@ -123,6 +126,10 @@ class Objective:
         return Figure(ImageSpace.of(meta))
 
     # --- training ---------------------------------------------------------------------------
+
+    def network(self, s: TrainSettings) -> ConvDiffusionModel:
+        """A fresh network for the run: the post's, with the run's decoder."""
+        return ConvDiffusionModel(s.decoder)
 
     def target(self, pixels: torch.Tensor) -> torch.Tensor:
         """What the network should make of 0..1 pixels ``pixels``: the image itself."""

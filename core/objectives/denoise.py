@@ -197,7 +197,9 @@ class Denoise(Objective):
 
     name = "denoise"
     summary = "denoise (diffusion)"
-    own_settings = frozenset({"parameterisation", "low_noise_prior"})
+    own_settings = frozenset(
+        {"parameterisation", "low_noise_prior", "sample_working_size", "sample_refine"}
+    )
     can_generate = True
 
     def space(self) -> ImageSpace:
@@ -215,19 +217,36 @@ class Denoise(Objective):
             "objective": self.name,
             "normalization": {k: list(v) for k, v in DENOISE_NORMALIZATION.items()},
             "diffusion": self.schedule(s).to_dict(),
-            "sampler": {
-                "strength": s.sample_strength,
-                "steps": s.sample_steps,
-                "eta": s.sample_eta,
-            },
+            "sampler": self.recommended(s),
         }
+
+    def recommended(self, s: TrainSettings) -> dict[str, float]:
+        """The recommended sampler settings (``meta.sampler``): the run's ``sample_*``; the
+        working size and refine strength only when set."""
+        sampler = {"strength": s.sample_strength, "steps": s.sample_steps, "eta": s.sample_eta}
+        working = self.working_size(s)
+        if working:
+            sampler["working_size"] = working
+        if s.sample_refine:
+            sampler["refine"] = s.sample_refine
+        return sampler
+
+    def working_size(self, s: TrainSettings) -> int:
+        """The recommended working size: the run's ``sample_working_size`` (0: none)."""
+        return s.sample_working_size or 0
 
     def validate_meta(self, data: Mapping[str, Any]) -> None:
         diffusion = data.get("diffusion")
         if not isinstance(diffusion, dict):
             raise ValueError(
-                f"diffusion must be an object for a denoise checkpoint, got {diffusion!r}"
+                f"diffusion must be an object for a {self.name} checkpoint, got {diffusion!r}"
             )
+        self.validate_guide(data.get("guide"))
+
+    def validate_guide(self, guide: object) -> None:
+        """A denoise checkpoint has no guide."""
+        if guide is not None:
+            raise ValueError(f"guide is only for guided checkpoints, got one for {self.name!r}")
 
     def sampler(self, meta: CheckpointMeta) -> Sampler:
         """SDEdit img2img (``DiffusionSampler``) with the checkpoint's schedule and

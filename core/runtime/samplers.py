@@ -8,7 +8,8 @@ memory layout. Which sampler a checkpoint gets is its objective's choice
 - :class:`SinglePass`, for one-pass objectives (``reconstruct``, the post's, and ``style``):
   one network pass on the pixels normalised as the checkpoint records. It takes no seeds,
   and sampler settings are ignored with one log line.
-- :class:`DiffusionSampler`, for ``denoise``: SDEdit img2img through
+- :class:`DiffusionSampler`, for ``denoise`` (and :class:`GuidedSampler`, for ``guided``,
+  which hands the network the photo's guide beside x_t): SDEdit img2img through
   ``core.diffusion.schedule.sample`` with one network call per step for the whole batch.
   The checkpoint contract: pixel image space with mean = std = 0.5, so the space's
   normalisation is ``core.diffusion.schedule.to_model`` (the sampler feeds the network x_t as
@@ -29,10 +30,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from core.diffusion.sampler_settings import DEFAULT_SAMPLER_SETTINGS, SamplerSettings
 from core.diffusion.schedule import Schedule, image_seed, sample
+from core.network.guide import Guide
+from core.network.shapes import SIZE_MULTIPLE
 from core.network.space import ImageSpace
 
 if TYPE_CHECKING:
@@ -47,6 +51,10 @@ class Sampler(nn.Module):
     ``sampler(pixels, network, seeds, settings)``. ``objective`` is the checkpoint's, for
     logs and refusals. A module so that ``.to(device)`` moves the image space's statistics
     with the engine."""
+
+    # Whether the network also sees a guide of the images (GuidedSampler): the pixels handed to
+    # a generation from noise then matter, as the layout to follow.
+    takes_guide = False
 
     def __init__(self, space: ImageSpace, objective: str) -> None:
         super().__init__()
@@ -82,35 +90,145 @@ class SinglePass(Sampler):
 class DiffusionSampler(Sampler):
     """SDEdit img2img on a denoise checkpoint (``core.diffusion.schedule.sample``), the batch
     stepping together: one ``network`` call per step, one noise seed per image.
-    ``recommended`` is what the checkpoint is served with unless the user overrides it."""
+    ``recommended`` is what the checkpoint is served with unless the user overrides it.
 
-    def __init__(self, space: ImageSpace, schedule: Schedule, recommended: SamplerSettings) -> None:
-        super().__init__(space, "denoise")
+    With a working size (``SamplerSettings.working_size``) smaller than the batch's shorter
+    side, the sampler runs at that size, where the network draws its texture at the scale it
+    learnt it, and the result is brought to the batch's size (bicubic); a ``refine`` strength
+    then runs a short second pass at the full size from that result, with noise of its own
+    (what "Hires. fix" does). Without one, nothing is resized."""
+
+    def __init__(
+        self,
+        space: ImageSpace,
+        schedule: Schedule,
+        recommended: SamplerSettings,
+        objective: str = "denoise",
+    ) -> None:
+        super().__init__(space, objective)
         self.schedule = schedule
         self.recommended = recommended
 
     def _sample(self, pixels, network, seeds, settings) -> torch.Tensor:
         if seeds is None or settings is None:
-            raise ValueError("a denoise checkpoint needs one seed per image and sampler settings")
+            raise ValueError(
+                f"a {self.objective} checkpoint needs one seed per image and sampler settings"
+            )
         # The network maps a NaN input to finite values (oneDNN's ReLU), so a step's NaN would
         # vanish by the last step: remember it per image, on the device (no host sync).
         broken = torch.zeros(len(pixels), dtype=torch.bool, device=pixels.device)
+        full = tuple(pixels.shape[-2:])
+        working = working_shape(full, settings.working_size)
+        if working is None:
+            result = sample(self._denoiser(network, pixels, broken, 1.0, settings), pixels,
+                            seeds, settings, self.schedule)  # fmt: skip
+        else:
+            small = resize_pixels(pixels, working)
+            result = sample(self._denoiser(network, small, broken, 1.0, settings), small,
+                            seeds, settings, self.schedule)  # fmt: skip
+            result = resize_pixels(result, full)
+            if settings.refine > 0:
+                refine = dataclasses.replace(settings, strength=settings.refine)
+                zoom = min(full) / min(working)
+                result = sample(self._denoiser(network, pixels, broken, zoom, refine), result,
+                                refine_seeds(seeds), refine, self.schedule)  # fmt: skip
+        return result.masked_fill_(broken.view(-1, 1, 1, 1), float("nan"))
+
+    def _denoiser(
+        self,
+        network: Network,
+        source: torch.Tensor,
+        broken: torch.Tensor,
+        zoom: float,
+        settings: SamplerSettings,
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """x_t -> the network's output in 0..1, for images ``source`` (0..1, at x_t's size;
+        ``zoom``: how much larger than the working size); marks non-finite outputs."""
 
         def denoise(x: torch.Tensor) -> torch.Tensor:
             out = self.space.to_pixels(network(x))
             broken.logical_or_(~torch.isfinite(out).all(dim=(1, 2, 3)))
             return out
 
-        result = sample(denoise, pixels, seeds, settings, self.schedule)
-        return result.masked_fill_(broken.view(-1, 1, 1, 1), float("nan"))
+        return denoise
+
+
+class GuidedSampler(DiffusionSampler):
+    """:class:`DiffusionSampler` for a guided checkpoint: every network call also sees the
+    guide of the images being sampled (``core.network.guide.Guide``, computed as training
+    computed it, at the sampling size), and with a guidance scale above 1 the prediction
+    without it too, in the same call: ``withheld + scale (guided - withheld)``. Settings with
+    ``guide`` False withhold it (every channel 0, as dropout did in training)."""
+
+    def __init__(
+        self,
+        space: ImageSpace,
+        schedule: Schedule,
+        recommended: SamplerSettings,
+        guide: Guide,
+        objective: str = "guided",
+    ) -> None:
+        super().__init__(space, schedule, recommended, objective)
+        self.guide = guide
+
+    takes_guide = True
+
+    def _denoiser(self, network, source, broken, zoom, settings):
+        present = torch.full((len(source),), settings.guide, dtype=torch.bool)
+        guide = self.guide.abstraction_of(source, self.guide.serve_blur * zoom, present)
+        scale = self.guide.scale
+
+        def denoise(x: torch.Tensor) -> torch.Tensor:
+            given = torch.cat([x, guide.to(x.dtype)], dim=1)
+            if scale == 1.0:
+                out = self.space.to_pixels(network(given))
+            else:
+                withheld = torch.cat([x, torch.zeros_like(guide, dtype=x.dtype)], dim=1)
+                both = self.space.to_pixels(network(torch.cat([given, withheld])))
+                guided, free = both.float().chunk(2)
+                out = free.add_(guided.sub_(free), alpha=scale)
+            broken.logical_or_(~torch.isfinite(out).all(dim=(1, 2, 3)))
+            return out
+
+        return denoise
+
+
+def working_shape(size: tuple[int, int], working: int) -> tuple[int, int] | None:
+    """The (height, width) a batch of ``size`` is sampled at for a working size (shorter
+    side) of ``working``: the aspect kept, each side a multiple of 8; None when ``working``
+    is 0 or the batch is no larger."""
+    if not working or min(size) <= working:
+        return None
+    scale = working / min(size)
+    return tuple(  # type: ignore[return-value]
+        max(SIZE_MULTIPLE, round(side * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE) for side in size
+    )
+
+
+def resize_pixels(pixels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """0..1 NCHW pixels at (height, width) ``size``: antialiased bilinear down, bicubic up
+    (clamped to 0..1); per image, so an image's result never depends on its batch."""
+    if tuple(pixels.shape[-2:]) == tuple(size):
+        return pixels
+    down = size[0] < pixels.shape[-2]
+    mode = "bilinear" if down else "bicubic"
+    out = F.interpolate(pixels.float(), size=tuple(size), mode=mode, align_corners=False,
+                        antialias=down)  # fmt: skip
+    return out.clamp_(0.0, 1.0).to(pixels.dtype)
+
+
+def refine_seeds(seeds: Sequence[int]) -> list[int]:
+    """The refining pass's noise seeds: one new 63-bit stream per image seed."""
+    return [image_seed(f"refine:{seed}", {}) for seed in seeds]
 
 
 def recommended_settings(meta: CheckpointMeta) -> SamplerSettings:
     """A denoise checkpoint's recommended settings (``meta.sampler``) over
     ``DEFAULT_SAMPLER_SETTINGS``; a bad recommendation raises ValueError naming it."""
     values = dict(meta.sampler)
-    if "steps" in values and float(values["steps"]).is_integer():
-        values["steps"] = int(values["steps"])  # JSON may carry 25 as 25.0
+    for name in ("steps", "working_size"):
+        if name in values and float(values[name]).is_integer():
+            values[name] = int(values[name])  # JSON may carry 25 as 25.0
     try:
         return dataclasses.replace(DEFAULT_SAMPLER_SETTINGS, **values)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:

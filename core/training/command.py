@@ -29,9 +29,20 @@ class CheckedSettings(TrainSettings):
         get(value)  # UnknownObjective names the choices
         return value
 
-    @field_validator("parameterisation", "low_noise_prior")
+    @field_validator(
+        "parameterisation",
+        "low_noise_prior",
+        "guide_abstraction",
+        "guide_blur_min",
+        "guide_blur_max",
+        "guide_serve_blur",
+        "guide_dropout",
+        "guidance_scale",
+        "sample_working_size",
+        "sample_refine",
+    )
     @classmethod
-    def _owned(cls, value: str, info: ValidationInfo) -> str:
+    def _owned(cls, value: object, info: ValidationInfo) -> object:
         """Anything but the field's default needs an objective that owns the field."""
         default = cls.model_fields[info.field_name].default
         if value != default and not owns(info.data.get("objective"), info.field_name):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from core.diffusion.schedule import Schedule, clean_pixels, image_seed, noised, seeded_noise
+from core.network.guide import Guide
 from core.network.space import ImageSpace
 
 # The levels every validation image is judged at (denoise).
@@ -33,9 +34,11 @@ class Figure:
 
     space: ImageSpace
     schedule: Schedule | None = None
+    # A guided network's guide: each input gets the clean image's guide at its served blur.
+    guide: Guide | None = None
 
     def to(self, device: torch.device) -> Figure:
-        return Figure(self.space.to(device), self.schedule)
+        return Figure(self.space.to(device), self.schedule, self.guide)
 
     def inputs(
         self, pixels: torch.Tensor, keys: Sequence[str]
@@ -48,10 +51,14 @@ class Figure:
             return
         if len(keys) != pixels.shape[0]:
             raise ValueError(f"need one key per image: {len(keys)} keys, {pixels.shape[0]} images")
+        guide = None
+        if self.guide is not None:
+            guide = self.guide.abstraction_of(pixels, self.guide.serve_blur).to(pixels.dtype)
         for level in VAL_LEVELS:
             seeds = [objective_seed("validation", image=key, level=level) for key in keys]
             noise = seeded_noise(seeds, pixels.shape[1:], pixels.device).to(pixels.dtype)
-            yield noised(pixels, level, noise, self.schedule), level
+            x_t = noised(pixels, level, noise, self.schedule)
+            yield (x_t if guide is None else torch.cat([x_t, guide], dim=1)), level
 
     def clean(
         self, output: torch.Tensor, inputs: torch.Tensor, level: float | None
@@ -61,4 +68,4 @@ class Figure:
         pixels = self.space.to_pixels(output.float())
         if self.schedule is None or level is None:
             return pixels
-        return clean_pixels(pixels, inputs, level, self.schedule)
+        return clean_pixels(pixels, inputs[:, :3], level, self.schedule)

@@ -70,12 +70,14 @@ def build_learner(
     state: dict[str, Any] | None,
     channels_last: bool,
     space: ImageSpace,
+    network: ConvDiffusionModel,
 ) -> Learner:
     """Model, optimizer, schedule and mixed precision; restored from ``state`` when resuming
     (the RNGs last: initialising the fresh weights has drawn from them). ``space``: how the
-    network sees images, the objective's (``Objective.space``)."""
+    network sees images, and ``network`` the fresh network, both the objective's
+    (``Objective.space``, ``Objective.network``)."""
     device = d.device
-    raw = ConvDiffusionModel(s.decoder).to(device)
+    raw = network.to(device)
     if channels_last:
         raw = raw.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(raw.parameters(), lr=s.lr)

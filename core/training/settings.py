@@ -61,6 +61,26 @@ class TrainSettings(BaseSettings):
         description="denoise: images swapped in at low noise levels so that a low strength "
         "gives a photo back: none, or dead-leaves (core/synthetic/dead_leaves.py)",
     )
+    guide_abstraction: Literal["luminance", "colour"] = Field(
+        "luminance",
+        description="guided: what the guide keeps of an image: its luminance or its colours "
+        "(core/network/guide.py)",
+    )
+    guide_blur_min: float = Field(
+        1.5, ge=0, description="guided: the guide's smallest Gaussian blur while training (px)"
+    )
+    guide_blur_max: float = Field(
+        4.0, ge=0, description="guided: the guide's largest Gaussian blur while training (px)"
+    )
+    guide_serve_blur: float | None = Field(
+        None, ge=0, description="guided: the blur served (px; default: the training range's middle)"
+    )
+    guide_dropout: float = Field(
+        0.0, ge=0, lt=1, description="guided: share of training images whose guide is withheld"
+    )
+    guidance_scale: float = Field(
+        1.0, ge=1, description="guided: the guidance scale served (above 1: two passes per step)"
+    )
     low_noise_below: float = Field(
         0.1, gt=0, le=1, description="denoise: the level below which the prior is swapped in"
     )
@@ -133,12 +153,29 @@ class TrainSettings(BaseSettings):
         le=1,
         description="denoise: recommended eta (1 = DDPM noise, 0 = DDIM)",
     )
+    sample_working_size: int | None = Field(
+        None,
+        ge=0,
+        description="denoise, guided: recommended working size, the shorter side sampled at "
+        "(0 = the output size; default: 0 for denoise, 2.5 x image_size for guided)",
+    )
+    sample_refine: float = Field(
+        0.0, ge=0, le=1, description="denoise, guided: recommended refining strength (0 = none)"
+    )
     tensorboard: bool = Field(True, description="write TensorBoard scalars if it is installed")
 
     @field_validator("image_size")
     @classmethod
     def _multiple_of_eight(cls, value: int) -> int:
         return check_size(value)
+
+    @field_validator("guide_blur_max")
+    @classmethod
+    def _blur_range(cls, value: float, info: ValidationInfo) -> float:
+        low = info.data.get("guide_blur_min", 0.0)
+        if value < low:
+            raise ValueError(f"must be at least guide_blur_min ({low}), got {value}")
+        return value
 
     @field_validator("device")
     @classmethod

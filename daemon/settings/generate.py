@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -34,6 +35,11 @@ class GenerateSettings(InitOnly, FlagNames, ModelSettings):
     )
     strength: float | None = Field(
         None, ge=0.0, le=1.0, allow_inf_nan=False, description="ignored: generation is strength 1"
+    )
+    guide: Path | None = Field(
+        None,
+        description="guided models: an image whose layout every image follows "
+        "(unset: none, the guide withheld)",
     )
 
     @field_validator("size")
