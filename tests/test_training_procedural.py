@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
 def test_the_cli_writes_an_engraving_collection(tmp_path):

@@ -11,12 +11,17 @@ separate a good autoencoder from a blurry one. The art styles (:data:`ART_STYLES
 brushstrokes, watercolour, pointillism, woodcut; ``core.synthetic.art_styles``) render a scene
 in one medium: a collection a denoiser learns a manner from. A data set is one style, or a mix
 that cycles through several: ``--style engraving`` or ``--style engraving,woodcut`` (``art`` names
-all five art styles, ``procedural`` the four procedural ones, the default).
+all five art styles, ``procedural`` the four procedural ones, the default). The art styles'
+texture scale can be fixed in output pixels: ``--stroke-period``, ``--supersample`` and
+``--scene-zoom`` (:func:`core.synthetic.art_styles.render`). Every data set folder gets a hidden
+manifest, :data:`MANIFEST`, that says how it was drawn (styles, size, those options, seed,
+count): training reads the collection's texture scale there.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +29,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from core.durable import write_atomic
 from core.synthetic import art_styles
+from core.synthetic.art_styles import MAX_SCENE_ZOOM, MAX_SUPERSAMPLE
 
 STYLES = ("plasma", "cells", "stripes", "gradient")
 ART_STYLES = tuple(art_styles.STYLES)
@@ -32,6 +39,9 @@ ALL_STYLES = STYLES + ART_STYLES
 # Names for groups of styles on the command line.
 STYLE_GROUPS = {"procedural": STYLES, "art": ART_STYLES}
 FORMATS = {"jpg": ("JPEG", ".jpg"), "png": ("PNG", ".png")}
+# The collection manifest write_dataset leaves next to the images. Hidden: the trainer's scan
+# (core.training.data.scan) takes every non-hidden file for an image and would reject it.
+MANIFEST = ".collection.json"
 
 
 def _palette(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -149,13 +159,65 @@ def generate(seed: int, width: int, height: int | None = None, style: str | None
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
-def render(style: str, seed: int, width: int, height: int | None = None) -> Image.Image:
-    """One image of any style in :data:`ALL_STYLES` (procedural or art)."""
+def render(
+    style: str,
+    seed: int,
+    width: int,
+    height: int | None = None,
+    *,
+    stroke_period: float | None = None,
+    supersample: int = 1,
+    scene_zoom: float = 1.0,
+) -> Image.Image:
+    """One image of any style in :data:`ALL_STYLES` (procedural or art). The keyword options
+    are :func:`core.synthetic.art_styles.render`'s and apply to the art styles only: a
+    procedural style with a non-default one raises ValueError naming it."""
     if style in ART_STYLES:
-        return art_styles.render(style, seed, width, height)
+        return art_styles.render(
+            style,
+            seed,
+            width,
+            height,
+            stroke_period=stroke_period,
+            supersample=supersample,
+            scene_zoom=scene_zoom,
+        )
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; choose from: {', '.join(ALL_STYLES)}")
+    if changed := _changed_options(stroke_period, supersample, scene_zoom):
+        raise ValueError(f"{changed[0]} applies to the art styles only, not to {style!r}")
     return generate(seed, width, height, style)
+
+
+# The art-only options: (keyword, command-line flag, default).
+ART_OPTIONS = (
+    ("stroke_period", "--stroke-period", None),
+    ("supersample", "--supersample", 1),
+    ("scene_zoom", "--scene-zoom", 1.0),
+)
+
+
+def _changed_options(stroke_period: float | None, supersample: int, scene_zoom: float) -> list[str]:
+    """The art-only options (keyword names) given a value other than their default."""
+    values = (stroke_period, supersample, scene_zoom)
+    return [name for (name, _, default), v in zip(ART_OPTIONS, values, strict=True) if v != default]
+
+
+def write_manifest(folder: Path, manifest: dict[str, object]) -> Path:
+    """Write ``manifest`` as JSON to :data:`MANIFEST` in ``folder``, atomically (a temporary
+    file in the same folder, fsync, ``os.replace``: :func:`core.durable.write_atomic`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / MANIFEST
+    write_atomic(path, (json.dumps(manifest, indent=2) + "\n").encode())
+    return path
+
+
+def read_manifest(folder: Path) -> dict[str, object] | None:
+    """The collection manifest :func:`write_dataset` left in ``folder``, or None."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def parse_styles(text: str) -> tuple[str, ...]:
@@ -181,12 +243,22 @@ def write_dataset(
     classes: bool = True,
     vary_aspect: bool = False,
     styles: Sequence[str] = STYLES,
+    stroke_period: float | None = None,
+    supersample: int = 1,
+    scene_zoom: float = 1.0,
 ) -> list[Path]:
     """Write ``count`` images into ``out`` (style sub-folders when ``classes``, like the Kaggle
     set) and return their paths. Image ``i`` has style ``styles[i % len(styles)]`` and seed
-    ``seed * 1_000_003 + i``."""
+    ``seed * 1_000_003 + i``. ``stroke_period``, ``supersample`` and ``scene_zoom`` are
+    :func:`render`'s (art styles only). Also writes the manifest :data:`MANIFEST` in ``out``:
+    styles, size, those three options, seed and count (hidden, so the trainer's scan skips it).
+    """
     pil_format, ext = FORMATS[fmt]
     out = Path(out)
+    changed = _changed_options(stroke_period, supersample, scene_zoom)
+    if changed and (not_art := [s for s in styles if s not in ART_STYLES]):
+        raise ValueError(f"{changed[0]} applies to the art styles only, not to {not_art}")
+    art_styles.check_options(stroke_period, supersample, scene_zoom)
     paths = []
     for i in range(count):
         image_seed = seed * 1_000_003 + i
@@ -198,12 +270,30 @@ def write_dataset(
             width, height = (size, max(8, round(size / ratio)))
             if rng.random() < 0.5:
                 width, height = height, width
-        img = render(style, image_seed, width, height)
+        img = render(
+            style,
+            image_seed,
+            width,
+            height,
+            stroke_period=stroke_period,
+            supersample=supersample,
+            scene_zoom=scene_zoom,
+        )
         folder = out / style if classes else out
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{style}-{i:05d}{ext}"
         img.save(path, pil_format, **({"quality": 92} if pil_format == "JPEG" else {}))
         paths.append(path)
+    manifest: dict[str, object] = {
+        "styles": list(styles),
+        "size": size,
+        "stroke_period": stroke_period,
+        "supersample": supersample,
+        "scene_zoom": scene_zoom,
+        "seed": seed,
+        "count": count,
+    }
+    write_manifest(out, manifest)
     return paths
 
 
@@ -225,11 +315,45 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(ALL_STYLES)
         + "; 'art' = the five art styles, 'procedural' = the four procedural ones (default)",
     )
+    parser.add_argument(
+        "--stroke-period",
+        type=float,
+        default=None,
+        metavar="P",
+        help="art styles: engraving's hatch period in output pixels (> 0); the other styles' "
+        "texture scales alike (default: it grows with the image's shorter side)",
+    )
+    parser.add_argument(
+        "--supersample",
+        type=int,
+        default=1,
+        metavar="N",
+        help=f"art styles: draw at N x the size and reduce, antialiased (1..{MAX_SUPERSAMPLE})",
+    )
+    parser.add_argument(
+        "--scene-zoom",
+        type=float,
+        default=1.0,
+        metavar="Z",
+        help="art styles: each image is a crop of a scene Z x larger, so objects are larger "
+        f"and the texture keeps its size (1..{MAX_SCENE_ZOOM:g})",
+    )
     args = parser.parse_args(argv)
     try:
         styles = parse_styles(args.style)
     except ValueError as exc:
         parser.error(f"--style: {exc}")
+    period, n, zoom = args.stroke_period, args.supersample, args.scene_zoom
+    if period is not None and not (math.isfinite(period) and period > 0):
+        parser.error(f"--stroke-period: must be a number > 0, got {period:g}")
+    if not 1 <= n <= MAX_SUPERSAMPLE:
+        parser.error(f"--supersample: must be an integer 1..{MAX_SUPERSAMPLE}, got {n}")
+    if not (math.isfinite(zoom) and 1.0 <= zoom <= MAX_SCENE_ZOOM):
+        parser.error(f"--scene-zoom: must be 1..{MAX_SCENE_ZOOM:g}, got {zoom:g}")
+    not_art = [s for s in dict.fromkeys(styles) if s not in ART_STYLES]
+    for name, flag, _ in ART_OPTIONS:
+        if not_art and name in _changed_options(period, n, zoom):
+            parser.error(f"{flag} applies to the art styles only, not to {', '.join(not_art)}")
     paths = write_dataset(
         args.out,
         args.count,
@@ -239,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         classes=not args.flat,
         vary_aspect=args.vary_aspect,
         styles=styles,
+        stroke_period=period,
+        supersample=n,
+        scene_zoom=zoom,
     )
     print(f"wrote {len(paths)} images ({', '.join(dict.fromkeys(styles))}) to {args.out}")
     return 0
