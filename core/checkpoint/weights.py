@@ -53,6 +53,14 @@ def validate_state_dict(
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected keys: {few(unexpected)}")
     problems += _tensor_problems(state_dict, expected)
+    first = state_dict.get("enc1.0.weight")
+    if problems and isinstance(first, torch.Tensor) and first.dim() == 4:
+        extra = first.shape[1] - 3
+        if extra > 0 and extra != guide_channels:
+            problems.append(
+                f"the weights take {extra} guide channels where the metadata's guide gives "
+                f"{guide_channels}: a guided network whose metadata lacks or misstates its guide"
+            )
     if problems:
         parts = [] if decoder == "transpose" else [f"{decoder} decoder"]
         parts += [f"{guide_channels} guide channels"] if guide_channels else []

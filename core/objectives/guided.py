@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from core.diffusion.sampler_settings import SamplerSettings
+from core.diffusion.sampler_settings import MIN_WORKING, SamplerSettings
 from core.diffusion.schedule import DENOISE_NORMALIZATION, Schedule
 from core.network.guide import Guide
 from core.network.model import ConvDiffusionModel
@@ -128,11 +128,12 @@ class Guided(Denoise):
         return {**super().meta_fields(s), "guide": run_guide(s).to_dict()}
 
     def working_size(self, s: TrainSettings) -> int:
-        """The run's ``sample_working_size``, else 2.5 x its training size (multiple of 8)."""
+        """The run's ``sample_working_size``, else 2.5 x its training size (a multiple of 8,
+        at least the smallest working size a sampler takes)."""
         if s.sample_working_size is not None:
             return s.sample_working_size
         ratio = WORKING_OVER_TRAINING * s.image_size / SIZE_MULTIPLE
-        return round(ratio) * SIZE_MULTIPLE
+        return max(MIN_WORKING, round(ratio) * SIZE_MULTIPLE)
 
     def validate_guide(self, guide: object) -> None:
         """A guided checkpoint records a guide :class:`Guide` can read."""

@@ -5,7 +5,9 @@ decoded images; what the checkpoint does to an image (normalisation, the network
 post-processing) is its sampler's business (core.runtime.samplers). Reduced precision is taken
 only where the hardware does it natively and a probe image shows the output stays within
 tolerance of fp32; otherwise it runs fp32. A denoise checkpoint's probe runs its whole
-sampler at the recommended settings, so the tolerance holds for what is served.
+sampler at the recommended settings, so the tolerance holds for what is served; a guided
+checkpoint's probe is one network call (``GuidedSampler.probe``), the sampler's effect on the
+picture being the art benchmark's to judge.
 
 Three ways in, by what the caller holds and wants back:
 
@@ -33,7 +35,7 @@ import torch
 from loguru import logger
 from PIL import Image
 
-from core.checkpoint import Checkpoint, build_model, load_checkpoint
+from core.checkpoint import Checkpoint, CheckpointError, build_model, load_checkpoint
 from core.diffusion.sampler_settings import SamplerRequest, SamplerSettings
 from core.images.pixels import from_tensor
 from core.network.folded import FoldedModel, stage_dtypes
@@ -81,7 +83,10 @@ class Engine:
         # per precision (about 1.5x faster on CPU, equal to rounding; see core.network.folded).
         self.model = build_model(checkpoint).to(self.device)
         self._folded_models: dict[str, torch.nn.Module] = {}
-        self.sampler = sampler_for(checkpoint.meta).to(self.device)  # the objective's choice
+        try:
+            self.sampler = sampler_for(checkpoint.meta).to(self.device)  # the objective's choice
+        except ValueError as exc:  # metadata its objective cannot serve: name the file
+            raise CheckpointError(str(exc), checkpoint.path) from exc
         self.objective = self.sampler.objective
         self._said_ignored = False  # a reconstruct checkpoint's one "settings ignored" line
         self._compiled: torch.nn.Module | None = None  # the precision probe runs eager
@@ -208,8 +213,8 @@ class Engine:
         probe = torch.rand(2, 3, 64, 64, generator=generator).to(self.device)
         settings = self.sampler_settings()
         seeds = None if settings is None else [0, 1]
-        reference = self._sample(probe, "fp32", seeds, settings)
-        reduced = self._sample(probe, precision, seeds, settings)
+        reference = self._sample(probe, "fp32", seeds, settings, probe=True)
+        reduced = self._sample(probe, precision, seeds, settings, probe=True)
         return float((reference - reduced).abs().max())
 
     # -- the sampler and the network -------------------------------------------------------
@@ -220,16 +225,19 @@ class Engine:
         precision: str,
         seeds: Sequence[int] | None = None,
         settings: SamplerSettings | None = None,
+        probe: bool = False,
     ) -> torch.Tensor:
         """The sampler on pixels 0..1 (N, 3, H, W) on the device, its network passes in
         ``precision``: the image 0..1. A denoise checkpoint's sampler needs ``seeds`` (one
-        per image) and ``settings``."""
+        per image) and ``settings``. ``probe``: what the precision probe compares
+        (``Sampler.probe``: one network call of a sampling checkpoint)."""
         with torch.inference_mode():
 
             def network(x: torch.Tensor) -> torch.Tensor:
                 return self._network_pass(x, precision)
 
-            return self.sampler(pixels, network, seeds, settings)
+            run = self.sampler.probe if probe else self.sampler
+            return run(pixels, network, seeds, settings)
 
     def _folded(self, precision: str) -> torch.nn.Module:
         """The BatchNorm-folded network in ``precision``, built on first use."""

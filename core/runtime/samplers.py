@@ -34,7 +34,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.diffusion.sampler_settings import DEFAULT_SAMPLER_SETTINGS, SamplerSettings
-from core.diffusion.schedule import Schedule, image_seed, sample
+from core.diffusion.schedule import (
+    Schedule,
+    clean_pixels,
+    image_seed,
+    noised,
+    sample,
+    seeded_noise,
+)
 from core.network.guide import Guide
 from core.network.shapes import SIZE_MULTIPLE
 from core.network.space import ImageSpace
@@ -44,6 +51,8 @@ if TYPE_CHECKING:
 
 # The network as the engine runs it: the sampler's input for it in, raw output out.
 Network = Callable[[torch.Tensor], torch.Tensor]
+# The noise level a sampling checkpoint's precision probe denoises from.
+PROBE_LEVEL = 0.5
 
 
 class Sampler(nn.Module):
@@ -74,6 +83,17 @@ class Sampler(nn.Module):
 
     def _sample(self, pixels, network, seeds, settings) -> torch.Tensor:
         raise NotImplementedError
+
+    def probe(
+        self,
+        pixels: torch.Tensor,
+        network: Network,
+        seeds: Sequence[int] | None,
+        settings: SamplerSettings | None,
+    ) -> torch.Tensor:
+        """What the engine's precision probe compares across precisions: the whole sampler
+        for one pass; a sampling sampler overrides it with one of its network calls."""
+        return self(pixels, network, seeds, settings)
 
 
 class SinglePass(Sampler):
@@ -160,6 +180,8 @@ class GuidedSampler(DiffusionSampler):
     without it too, in the same call: ``withheld + scale (guided - withheld)``. Settings with
     ``guide`` False withhold it (every channel 0, as dropout did in training)."""
 
+    takes_guide = True
+
     def __init__(
         self,
         space: ImageSpace,
@@ -171,7 +193,20 @@ class GuidedSampler(DiffusionSampler):
         super().__init__(space, schedule, recommended, objective)
         self.guide = guide
 
-    takes_guide = True
+    def probe(self, pixels, network, seeds, settings) -> torch.Tensor:
+        """One denoising call at level :data:`PROBE_LEVEL` with seeded noise: the clean
+        pixels it predicts. A guided checkpoint's reduced precision is judged per network
+        pass, the error each step adds: the whole chain's difference to fp32 is the
+        sampler's own noise fed back, and its effect on the picture is the art benchmark's
+        to judge (docs/art-benchmark.md). A denoise checkpoint keeps the whole-chain probe
+        it was always served with, so it keeps the precision, and the pixels, it had."""
+        if seeds is None or settings is None:
+            raise ValueError(f"a {self.objective} probe needs seeds and sampler settings")
+        noise = seeded_noise(seeds, pixels.shape[1:], pixels.device)
+        x_t = noised(pixels.float(), PROBE_LEVEL, noise, self.schedule)
+        broken = torch.zeros(len(pixels), dtype=torch.bool, device=pixels.device)
+        out = self._denoiser(network, pixels, broken, 1.0, settings)(x_t)
+        return clean_pixels(out.float(), x_t, PROBE_LEVEL, self.schedule)
 
     def _denoiser(self, network, source, broken, zoom, settings):
         present = torch.full((len(source),), settings.guide, dtype=torch.bool)

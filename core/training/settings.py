@@ -30,7 +30,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.config import check_device
-from core.diffusion.sampler_settings import DEFAULT_SAMPLER_SETTINGS
+from core.diffusion.sampler_settings import DEFAULT_SAMPLER_SETTINGS, MIN_WORKING
 from core.images.decode import DEFAULT_MAX_PIXELS
 from core.network.shapes import check_size
 
@@ -175,6 +175,13 @@ class TrainSettings(BaseSettings):
         low = info.data.get("guide_blur_min", 0.0)
         if value < low:
             raise ValueError(f"must be at least guide_blur_min ({low}), got {value}")
+        return value
+
+    @field_validator("sample_working_size")
+    @classmethod
+    def _servable_working_size(cls, value: int | None) -> int | None:
+        if value is not None and 0 < value < MIN_WORKING:
+            raise ValueError(f"must be 0 (the output size) or at least {MIN_WORKING}, got {value}")
         return value
 
     @field_validator("device")
