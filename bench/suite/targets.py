@@ -31,6 +31,10 @@ TARGETS: list[tuple[str, str, Callable[[Any], float], Callable[[float], bool], s
      lambda f: f[1]["peak_mb"] / f[0]["peak_mb"], lambda v: v <= 1.10, "x{:.2f}"),
     ("peak RSS < 1.5 GB (shipped model, 512 px)", "memory", lambda f: f[2]["peak_mb"],
      lambda v: v < 1536, "{:.0f} MB"),
+    ("shipped model <= 0.5 s per 512 px image (daemon defaults)", "daemon.shipped",
+     lambda f: f["s_per_image"], lambda v: v <= 0.5, "{:.3f} s"),
+    ("shipped model >= 5x the previous shipped model", "daemon.shipped",
+     lambda f: f.get("speedup_vs_previous", float("nan")), lambda v: v >= 5, "{:.2f}x"),
     ("training >= 2x post, perceptual on", "training.perceptual_on", lambda f: f["ratio"],
      lambda v: v >= 2, "{:.2f}x"),
 ]  # fmt: skip
