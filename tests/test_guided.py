@@ -142,7 +142,7 @@ def test_a_guided_run_records_its_guide_and_working_size(
     meta = best.meta
     assert meta.objective == "guided" and meta.settings["objective"] == "guided"
     assert meta.guide == {
-        "abstraction": "luminance", "blur_min": 1.5, "blur_max": 4.0, "serve_blur": 2.75,
+        "abstraction": "luminance", "blur_min": 1.5, "blur_max": 4.0, "serve_blur": 1.5,
         "dropout": 0.0, "scale": 1.0, "channels": 2,
     }  # fmt: skip
     assert meta.sampler == {"strength": 0.5, "steps": 2, "eta": 1.0, "working_size": WORKING}

@@ -48,9 +48,7 @@ WORKING_OVER_TRAINING = 2.5
 
 def run_guide(s: TrainSettings) -> Guide:
     """The guide a run trains with, from its ``guide_*`` settings."""
-    serve = s.guide_serve_blur
-    if serve is None:
-        serve = (s.guide_blur_min + s.guide_blur_max) / 2
+    serve = s.guide_blur_min if s.guide_serve_blur is None else s.guide_serve_blur
     return Guide(
         abstraction=s.guide_abstraction,
         blur_min=s.guide_blur_min,
