@@ -1,4 +1,4 @@
-"""Model workers (daemon.model_workers): real child processes, real torch, tiny real
+"""Model workers (daemon.workers): real child processes, real torch, tiny real
 checkpoints; and the crash-charging rule (CrashLedger), exhaustively, as pure logic."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from core.reasons import Reason
 from core.runtime.engine import Engine
 from core.runtime.errors import InferenceError
 from core.runtime.img2img import Inference, OutputSettings
-from daemon.model_workers import (
+from daemon.workers import (
     POISON_ENV,
     SEGMENT_PREFIX,
     CrashLedger,

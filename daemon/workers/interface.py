@@ -1,0 +1,161 @@
+"""What callers of a model worker see, whatever kind of worker it is: the :class:`ModelWorker`
+interface, what it takes (:class:`EngineOptions`) and gives back (:class:`ModelInfo`,
+:class:`ResultPixels`, :class:`WorkerHealth`, :class:`BatchTiming`), and its two exceptions
+(:class:`WorkerDied`, :class:`WorkerUnavailable`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from core.diffusion.sampler_settings import SamplerRequest, SamplerSettings
+from core.outputs.settings import OutputSettings
+from core.runtime.errors import InferenceError
+
+STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """``core.runtime.engine.Engine``'s keyword arguments (daemon.settings.model has them)."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    max_batch: int | None = None
+    cpu_threads: int | None = None
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model a worker serves: what the service needs to batch for it and to write each
+    output's provenance without loading the weights itself."""
+
+    path: Path
+    version: str
+    sha256: str
+    objective: str
+    epoch: int | None
+    device: str
+    precision: str
+    max_batch: int
+    recommended: SamplerSettings | None  # None: a one-pass checkpoint (no sampler settings)
+
+    def sampler_settings(self, request: SamplerRequest | None = None) -> SamplerSettings | None:
+        """The effective settings, as ``Engine.sampler_settings`` resolves them."""
+        if self.recommended is None:
+            return None
+        return (request or SamplerRequest()).resolve(self.recommended)
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    """For /healthz, /metrics and the page. ``error``: why the worker is not serving (it
+    never came up, or its last restart failed), or the model a hot reload refused while the
+    old one serves on."""
+
+    alive: bool
+    busy: bool
+    model_version: str | None
+    restarts: int
+    heartbeat_age_s: float | None  # None while no process runs
+    pid: int | None = None
+    device: str | None = None
+    precision: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ResultPixels:
+    """One result: HWC uint8 RGB, or RGBA with the model's own composited RGB beside it."""
+
+    pixels: np.ndarray
+    composited: np.ndarray | None = None
+
+    def image(self) -> Image.Image:
+        """The image ``Inference.run`` gave in the worker (mode, and ``info["composited"]``
+        for RGBA), ready for ``Inference.encode``."""
+        image = Image.fromarray(self.pixels)
+        if self.composited is not None:
+            image.info["composited"] = Image.fromarray(self.composited)
+        return image
+
+
+WorkerResult = ResultPixels | InferenceError
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    """The last batch: wall time through the worker, and the model's share of it (the time
+    ``Inference.run`` took in the child); the rest is what the worker costs."""
+
+    total_s: float
+    model_s: float
+
+    @property
+    def overhead_s(self) -> float:
+        return self.total_s - self.model_s
+
+
+class WorkerDied(Exception):
+    """The worker died with this batch in it; no result came back. ``kind``: ``signal``,
+    ``exit``, ``heartbeat`` (missed its bound: killed) or ``timeout`` (the batch ran past its
+    bound: killed). The next call restarts it; :class:`CrashLedger` says what to retry."""
+
+    def __init__(
+        self,
+        cause: str,
+        *,
+        kind: Literal["signal", "exit", "heartbeat", "timeout"],
+        signal: int | None = None,
+        exitcode: int | None = None,
+    ) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.kind = kind
+        self.signal = signal
+        self.exitcode = exitcode
+
+
+class WorkerUnavailable(Exception):
+    """No worker can serve (it cannot load its checkpoint, cannot start, or was stopped): the
+    host's or the model's problem, never a file's. Keep the batch and try later."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@runtime_checkable
+class ModelWorker(Protocol):
+    """What the pipeline needs of a worker, local process or remote actor alike."""
+
+    def start(self, checkpoint: Path, options: EngineOptions | None = None) -> ModelInfo:
+        """Load ``checkpoint`` (a running worker switches to it only if it loads and passes
+        the probe; otherwise the old model serves on). Raises WorkerUnavailable."""
+        ...
+
+    def run(
+        self,
+        batch: Sequence[np.ndarray],
+        sha256s: Sequence[str],
+        request: SamplerRequest | None,
+        output: OutputSettings,
+    ) -> list[WorkerResult]:
+        """One result or InferenceError per HWC uint8 image of one shape, in order. Raises
+        WorkerDied (the batch was in a worker that died) or WorkerUnavailable."""
+        ...
+
+    def health(self) -> WorkerHealth:
+        """Never blocks on a batch in progress."""
+        ...
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Let the batch in progress finish within ``timeout_s``, then end the worker and
+        everything it holds."""
+        ...
