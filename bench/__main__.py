@@ -26,8 +26,8 @@ from bench.shared.common import DEFAULT_OUT, Run
 # Every suite member, in the order they run: bench.suite.NAME, each with bench(run). Order
 # matters: "targets" reads the figures the others left in Run.figures.
 BENCHES = (
-    "floors", "process", "daemon", "latency", "memory", "training", "colour", "page",
-    "gpu_decode", "art", "targets",
+    "floors", "process", "daemon", "shipped", "latency", "memory", "training", "colour",
+    "page", "gpu_decode", "art", "targets",
 )  # fmt: skip
 # gpu_decode is for bench/scripts/gpu.sh; the default run on a CPU machine leaves it out.
 DEFAULT_SKIP = {"gpu_decode"}
