@@ -1,6 +1,7 @@
 """The shipped model (core/assets/default.safetensors) is the art model its card describes:
-a denoise checkpoint that turns a real photograph into an engraving-like picture that keeps
-the photo's layout, served by `artd process` with its own recommended settings."""
+a guided checkpoint that turns a real photograph into an engraving-like picture that keeps
+the photo's layout, served by `artd process` with its own recommended settings, at its
+working size."""
 
 from __future__ import annotations
 
@@ -21,11 +22,14 @@ from core.synthetic import procedural
 CARD = Path(core.__file__).parent / "assets" / "MODEL_CARD.md"
 
 
-def test_the_shipped_model_is_the_denoise_model_of_its_card() -> None:
+def test_the_shipped_model_is_the_guided_model_of_its_card() -> None:
     meta = load_checkpoint(core.DEFAULT_CHECKPOINT).meta
-    assert meta.objective == "denoise" and meta.decoder == "upsample-full"
-    assert set(meta.sampler) == {"strength", "steps", "eta"}
-    assert meta.dataset_hash and meta.dataset_hash in CARD.read_text(encoding="utf-8")
+    card = CARD.read_text(encoding="utf-8")
+    assert meta.objective == "guided" and meta.decoder == "upsample-full"
+    assert meta.guide is not None and meta.guide["abstraction"] == "luminance"
+    assert meta.sampler == {"strength": 0.5, "steps": 12, "eta": 1.0, "working_size": 160}
+    assert "working size 160 px" in card.replace("**", "") and "12 steps" in card
+    assert meta.dataset_hash and meta.dataset_hash in card
 
 
 def blurred_luminance(img: Image.Image) -> np.ndarray:
