@@ -520,6 +520,10 @@ def test_the_working_scale_samples_small_then_brings_the_result_up(
     # 96 px is no larger than a working size of 96 or more: sampled at 96, refine unused.
     for request in (SamplerRequest(working_size=96), SamplerRequest(working_size=200, refine=0.5)):
         assert torch.equal(engine.infer(x, seeds, request), full)
+    # A strength that takes no step returns the photo exactly, never through the working size.
+    for strength in (0.0, 0.02):
+        request = SamplerRequest(working_size=48, refine=0.3, strength=strength)
+        assert torch.equal(engine.infer(x, seeds, request), x)
 
 
 def test_the_guide_leads_and_a_withheld_guide_ignores_the_photo(

@@ -41,6 +41,7 @@ from core.diffusion.schedule import (
     noised,
     sample,
     seeded_noise,
+    step_count,
 )
 from core.network.guide import Guide
 from core.network.shapes import SIZE_MULTIPLE
@@ -116,7 +117,8 @@ class DiffusionSampler(Sampler):
     side, the sampler runs at that size, where the network draws its texture at the scale it
     learnt it, and the result is brought to the batch's size (bicubic); a ``refine`` strength
     then runs a short second pass at the full size from that result, with noise of its own
-    (what "Hires. fix" does). Without one, nothing is resized."""
+    (what "Hires. fix" does). Without one, or at a strength that takes no step, nothing is
+    resized: a strength below half a step returns the photo exactly."""
 
     def __init__(
         self,
@@ -139,6 +141,8 @@ class DiffusionSampler(Sampler):
         broken = torch.zeros(len(pixels), dtype=torch.bool, device=pixels.device)
         full = tuple(pixels.shape[-2:])
         working = working_shape(full, settings.working_size)
+        if step_count(settings.strength, settings.steps) == 0:
+            working = None  # no step is taken: the photo comes back exactly, never resampled
         if working is None:
             result = sample(self._denoiser(network, pixels, broken, 1.0, settings), pixels,
                             seeds, settings, self.schedule)  # fmt: skip

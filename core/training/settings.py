@@ -73,8 +73,10 @@ class TrainSettings(BaseSettings):
         4.0, ge=0, description="guided: the guide's largest Gaussian blur while training (px)"
     )
     guide_serve_blur: float | None = Field(
-        None, ge=0, description="guided: the blur served (px; default: guide_blur_min, the "
-        "sharpest guide the network saw: it keeps faces best)"
+        None,
+        ge=0,
+        description="guided: the blur served (px; default: guide_blur_min, the "
+        "sharpest guide the network saw: it keeps faces best)",
     )
     guide_dropout: float = Field(
         0.0, ge=0, lt=1, description="guided: share of training images whose guide is withheld"
