@@ -20,12 +20,12 @@ def main(argv: list[str] | None = None) -> int:
         description=bench.art.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model-a", type=Path, help="denoise checkpoint trained on A")
-    parser.add_argument("--model-b", type=Path, help="denoise checkpoint trained on B")
+    parser.add_argument("--model-a", type=Path, help="guided checkpoint trained on A")
+    parser.add_argument("--model-b", type=Path, help="guided checkpoint trained on B")
     parser.add_argument("--train", action="store_true", help="build both from the recipe")
     parser.add_argument("--quick", action="store_true", help="2 photos, 4 strengths, tiny recipe")
     parser.add_argument("--recipe", choices=("bench", "tiny"),
-                        help="recipe for --train and the held-out collections "
+                        help="recipe for --train and the collections "
                         "(default: tiny with --quick, else bench)")  # fmt: skip
     parser.add_argument("--style-a", help="collection A's style (default: the recipe's)")
     parser.add_argument("--style-b", help="collection B's style (default: the recipe's)")

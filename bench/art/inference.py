@@ -1,27 +1,51 @@
-"""One art-bench checkpoint through the product's inference path, and its per-step cost.
+"""One art-bench checkpoint through the product's default path, timed and its passes counted.
 
-:class:`Model` runs a denoise checkpoint on the CPU engine (``core.runtime.img2img``) at its
-recommended sampler settings; :func:`step_cost` times a sampling step against the
-model-alone floor, the same engine's network call with no sampler.
+:class:`Model` runs a denoise or guided checkpoint on the CPU engine as the daemon does
+(``core.runtime.engine.Engine`` with its default threads and precision,
+``core.runtime.img2img.Inference.run_all``, each photo's noise seeded from its content hash)
+at the checkpoint's recommended settings (steps, eta, working size, refine) and a given
+strength. Photos go in at the daemon's default output size (:data:`OUTPUT_SIZE`, read from
+``daemon.settings.render``). It counts the network's real passes by wrapping the engine's
+one network call (``Engine._network_pass``): every image row the network sees, so a
+guidance scale above 1, a refining pass or an fp32 retry all count.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from bench.shared.common import alternate, median
+from bench.shared.photos import resized
 from core.diffusion.sampler_settings import SamplerRequest
-from core.diffusion.schedule import Schedule, step_count, to_model
+from core.diffusion.schedule import Schedule
+from daemon.settings.render import RenderSettings
+
+# What a person gets from the daemon by default: the output's longer side, and how.
+OUTPUT_SIZE: int = RenderSettings.model_fields["size"].default
+OUTPUT_RESIZE = RenderSettings.model_fields["resize"].default
+
+
+def at_output_size(rgb: np.ndarray, size: int = OUTPUT_SIZE) -> np.ndarray:
+    """A photo as the daemon hands it to the model at output size ``size``."""
+    return resized(rgb, size, OUTPUT_RESIZE)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """One run of a model over the photos at one strength."""
+
+    images: list[np.ndarray]  # HWC uint8, each at its photo's size
+    seconds: float  # wall seconds per image through Inference.run_all
+    passes: float  # network passes per image (image rows the network saw / images)
 
 
 class Model:
-    """One checkpoint on the CPU engine, the product's path (core.runtime.img2img)."""
+    """One checkpoint on the CPU engine, the product's path (module docstring)."""
 
     def __init__(self, path: Path) -> None:
         from core.runtime.engine import Engine
@@ -30,62 +54,37 @@ class Model:
         self.engine = Engine.from_path(path, device="cpu")
         recommended = self.engine.sampler_settings()
         if recommended is None:
-            raise ValueError(f"{path} is not a denoise checkpoint")
+            raise ValueError(f"{path} is not a diffusion (denoise or guided) checkpoint")
         self.recommended = recommended
-        self.size = self.engine.checkpoint.meta.train_size
         self.schedule = Schedule.from_dict(self.engine.checkpoint.meta.diffusion or {})
+        self._rows = 0
+        network_pass = self.engine._network_pass
 
-    def run(self, images: Sequence[np.ndarray], hashes: Sequence[str], strength: float):
+        def counted(x: torch.Tensor, precision: str) -> torch.Tensor:
+            self._rows += len(x)
+            return network_pass(x, precision)
+
+        self.engine._network_pass = counted  # type: ignore[method-assign]
+
+    @property
+    def objective(self) -> str:
+        return self.engine.objective
+
+    def run(self, images: Sequence[np.ndarray], hashes: Sequence[str], strength: float) -> Outputs:
+        """The photos through the engine at ``strength`` and the recommended settings."""
         from core.runtime.errors import InferenceError
         from core.runtime.img2img import Inference, OutputSettings
 
-        request = SamplerRequest(strength=strength, steps=self.recommended.steps)
-        inference = Inference(self.engine, OutputSettings(self.size), request)
+        request = SamplerRequest(strength)
+        inference = Inference(self.engine, OutputSettings(OUTPUT_SIZE), request)
+        rows, started = self._rows, time.perf_counter()
         results = inference.run_all(list(images), list(hashes))
+        seconds = time.perf_counter() - started
         for r in results:
             if isinstance(r, InferenceError):
                 raise RuntimeError(f"{self.path.name} at strength {strength}: {r}")
-        return [np.asarray(r.convert("RGB")) for r in results]
-
-    def from_noise(self, count: int) -> list[np.ndarray]:
-        blank = [np.zeros((self.size, self.size, 3), np.uint8)] * count
-        return self.run(blank, [f"bench-art-noise:{i}" for i in range(count)], 1.0)
-
-
-def step_cost(model: Model, photos: Sequence[np.ndarray], repeats: int) -> dict[str, Any]:
-    """ms per image per step through the engine at the recommended settings, against the
-    model-alone floor: the same engine's network call (``Engine._network_pass``, the one the
-    sampler makes) on a batch of the same shape, as many times as there are steps."""
-    engine, rec = model.engine, model.recommended
-    batch = min(engine.max_batch, len(photos))
-    pixels = torch.from_numpy(np.stack(photos[:batch])).permute(0, 3, 1, 2).float() / 255
-    seeds = list(range(batch))
-    request = SamplerRequest(strength=rec.strength, steps=rec.steps)
-    steps = step_count(rec.strength, rec.steps)
-    x = to_model(pixels)
-
-    def timed(work: Callable[[], object]) -> Callable[[], float]:
-        def run() -> float:
-            started = time.perf_counter()
-            work()
-            return time.perf_counter() - started
-
-        return run
-
-    def sampler() -> None:
-        engine.infer(pixels, seeds, request)
-
-    def network() -> None:
-        with torch.inference_mode():
-            for _ in range(steps):
-                engine._network_pass(x, engine.precision)
-
-    sampler(), network()  # warm-up: oneDNN picks its kernels on the first calls
-    times = alternate({"sampler": timed(sampler), "floor": timed(network)}, repeats)
-    per = {k: median(v) * 1000 / (batch * steps) for k, v in times.items()}
-    return {
-        "batch": batch, "steps": steps, "strength": rec.strength, "threads":
-        torch.get_num_threads(), "precision": engine.precision, "size": model.size,
-        "sampler_ms": per["sampler"], "floor_ms": per["floor"],
-        "ratio": per["sampler"] / per["floor"], "repeats": repeats,
-    }  # fmt: skip
+        return Outputs(
+            [np.asarray(r.convert("RGB")) for r in results],  # type: ignore[union-attr]
+            seconds / len(images),
+            (self._rows - rows) / len(images),
+        )

@@ -1,26 +1,32 @@
 """The art benchmark's two models: one documented recipe, trained once, cached by its hash.
 
 A :class:`Recipe` names two procedural collections A and B (``core.synthetic.procedural``
-styles), how they are drawn (count, size, seed) and how a denoise model is trained on each (the same
-``python -m core.train`` arguments for both). :func:`build` draws the collections and trains
-the two models side by side, one CPU thread each (as ``make default-model`` trains, so model
-A's weights are the shipped model's), into ``CACHE/<recipe hash>/``; a second call with the same
-recipe finds ``model-a.safetensors`` and ``model-b.safetensors`` there and trains nothing,
-so ``make bench`` re-trains only when the recipe changes. (The hash covers the recipe, not
-the trainer's code: after a change to ``core/train.py`` delete ``build/art-bench`` to
-re-train.)
+styles), how they are drawn (count, size, seed, stroke period, supersampling, scene zoom) and
+how a guided model is trained on each (the same ``python -m core.train`` arguments for both).
+It is the shipped model's recipe (Makefile: ``default-model``), flag for flag, so that model A
+*is* the default model and B its woodcut twin. :func:`build` draws the two training
+collections and trains the two models side by side, one CPU thread each (as ``make
+default-model`` trains), into ``CACHE/<recipe hash>/``; a second call with the same recipe
+finds ``model-a.safetensors`` and ``model-b.safetensors`` there and trains nothing, so ``make
+bench`` re-trains only when the recipe changes. (The hash covers the recipe, not the
+trainer's code: after a change to ``core/train.py`` delete ``build/art-bench`` to re-train.)
 
-Each collection has a *train* split (what the model sees) and a *held-out* split drawn with
-another data-set seed (disjoint image seeds, see
-``core.synthetic.procedural.write_dataset``), which the benchmark measures against
-(:func:`load_folder` reads a split back). ``python -m bench.art.recipe`` builds and prints
-the paths.
+Each collection has a *train* split (what the model sees, ``draw_size`` px crops of scenes
+``scene_zoom`` times larger) and a *held-out* split, what the benchmark compares outputs
+with (:func:`held_out`): drawn with another data-set seed (disjoint image seeds, see
+``core.synthetic.procedural.write_dataset``), the same stroke period and supersampling, at a
+model's working size and with the scene zoom that shows the training scenes' scale there
+(:meth:`Recipe.held_out_zoom`: 1 for 64 px crops of 2.5x scenes seen at 160 px), so the
+whole picture is a scene as a served output shows one. :func:`load_folder` reads a split
+back; ``python -m bench.art.recipe`` builds and prints the paths.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import shutil
 import subprocess
@@ -36,7 +42,6 @@ from bench.shared.common import ROOT as REPO
 from bench.shared.common import child_env
 
 CACHE = REPO / "build" / "art-bench"
-SPLITS = ("train", "held-out")
 
 
 @dataclass(frozen=True)
@@ -45,73 +50,78 @@ class Recipe:
 
     style_a: str = "engraving"
     style_b: str = "woodcut"
-    # The shipped model's recipe (Makefile: default-model), so that model A *is* the
-    # default model: collections drawn at the training size, so the line texture is kept.
-    count: int = 1000  # training images per collection (5% of them become the trainer's val)
+    # The collections (Makefile: default-model): one data-set seed for both styles.
+    count: int = 2000  # training images per collection (5% of them become the trainer's val)
     held_out: int = 48  # images per held-out split
-    draw_size: int = 64  # drawn at this size; the trainer crops squares of image_size
+    draw_size: int = 64
+    stroke_period: float = 5.0  # in the written image's pixels
+    supersample: int = 2
+    scene_zoom: float = 2.5
+    seed: int = 2026
+    # The training (Makefile: default-model).
+    objective: str = "guided"
+    decoder: str = "upsample-full"
     image_size: int = 64
     epochs: int = 40
     batch_size: int = 16
     lr_step: int = 30
-    # upsample-full: the full-resolution level moved both collections past the movement
-    # target (docs/art-benchmark.md, "The full-resolution variant").
-    decoder: str = "upsample-full"
-    # x0: the shipped model's. v keeps the photo at low strength but moved and told the
-    # collections apart less in its trial (docs/art-benchmark.md, "v parameterisation").
-    parameterisation: str = "x0"
-    # none: the shipped model's. dead-leaves below 0.1 gave the photo back closer at 0.05
-    # but left colour grain at 0.2 and cost B its movement target in its trials
-    # (docs/art-benchmark.md, "The floor at low strength").
-    low_noise_prior: str = "none"
-    low_noise_below: float = 0.1
-    low_noise_share: float = 0.8
-    seed: int = 2026
+    guide_dropout: float = 0.1
+    checkpoint_every: int = 5
+    sample_every: int = 5
     strength: float = 0.5  # the checkpoint's recommended sampler settings
-    steps: int = 20
+    steps: int = 12
 
     def digest(self) -> str:
-        fields = asdict(self)
-        if fields["parameterisation"] == "x0":  # recipes from before the field keep their key
-            del fields["parameterisation"]
-        if fields["low_noise_prior"] == "none":  # and before the prior
-            for name in ("low_noise_prior", "low_noise_below", "low_noise_share"):
-                del fields[name]
-        text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+        text = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def data_seed(self, split: str) -> int:
         return self.seed if split == "train" else self.seed + 1
 
+    def held_out_zoom(self, working: int) -> float:
+        """The scene zoom that shows, at ``working`` px, the scale of the training scenes
+        (``draw_size`` px crops of scenes ``scene_zoom`` times larger); at least 1."""
+        return max(1.0, self.scene_zoom * self.draw_size / working)
+
+    def draw_args(self, which: str, split: str, out: Path, working: int = 0) -> list[str]:
+        """The ``python -m core.synthetic.procedural`` arguments of collection ``which``'s
+        ``split``: the training one, or the held-out one at ``working`` px."""
+        size, zoom, count = self.draw_size, self.scene_zoom, self.count
+        if split != "train":
+            size, zoom, count = working, self.held_out_zoom(working), self.held_out
+        return [
+            "--out", str(out), "--count", str(count), "--size", str(size),
+            "--seed", str(self.data_seed(split)), "--style", style_of(self, which), "--flat",
+            "--format", "png", "--stroke-period", f"{self.stroke_period:g}",
+            "--supersample", str(self.supersample), "--scene-zoom", f"{zoom:g}",
+        ]  # fmt: skip
+
     def train_args(self, data: Path, runs: Path) -> list[str]:
         """The ``python -m core.train`` arguments (the same for A and B)."""
         return [
             "-m", "core.train", "--data", str(data), "--out", str(runs),
-            "--objective", "denoise", "--decoder", self.decoder,
-            "--parameterisation", self.parameterisation, "--epochs", str(self.epochs),
-            "--low-noise-prior", self.low_noise_prior,
-            "--low-noise-below", str(self.low_noise_below),
-            "--low-noise-share", str(self.low_noise_share),
-            "--batch-size", str(self.batch_size), "--lr-step", str(self.lr_step),
-            "--image-size", str(self.image_size), "--resize", "crop",
-            "--perceptual-weight", "0", "--num-workers", "0", "--device", "cpu",
-            "--seed", str(self.seed), "--checkpoint-every", str(self.epochs),
-            "--sample-every", str(self.epochs), "--sample-strength", str(self.strength),
-            "--sample-steps", str(self.steps), "--no-tensorboard",
+            "--objective", self.objective, "--decoder", self.decoder,
+            "--epochs", str(self.epochs), "--lr-step", str(self.lr_step),
+            "--batch-size", str(self.batch_size), "--image-size", str(self.image_size),
+            "--resize", "crop", "--perceptual-weight", "0", "--num-workers", "0",
+            "--checkpoint-every", str(self.checkpoint_every),
+            "--sample-every", str(self.sample_every), "--seed", str(self.seed),
+            "--device", "cpu", "--guide-dropout", f"{self.guide_dropout:g}",
+            "--sample-strength", f"{self.strength:g}", "--sample-steps", str(self.steps),
+            "--no-tensorboard",
         ]  # fmt: skip
 
 
-# The recipe the real benchmark runs (about 11 minutes for both, side by side, on two cores).
+# The recipe the real benchmark runs: the shipped model's (about 25 minutes per model).
 BENCH = Recipe()
 # Seconds, for tests and --quick smoke runs: tiny collections, 32 px, a few epochs.
-TINY = Recipe(
-    count=24, held_out=8, draw_size=48, image_size=32, epochs=3, batch_size=8, lr_step=2
-)  # fmt: skip
+TINY = Recipe(count=24, held_out=8, draw_size=32, image_size=32, epochs=3, batch_size=8,
+              lr_step=2)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Models:
-    """What :func:`build` leaves: the two checkpoints and the collections' folders."""
+    """What :func:`build` leaves: the two checkpoints and the cache folder."""
 
     recipe: Recipe
     folder: Path
@@ -119,34 +129,36 @@ class Models:
     model_b: Path
     train_seconds: dict[str, float]
 
-    def collection(self, which: str, split: str) -> Path:
-        return self.folder / "data" / which / split
-
 
 def style_of(recipe: Recipe, which: str) -> str:
     return {"a": recipe.style_a, "b": recipe.style_b}[which]
 
 
-def draw_collection(recipe: Recipe, which: str, split: str, folder: Path) -> Path:
-    """Write collection ``which`` (a or b), ``split``, as PNGs into ``folder`` (once)."""
-    from core.synthetic.procedural import write_dataset
+def _draw(args: list[str], folder: Path) -> Path:
+    """Run ``python -m core.synthetic.procedural ARGS`` into ``folder`` (once: a ``.done``
+    stamp holds the arguments)."""
+    from core.synthetic import procedural
 
     done = folder / ".done"
-    if not done.exists():
+    if not (done.exists() and done.read_text() == " ".join(args)):
         shutil.rmtree(folder, ignore_errors=True)
-        count = recipe.count if split == "train" else recipe.held_out
-        write_dataset(
-            folder, count, recipe.draw_size, recipe.data_seed(split), fmt="png", classes=False,
-            styles=(style_of(recipe, which),),
-        )  # fmt: skip
-        done.write_text(str(count))
+        with contextlib.redirect_stdout(io.StringIO()):  # its one "wrote N images" line
+            procedural.main(args)
+        done.write_text(" ".join(args))
     return folder
 
 
-def collections(recipe: Recipe, root: Path = CACHE) -> dict[tuple[str, str], Path]:
-    """Both collections' splits, drawn if missing: {(which, split): folder}."""
-    base = root / recipe.digest() / "data"
-    return {(w, s): draw_collection(recipe, w, s, base / w / s) for w in ("a", "b") for s in SPLITS}
+def training_split(recipe: Recipe, which: str, root: Path = CACHE) -> Path:
+    """Collection ``which`` (a or b)'s training split, drawn if missing."""
+    folder = root / recipe.digest() / "data" / which / "train"
+    return _draw(recipe.draw_args(which, "train", folder), folder)
+
+
+def held_out(recipe: Recipe, which: str, working: int, root: Path = CACHE) -> Path:
+    """Collection ``which``'s held-out split at ``working`` px (module docstring), drawn if
+    missing."""
+    folder = root / recipe.digest() / "data" / which / f"held-out-{working}"
+    return _draw(recipe.draw_args(which, "held-out", folder, working), folder)
 
 
 def load_folder(folder: Path) -> list[np.ndarray]:
@@ -155,8 +167,8 @@ def load_folder(folder: Path) -> list[np.ndarray]:
 
 
 def start_training(recipe: Recipe, data: Path, runs: Path, log: Path) -> subprocess.Popen:
-    """Start training one denoise model on ``data`` on one CPU thread (the shipped model's
-    thread count, so the weights do not depend on the machine's cores)."""
+    """Start training one model on ``data`` on one CPU thread (the shipped model's thread
+    count, so the weights do not depend on the machine's cores)."""
     shutil.rmtree(runs, ignore_errors=True)
     with open(log, "ab") as err:
         return subprocess.Popen(
@@ -178,15 +190,13 @@ def build(recipe: Recipe = BENCH, root: Path = CACHE) -> Models:
     folder = root / recipe.digest()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
-    data = collections(recipe, root)
     timing_file = folder / "train-seconds.json"
     seconds = json.loads(timing_file.read_text()) if timing_file.exists() else {}
     missing = [w for w in ("a", "b") if not (folder / f"model-{w}.safetensors").exists()]
+    data = {w: training_split(recipe, w, root) for w in missing}
     started = time.perf_counter()
     running = {
-        w: start_training(
-            recipe, data[(w, "train")], folder / f"runs-{w}", folder / f"train-{w}.log"
-        )
+        w: start_training(recipe, data[w], folder / f"runs-{w}", folder / f"train-{w}.log")
         for w in missing
     }
     try:
