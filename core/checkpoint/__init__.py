@@ -2,6 +2,7 @@
 
 - ``meta``: :class:`CheckpointMeta` (the metadata every checkpoint records, its
   ``normalization`` and ``image_space`` read by ``core.network.space``), :class:`Checkpoint`,
+  :class:`ModelIdentity` (which weights, without them: what provenance records),
   :class:`CheckpointError`.
 - ``weights``: :func:`validate_state_dict` against ConvDiffusionModel, wrapper prefixes,
   :func:`build_model`.
@@ -21,6 +22,7 @@ from core.checkpoint.meta import (
     Checkpoint,
     CheckpointError,
     CheckpointMeta,
+    ModelIdentity,
 )
 from core.checkpoint.pointer import promote
 from core.checkpoint.safetensors_format import DATA_SHA256_KEY, META_KEY
@@ -35,6 +37,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "CheckpointMeta",
+    "ModelIdentity",
     "build_model",
     "load_checkpoint",
     "promote",

@@ -151,6 +151,31 @@ class CheckpointMeta:
         )
 
 
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which weights made an output, without the weights: what its provenance records
+    (core.outputs.provenance) and what a model worker reports of the checkpoint it loaded, so
+    that a process that never loads the weights (the daemon's service) can label results
+    computed elsewhere."""
+
+    version: str
+    sha256: str
+    objective: str
+    epoch: int | None
+    image_space: str
+
+    @classmethod
+    def of(cls, checkpoint: Checkpoint) -> ModelIdentity:
+        meta = checkpoint.meta
+        return cls(
+            version=checkpoint.version,
+            sha256=checkpoint.sha256,
+            objective=meta.objective,
+            epoch=meta.epoch,
+            image_space=meta.image_space,
+        )
+
+
 @dataclass
 class Checkpoint:
     """Loaded weights. ``path`` is the real file (after following ``current``)."""
@@ -164,6 +189,10 @@ class Checkpoint:
     def version(self) -> str:
         """Short human id, e.g. ``epoch-050.safetensors@1a2b3c4d5e6f``."""
         return f"{self.path.name}@{self.sha256[:12]}"
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity.of(self)
 
 
 def is_int(value: object) -> bool:

@@ -13,12 +13,12 @@ import json
 from datetime import UTC, datetime
 
 import core
-from core.checkpoint import Checkpoint
+from core.checkpoint import Checkpoint, ModelIdentity
 from core.diffusion.sampler_settings import SamplerSettings
 
 
 def provenance(
-    checkpoint: Checkpoint,
+    model: Checkpoint | ModelIdentity,
     input_sha256: str,
     settings: dict[str, object],
     *,
@@ -27,17 +27,19 @@ def provenance(
 ) -> dict[str, str]:
     """Text fields for the output's metadata (PNG text chunks, JPEG comment, WebP XMP).
 
+    ``model``: the checkpoint, or only its identity (what a model worker reports: the
+    service labels results computed in another process);
     ``sampler_settings``: the effective settings of a denoise checkpoint (None for one pass);
     ``source``: what the output was made from when it is not an input file (generation
     from noise records its ``generate:<seed>:<index>`` label and an empty input hash)."""
-    meta = checkpoint.meta
+    identity = model.identity if isinstance(model, Checkpoint) else model
     fields = {
         "ai_generated": "true",
         "Software": f"artd {core.__version__}",
-        "artd:model": checkpoint.version,
-        "artd:model_sha256": checkpoint.sha256,
-        "artd:model_epoch": "" if meta.epoch is None else str(meta.epoch),
-        "artd:objective": meta.objective,
+        "artd:model": identity.version,
+        "artd:model_sha256": identity.sha256,
+        "artd:model_epoch": "" if identity.epoch is None else str(identity.epoch),
+        "artd:objective": identity.objective,
         "artd:input_sha256": input_sha256,
         "artd:created": datetime.now(UTC).isoformat(timespec="seconds"),
         "artd:settings": json.dumps(settings, sort_keys=True),

@@ -36,7 +36,8 @@ import torch
 from loguru import logger
 from PIL import Image
 
-from core.diffusion.sampler_settings import SamplerRequest
+from core.checkpoint import ModelIdentity
+from core.diffusion.sampler_settings import SamplerRequest, SamplerSettings
 from core.images.colour import SRGB_ICC, from_srgb, keep_colours
 from core.images.origin import Origin
 from core.outputs.encoding import encode
@@ -55,6 +56,7 @@ __all__ = [
     "Inference",
     "OutputSettings",
     "SinglePass",
+    "encode_result",
 ]
 
 
@@ -140,13 +142,29 @@ class Inference:
         a denoise checkpoint, the sampler settings used; ``origin``: the input's record
         (core.images.origin), for ``format="same"``, ``output_profile="input"`` and metadata
         copying."""
-        meta = provenance(
-            self.engine.checkpoint,
+        return encode_result(
+            image,
+            self.engine.checkpoint.identity,
             input_sha256,
-            self.output.recorded(),
-            sampler_settings=self.sampler_settings,
+            self.output,
+            self.sampler_settings,
+            origin,
         )
-        return encode_output(image, meta, self.output, origin)
+
+
+def encode_result(
+    image: Image.Image,
+    model: ModelIdentity,
+    input_sha256: str,
+    output: OutputSettings,
+    sampler_settings: SamplerSettings | None = None,
+    origin: Origin | None = None,
+) -> bytes:
+    """:meth:`Inference.encode` without the engine: the output of ``image``, computed by
+    ``model`` (wherever it ran: a model worker reports its identity) with ``sampler_settings``
+    (None for a one-pass checkpoint), with its provenance."""
+    meta = provenance(model, input_sha256, output.recorded(), sampler_settings=sampler_settings)
+    return encode_output(image, meta, output, origin)
 
 
 def encode_output(

@@ -47,6 +47,13 @@ POISON_ENV = "_ARTD_WORKER_POISON"  # test-only (module docstring)
 HEARTBEAT_INTERVAL_S = 0.5
 
 
+def weights_bytes(engine: Any) -> int:
+    """What an engine's weights take: its checkpoint's tensors, and about as much again for
+    the folded copies (daemon.model_cache's memory budget counts this)."""
+    tensors = engine.checkpoint.state_dict.values()
+    return 2 * sum(t.numel() * t.element_size() for t in tensors)
+
+
 def child_main(conn: Connection, beat_name: str, parent_pid: int) -> None:
     """The child's entry point (spawned: this package is all it imports before the model)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -127,16 +134,13 @@ class _Child:
         if old is not None:
             del old
             memory.release("a model switch in the model worker")
-        meta = engine.checkpoint.meta
         info = {
-            "version": engine.version,
-            "sha256": engine.checkpoint.sha256,
-            "objective": engine.objective,
-            "epoch": meta.epoch,
+            "identity": engine.checkpoint.identity,
             "device": str(engine.device),
             "precision": engine.precision,
             "max_batch": engine.max_batch,
             "recommended": engine.sampler_settings(),
+            "weights_bytes": weights_bytes(engine),
         }
         return ("loaded", info)
 

@@ -13,6 +13,7 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from core.checkpoint import ModelIdentity
 from core.diffusion.sampler_settings import SamplerRequest, SamplerSettings
 from core.outputs.settings import OutputSettings
 from core.runtime.errors import InferenceError
@@ -37,14 +38,28 @@ class ModelInfo:
     output's provenance without loading the weights itself."""
 
     path: Path
-    version: str
-    sha256: str
-    objective: str
-    epoch: int | None
+    identity: ModelIdentity  # what each output's provenance records
     device: str
     precision: str
     max_batch: int
     recommended: SamplerSettings | None  # None: a one-pass checkpoint (no sampler settings)
+    weights_bytes: int = 0  # what the loaded weights take (daemon.model_cache's budget)
+
+    @property
+    def version(self) -> str:
+        return self.identity.version
+
+    @property
+    def sha256(self) -> str:
+        return self.identity.sha256
+
+    @property
+    def objective(self) -> str:
+        return self.identity.objective
+
+    @property
+    def epoch(self) -> int | None:
+        return self.identity.epoch
 
     def sampler_settings(self, request: SamplerRequest | None = None) -> SamplerSettings | None:
         """The effective settings, as ``Engine.sampler_settings`` resolves them."""
