@@ -40,18 +40,11 @@ from loguru import logger
 from core.diffusion.sampler_settings import SamplerRequest
 from core.outputs.settings import OutputSettings
 from daemon.workers import messages
-from daemon.workers.interface import EngineOptions
+from daemon.workers.interface import EngineOptions, model_info
 from daemon.workers.segments import BEAT, kind_of
 
 POISON_ENV = "_ARTD_WORKER_POISON"  # test-only (module docstring)
 HEARTBEAT_INTERVAL_S = 0.5
-
-
-def weights_bytes(engine: Any) -> int:
-    """What an engine's weights take: its checkpoint's tensors, and about as much again for
-    the folded copies (daemon.model_cache's memory budget counts this)."""
-    tensors = engine.checkpoint.state_dict.values()
-    return 2 * sum(t.numel() * t.element_size() for t in tensors)
 
 
 def child_main(conn: Connection, beat_name: str, parent_pid: int) -> None:
@@ -134,15 +127,7 @@ class _Child:
         if old is not None:
             del old
             memory.release("a model switch in the model worker")
-        info = {
-            "identity": engine.checkpoint.identity,
-            "device": str(engine.device),
-            "precision": engine.precision,
-            "max_batch": engine.max_batch,
-            "recommended": engine.sampler_settings(),
-            "weights_bytes": weights_bytes(engine),
-        }
-        return ("loaded", info)
+        return ("loaded", model_info(engine, path))
 
     def _answer(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
         try:

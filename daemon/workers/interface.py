@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -17,6 +17,9 @@ from core.checkpoint import ModelIdentity
 from core.diffusion.sampler_settings import SamplerRequest, SamplerSettings
 from core.outputs.settings import OutputSettings
 from core.runtime.errors import InferenceError
+
+if TYPE_CHECKING:
+    from core.runtime.engine import Engine
 
 STOP_TIMEOUT_S = 10.0
 
@@ -139,16 +142,40 @@ class WorkerDied(Exception):
 
 class WorkerUnavailable(Exception):
     """No worker can serve (it cannot load its checkpoint, cannot start, or was stopped): the
-    host's or the model's problem, never a file's. Keep the batch and try later."""
+    host's or the model's problem, never a file's. Keep the batch and try later. ``refused``:
+    the checkpoint itself was refused by the loader or the probe (a bad file, or no memory or
+    device for it), not the process (it could not start, died or ran out of time loading)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, refused: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.refused = refused
+
+
+def model_info(engine: Engine, path: Path) -> ModelInfo:
+    """What a worker reports of ``engine``, loaded from ``path``."""
+    tensors = engine.checkpoint.state_dict.values()
+    return ModelInfo(
+        path=Path(path),
+        identity=engine.checkpoint.identity,
+        device=str(engine.device),
+        precision=engine.precision,
+        max_batch=engine.max_batch,
+        recommended=engine.sampler_settings(),
+        # The checkpoint's tensors and about as much again for the folded copies.
+        weights_bytes=2 * sum(t.numel() * t.element_size() for t in tensors),
+    )
 
 
 @runtime_checkable
 class ModelWorker(Protocol):
     """What the pipeline needs of a worker, local process or remote actor alike."""
+
+    @property
+    def model(self) -> ModelInfo | None:
+        """The model served now (None before a start). A restart reloads the checkpoint
+        from its path, which may hold a newer file by then: read it after each run()."""
+        ...
 
     def start(self, checkpoint: Path, options: EngineOptions | None = None) -> ModelInfo:
         """Load ``checkpoint`` (a running worker switches to it only if it loads and passes

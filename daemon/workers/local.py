@@ -114,8 +114,11 @@ class LocalModelWorker:
             return []
         shape = _batch_shape(items)
         output = output or OutputSettings(max(shape[:2]))
-        if output.credentials is not None:  # the signing key stays in the service
-            output = dataclasses.replace(output, credentials=None)
+        if output.credentials is not None or type(output) is not OutputSettings:
+            # The signing key stays in the service, and a subclass (a job's, recording its
+            # sources) travels as the plain settings the model reads.
+            fields = {f.name: getattr(output, f.name) for f in dataclasses.fields(OutputSettings)}
+            output = OutputSettings(**(fields | {"credentials": None}))
         with self._call:
             if self._stopped:
                 raise WorkerUnavailable("the model worker was stopped")
@@ -131,9 +134,11 @@ class LocalModelWorker:
                             number, items, shape, list(sha256s), request, output
                         )
                     except Died as died:
+                        held = self._held()
+                        self._forget_held()  # the dead child's number must not outlive it
                         if self._stopped:
                             raise WorkerUnavailable("the model worker was stopped") from None
-                        if self._held() == number:
+                        if held == number:
                             self._log_death(died.error, len(items))
                             raise died.error from None
                         # Died before taking the batch: not its doing. Restart, send it again.
@@ -260,9 +265,9 @@ class LocalModelWorker:
             ) from None
         if reply[0] != "loaded":
             self._end()
-            raise self._unavailable(str(reply[1]))
+            raise self._unavailable(str(reply[1]), refused=True)
         before = self._model
-        info = ModelInfo(path=self._checkpoint, **reply[1])
+        info = dataclasses.replace(reply[1], path=self._checkpoint)
         with self._lock:
             self._model, self._pid, self._error = info, process.pid, None
         self._loads += 1
@@ -302,9 +307,9 @@ class LocalModelWorker:
             with self._lock:
                 self._error = message + str(reply[1])
             logger.error(self._error)
-            raise WorkerUnavailable(self._error)
+            raise WorkerUnavailable(self._error, refused=True)
         old = self._model
-        info = ModelInfo(path=checkpoint, **reply[1])
+        info = dataclasses.replace(reply[1], path=checkpoint)
         self._checkpoint = checkpoint
         with self._lock:
             self._model, self._error = info, None
@@ -314,11 +319,11 @@ class LocalModelWorker:
         )  # fmt: skip
         return info
 
-    def _unavailable(self, reason: str) -> WorkerUnavailable:
+    def _unavailable(self, reason: str, *, refused: bool = False) -> WorkerUnavailable:
         with self._lock:
             self._error = reason
         logger.error("model worker {} unavailable: {}", self.name, reason)
-        return WorkerUnavailable(reason)
+        return WorkerUnavailable(reason, refused=refused)
 
     # -- a batch ---------------------------------------------------------------------------
 
@@ -365,6 +370,11 @@ class LocalModelWorker:
         """The number of the batch the child last took (0: none)."""
         beat = self._res.segments.get("beat")
         return 0 if beat is None else BEAT.unpack_from(beat.buf, 0)[1]
+
+    def _forget_held(self) -> None:
+        beat = self._res.segments.get("beat")
+        if beat is not None:
+            BEAT.pack_into(beat.buf, 0, 0.0, 0)
 
     def _log_death(self, error: WorkerDied, files: int) -> None:
         with self._lock:
