@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 _MODEL_LABELS = ("checkpoint", "version", "sha256", "device", "precision")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -55,6 +58,17 @@ class Metrics:
         self.write_errors = Counter(
             "artd_write_errors", "Output commits that failed (disk full, I/O)", registry=r
         )
+        self.worker_restarts = Counter(
+            "artd_worker_restarts", "Model worker restarts (after a death)", registry=r
+        )
+        self.worker_deaths = Counter(
+            "artd_worker_deaths",
+            "Model worker deaths with a batch in them, by kind (signal, exit, heartbeat, timeout)",
+            ["kind"],
+            registry=r,
+        )
+        self.workers = WorkerGauges()
+        r.register(self.workers)
 
     def set_models(self, loaded: list[dict[str, str]]) -> None:
         """Every loaded model as one ``artd_loaded_model`` series."""
@@ -67,6 +81,37 @@ class Metrics:
         self.models_loaded.set(len(loaded))
 
 
+Workers = Callable[[], list[dict[str, Any]]]
+
+
+class WorkerGauges:
+    """``artd_worker_up`` and ``artd_worker_busy``, one series per model worker, read from
+    the workers themselves at each scrape (``source``: daemon.model_cache.ModelCache.workers)."""
+
+    def __init__(self) -> None:
+        self.source: Workers = list
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        up, busy = self._families()
+        for worker in self.source():
+            up.add_metric([worker["checkpoint"]], 1.0 if worker["alive"] else 0.0)
+            busy.add_metric([worker["checkpoint"]], 1.0 if worker["busy"] else 0.0)
+        return iter((up, busy))
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        up = GaugeMetricFamily(
+            "artd_worker_up", "1 while the model worker's process runs", labels=["checkpoint"]
+        )
+        busy = GaugeMetricFamily(
+            "artd_worker_busy", "1 while the model worker has a batch", labels=["checkpoint"]
+        )
+        return up, busy
+
+
 @dataclass
 class Health:
     """What ``/healthz`` reports; written by the pipeline threads, read by the HTTP thread."""
@@ -74,14 +119,16 @@ class Health:
     model_version: str = ""
     started_at: float = field(default_factory=time.time)
     last_success: float | None = None
-    engine_busy_since: float | None = None
     paused_reason: str | None = None
     reload_error: str | None = None
     folders_problem: str | None = None
+    # Why files wait for a model worker that cannot serve (it cannot start or load); None
+    # while every worker in use serves.
+    worker_problem: str | None = None
+    workers: Workers = list  # every model worker, as ModelCache.workers lists them
     queue: dict[str, int] = field(default_factory=dict)
     models: list[dict[str, str]] = field(default_factory=list)  # every loaded model
     model_errors: dict[str, str] = field(default_factory=dict)  # refused reloads, by checkpoint
-    stuck_after_s: float = 120.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def update(self, **changes: object) -> None:
@@ -93,17 +140,17 @@ class Health:
         """Reasons the service cannot do its job right now (-> 503)."""
         with self._lock:
             found = []
-            busy = self.engine_busy_since
-            if busy is not None and time.monotonic() - busy > self.stuck_after_s:
-                found.append(f"engine stuck for {time.monotonic() - busy:.0f}s")
             if self.folders_problem:
                 found.append(self.folders_problem)
             if self.paused_reason:
                 found.append(f"intake paused: {self.paused_reason}")
+            if self.worker_problem:
+                found.append(f"no model worker serves (intake paused): {self.worker_problem}")
             return found
 
     def report(self) -> dict[str, object]:
         problems = self.problems()
+        workers = self.workers()
         with self._lock:
             return {
                 "status": "ok" if not problems else "failing",
@@ -112,6 +159,7 @@ class Health:
                 "model_reload_error": self.reload_error,
                 "models": list(self.models),
                 "model_errors": dict(self.model_errors),
+                "workers": workers,
                 "queue": dict(self.queue),
                 "last_success": self.last_success,
                 "uptime_s": round(time.time() - self.started_at, 1),

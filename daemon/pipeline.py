@@ -1,62 +1,75 @@
-"""The hot path: claimed files -> decode (processes) -> batches -> engine -> encode + commit.
+"""The hot path: claimed files -> decode (processes) -> batches -> model worker -> encode + commit.
 
-One thread owns the engine (the device); decoding runs in worker processes (daemon.decoders:
-a decoder that segfaults costs one file, not the service), driven by a thread pool of the
-same size; encoding runs in a thread pool (Pillow releases the GIL). What the model does to
-an image and how the result is encoded is core.runtime.img2img's, shared with ``artd process``;
-a denoise checkpoint's noise is seeded from each claimed file's content hash, so the same
-file dropped twice gives the same pixels, whatever shares its batch.
+Decoding runs in worker processes (daemon.decoders: a decoder that segfaults costs one file,
+not the service), driven by a thread pool of the same size. One thread (the engine thread)
+hands each batch to the model worker of its checkpoint (daemon.workers, through
+daemon.model_cache: the network runs in a supervised process of its own, never in the
+service); encoding runs in a thread pool (Pillow releases the GIL), with the provenance of
+the model the worker says computed the batch. What the model does to an image is
+core.runtime.img2img's, shared with ``artd process``; a denoise checkpoint's noise is seeded
+from each claimed file's content hash, so the same file dropped twice gives the same pixels,
+whatever shares its batch.
 The number of claimed files in memory is bounded by ``max_in_flight``: intake simply stops
 claiming, so a huge backlog stays on disk. A file that fails anywhere is quarantined alone;
-its batch-mates go on. A *suspect* (a claim a restart found unfinished) runs alone: its own
-batch, no encode still running, its ``solo`` marker on disk while the model has it; only
-``max_attempts`` deaths of the process in that window quarantine it (docs/spool.md).
+its batch-mates go on.
+
+**A worker that dies** with a batch in it is restarted and the batch retried by the
+crash-charging rule (daemon.workers.ledger.CrashLedger, in the service's memory: halves down
+to single files; a file is charged only when it was alone in a worker that died after an
+earlier death, and quarantined as ``crashed_repeatedly`` after ``max_attempts`` such deaths in
+a row); every other file of the batch comes out. The service's own death charges nothing: the
+ledger starts empty, and the files it interrupted are simply resumed (docs/spool.md).
+**A worker that cannot serve** (it cannot start or load its checkpoint) keeps its files
+claimed and pauses intake, with the reason on /healthz, until a start succeeds (retried
+by the engine thread); nothing is lost or charged.
 
 Each claim carries the settings fixed at its claim (``claim.job``: daemon.settings.jobs): it is
 decoded at its size, batched only with claims of the same model and settings (its group:
-daemon.job_groups, which builds each group's decode and output settings once), run by one
-:class:`Inference` per such group on an engine from the bounded model cache
-(daemon.model_cache), and its output records its settings and which preset or sidecar gave them.
+daemon.job_groups, which builds each group's decode and output settings once), run by the
+worker of its checkpoint, and its output records its settings and which preset or sidecar
+gave them.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import queue
-import signal
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from loguru import logger
-from PIL import Image
 
-from core.checkpoint import CheckpointError
+from core.diffusion.sampler_settings import SamplerRequest
 from core.images.decode import ImageError
 from core.images.origin import Origin
 from core.reasons import Reason
 from core.runtime.batcher import Batcher
-from core.runtime.engine import Engine
 from core.runtime.errors import InferenceError
-from core.runtime.img2img import Inference, OutputSettings
-from daemon import memory
+from core.runtime.img2img import OutputSettings, encode_result
 from daemon.decoders import DecoderPool, DecoderUnavailableError, PoolClosedError
-from daemon.job_groups import MAX_GROUPS, Group, JobGroups, decode_settings, job_sampler_request
+from daemon.job_groups import Group, JobGroups, decode_settings, job_sampler_request
 from daemon.metrics import Health, Metrics
 from daemon.model_cache import ModelCache
 from daemon.settings import DaemonSettings
 from daemon.spool import Claim, DisposeError, Spool
 from daemon.spool.errors import RESOURCE_ERRNOS, SPACE_ERRNOS
+from daemon.workers import (
+    CrashLedger,
+    CrashVerdict,
+    ModelInfo,
+    ResultPixels,
+    WorkerDied,
+    WorkerUnavailable,
+)
+from daemon.workers.retries import run_batch
 
 RETRY_DELAYS_S = (2.0, 5.0, 15.0, 30.0, 60.0)
 DISK_PROBE_S = 0.5  # while retries wait: how often the outbox is checked for room again
-ENCODE_DRAIN_S = 30.0  # a suspect waits this long at most for the encodes in progress
-# Test-only (docs/reliability.md): the process SIGKILLs itself when the input with this
-# SHA-256 is in the model. Read once at import; unset, a batch costs one ``is None`` test.
-_POISON_SHA256 = os.environ.get("_ARTD_POISON_SHA256") or None
+MODEL_RETRY_S = (2.0, 5.0, 15.0, 30.0, 60.0)  # starts of a worker that could not start
+DEFAULT_MAX_BATCH = 4  # before the first model reports its own
 
 
 @dataclass
@@ -73,46 +86,36 @@ class Decoded:
 class Pipeline:
     """The running daemon's work: claims in, outputs committed or files quarantined.
 
-    ``submit`` takes a claim; decoder processes, the engine thread and the encode threads
-    carry it to ``spool.commit`` or ``spool.quarantine`` (module docstring). A disk that
-    refuses writes keeps the claim and pauses intake (``health.paused_reason``) until
-    ``retry_due`` hands it back. ``swap_engine`` switches models between batches."""
+    ``submit`` takes a claim; decoder processes, the engine thread (through the model
+    workers of ``models``) and the encode threads carry it to ``spool.commit`` or
+    ``spool.quarantine`` (module docstring). A disk that refuses writes keeps the claim and
+    pauses intake (``health.paused_reason``) until ``retry_due`` hands it back; so does a
+    model worker that cannot serve (``health.worker_problem``)."""
 
     def __init__(
         self,
         settings: DaemonSettings,
         spool: Spool,
-        engine: Engine,
+        models: ModelCache,
         metrics: Metrics,
         health: Health,
         decoder: DecoderPool | None = None,
-        models: ModelCache | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
+        self.models = models
         self._output = OutputSettings.from_settings(settings)
-        # What the operator asked of the sampler; every engine, hot-reloaded ones too, gets it.
+        # What the operator asked of the sampler; every model, hot-reloaded ones too, gets it.
         self._request = settings.sampler_request()
-        self._inference = Inference(engine, self._output, self._request)
         self._default_checkpoint = str(settings.checkpoint)
         self._groups = JobGroups(settings, self._default_checkpoint)
-        self.models = models or ModelCache(
-            settings.load_engine,
-            settings.model_memory_mb << 20,
-            settings.reload_seconds,
-            watched=settings.checkpoint,
-        )
-        self.models.put(self._default_checkpoint, engine)
-        self._inferences: dict[Group, Inference] = {}
-        self._models_seen = self.models.generation  # engines let go that _inferences knows of
+        self._ledger: CrashLedger[str] = CrashLedger(settings.max_attempts)
         self.metrics = metrics
         self.health = health
-        self._engine_lock = threading.Lock()
         self._ready: queue.Queue[Decoded | None] = queue.Queue()
         self._decode = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
         self._decoder = decoder or decoder_pool(settings)
         self._encode = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="encode")
-        self._encoding: set[Future[None]] = set()  # what a suspect waits for before the model
         self._in_flight = 0
         self._count_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -121,6 +124,11 @@ class Pipeline:
         self._failures = 0
         self._needed_bytes = 0  # the largest write the disk refused (0: it was not ENOSPC)
         self._next_probe = 0.0
+        # Checkpoints whose worker cannot serve -> why; the claims waiting for them.
+        self._unavailable: dict[str, str] = {}
+        self._waiting: list[Claim] = []
+        self._model_tries = 0
+        self._next_model_try = 0.0
         self._thread = threading.Thread(target=self._engine_loop, name="engine", daemon=True)
 
     # -- control ---------------------------------------------------------------------------
@@ -129,26 +137,20 @@ class Pipeline:
         self._thread.start()
 
     @property
-    def engine(self) -> Engine:
-        return self._inference.engine
+    def model(self) -> ModelInfo | None:
+        """The daemon's own model, as its worker serves it now (None: not loaded)."""
+        return self.models.model(self._default_checkpoint)
 
-    def swap_engine(self, engine: Engine) -> None:
-        """Switch models between batches (the engine thread takes the lock per batch)."""
-        with self._engine_lock:
-            old, self._inference = self.engine, Inference(engine, self._output, self._request)
-            self.models.put(self._default_checkpoint, engine)
-            self._forget_unloaded()
-        logger.info("model switched: {} -> {}", old.version, engine.version)
-        # The caller (the service) gives the old engine's memory back: daemon.memory.
+    def model_unavailable(self, checkpoint: str, reason: str) -> None:
+        """No worker serves ``checkpoint`` (it could not start): pause intake, retry later."""
+        self._unavailable[checkpoint] = reason
+        self._next_model_try = time.monotonic() + MODEL_RETRY_S[0]
+        self.health.update(worker_problem=self._worker_problem())
 
-    def _forget_unloaded(self) -> None:
-        """Drop the groups' Inferences of engines the model cache no longer serves (engine
-        lock held): each held a whole old engine (weights, folded copies) alive until its
-        group came again, one per job group and hot reload (docs/soak.md, "Memory")."""
-        self._models_seen = self.models.generation
-        stale = [g for g, i in self._inferences.items() if not self.models.is_loaded(i.engine)]
-        for group in stale:
-            del self._inferences[group]
+    def _worker_problem(self) -> str | None:
+        if not self._unavailable:
+            return None
+        return "; ".join(f"{path}: {why}" for path, why in self._unavailable.items())
 
     @property
     def free_slots(self) -> int:
@@ -164,17 +166,11 @@ class Pipeline:
         """Take a claimed file into the pipeline."""
         with self._count_lock:
             self._in_flight += 1
-        if claim.solo_crashes >= self.settings.max_attempts:
-            message = (
-                f"the process died {claim.solo_crashes} times while this file was alone in "
-                f"the model (crash, hang or kill; interrupted {claim.interrupted} times in all)"
-            )
-            self._quarantine(claim, Reason.CRASHED_REPEATEDLY, message)
-            return
         self._decode.submit(self._decode_one, claim)
 
     def retry_due(self) -> list[Claim]:
-        """Claims whose commit failed for lack of space or I/O, now due for another try."""
+        """Claims whose commit failed for lack of space or I/O, now due for another try, and
+        those that waited for a model worker, once every worker serves again."""
         now = time.monotonic()
         paused = self.health.paused_reason is not None
         if paused and self._retry and now >= self._next_probe:
@@ -184,6 +180,9 @@ class Pipeline:
         with self._retry_lock:
             due = [claim for when, claim in self._retry if when <= now]
             self._retry = [(when, claim) for when, claim in self._retry if when > now]
+            if not self._unavailable and self._waiting:
+                due += self._waiting
+                self._waiting = []
         return due
 
     def _retry_later(self, claim: Claim, delay_s: float) -> None:
@@ -244,28 +243,18 @@ class Pipeline:
             return
         self._ready.put(Decoded(claim, pixels, mtime, self._groups.group(claim), origin))
 
-    def _inference_for(self, item: Decoded) -> Inference:
-        """The Inference of ``item``'s group on its model's engine (engine lock held)."""
-        job = item.claim.job
-        if job is None:
-            return self._inference
-        engine = self.models.get(job["checkpoint"])
-        if self.models.generation != self._models_seen:
-            # A preset's model reloaded or unloaded: other groups may still hold the old one.
-            self._forget_unloaded()
-            memory.release("a preset model's reload or unload")
-        cached = self._inferences.get(item.group)
-        if cached is None or cached.engine is not engine:
-            if len(self._inferences) >= MAX_GROUPS:
-                self._inferences.clear()
-            cached = Inference(engine, self._groups.output(item.claim), job_sampler_request(job))
-            self._inferences[item.group] = cached
-        return cached
+    def _settings_of(self, claim: Claim) -> tuple[OutputSettings, SamplerRequest]:
+        """What the model and the encoder are asked for ``claim``: its job's, or the daemon's."""
+        if claim.job is None:
+            return self._output, self._request
+        return self._groups.output(claim), job_sampler_request(claim.job)
+
+    def _max_batch(self) -> int:
+        model = self.model
+        return self.settings.max_batch or (model.max_batch if model else DEFAULT_MAX_BATCH)
 
     def _engine_loop(self) -> None:
-        batcher: Batcher[Decoded] = Batcher(
-            self._inference.max_batch, self.settings.max_delay_ms / 1000
-        )
+        batcher: Batcher[Decoded] = Batcher(self._max_batch(), self.settings.max_delay_ms / 1000)
         while True:
             wait = batcher.seconds_to_next()
             try:
@@ -274,82 +263,136 @@ class Pipeline:
                 item = None
             if self._stopping.is_set():
                 return  # decoded-but-not-run items stay claimed for the next start
-            if item is not None and item.claim.suspect:
-                self._run_solo(item)
-            elif item is not None:
+            if item is not None:
                 full = batcher.add((item.group, item.pixels.shape), item)
                 if full:
                     self._run(full)
             for batch in batcher.due():
                 self._run(batch)
+            if self._unavailable and time.monotonic() >= self._next_model_try:
+                self._try_models()
+            batcher.max_batch = self._max_batch()
             depths = self.queue_depths(len(batcher))
             self.health.update(queue=depths)
             for stage, depth in depths.items():
                 self.metrics.queue_depth.labels(stage=stage).set(depth)
 
-    def _run_solo(self, item: Decoded) -> None:
-        """A suspect alone: its own batch, after the encodes in progress, marked ``solo`` on
-        disk while the model has it, so that only a death in that window counts against it."""
-        claim = item.claim
-        wait(self._encoding.copy(), timeout=ENCODE_DRAIN_S)  # copy(): atomic, unlike list()
-        try:
-            self.spool.mark_solo(claim)
-        except OSError as exc:  # unmarked, a crash would not count: do not run it so
-            logger.error("{}: cannot record its solo run ({}); retrying later", claim.rel_path, exc)
-            self.spool.release(claim)
-            self._retry_later(claim, RETRY_DELAYS_S[1])
-            self._finished()
-            return
-        self._run([item], solo=True)
-
-    def _clear_solo(self, claim: Claim) -> None:
-        try:
-            self.spool.clear_solo(claim)
-        except OSError as exc:  # its commit or quarantine record replaces the marker anyway
-            logger.error("{}: cannot clear its solo marker: {}", claim.rel_path, exc)
-
-    def _run(self, batch: list[Decoded], solo: bool = False) -> None:
-        with self._engine_lock:
+    def _try_models(self) -> None:
+        """Start the workers that could not start; once all serve, the waiting claims go on."""
+        for checkpoint in list(self._unavailable):
             try:
-                inference = self._inference_for(batch[0])
-            except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
-                if solo:
-                    self._clear_solo(batch[0].claim)
-                for item in batch:  # its model cannot be loaded: not the file's fault alone
+                self.models.get(checkpoint)
+            except WorkerUnavailable as exc:
+                self._unavailable[checkpoint] = exc.reason
+            else:
+                logger.info("model worker for {} serves again; resuming", checkpoint)
+                del self._unavailable[checkpoint]
+        self._model_tries = self._model_tries + 1 if self._unavailable else 0
+        delay = MODEL_RETRY_S[min(self._model_tries, len(MODEL_RETRY_S) - 1)]
+        self._next_model_try = time.monotonic() + delay
+        self.health.update(worker_problem=self._worker_problem())
+        self.publish_models()
+
+    def _run(self, batch: list[Decoded]) -> None:
+        checkpoint = batch[0].group[0] or self._default_checkpoint
+        try:
+            worker, _ = self.models.get(checkpoint)
+        except WorkerUnavailable as exc:
+            if exc.refused and checkpoint != self._default_checkpoint:
+                # A preset's model that does not load: not the file's fault alone, but no
+                # reason to hold every other file back (the daemon's own model serves on).
+                for item in batch:
                     self._quarantine(item.claim, Reason.MODEL_FAILED, f"model: {exc}"[:300])
                 return
-            self.publish_models()
-            self.health.update(engine_busy_since=time.monotonic())
-            started = time.perf_counter()
-            try:
-                if _POISON_SHA256 is not None:
-                    _die_on_poison(batch)
-                results = inference.run(
-                    [item.pixels for item in batch], [item.claim.sha256 for item in batch]
-                )
-            finally:
-                self.health.update(engine_busy_since=None)
-                if solo:
-                    self._clear_solo(batch[0].claim)
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        self.metrics.batch_size.observe(len(batch))
-        for item, result in zip(batch, results, strict=True):
+            self._wait_for_model(checkpoint, [item.claim for item in batch], exc)
+            return
+        self.publish_models()
+        output, request = self._settings_of(batch[0].claim)
+        claims = {item.claim.id: item for item in batch}
+        restarts = worker.health().restarts
+        started = time.perf_counter()
+        outcome = run_batch(
+            worker,
+            self._ledger,
+            list(claims),
+            [item.pixels for item in batch],
+            [item.claim.sha256 for item in batch],
+            request,
+            output,
+            on_death=lambda died, part, verdict: self._worker_died(died, part, verdict, claims),
+            stopping=self._stopping.is_set,
+        )
+        self.metrics.worker_restarts.inc(max(0, worker.health().restarts - restarts))
+        if outcome.answered:
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            self.metrics.batch_size.observe(len(outcome.answered))
+        for key, message in outcome.crashed.items():
+            claim = claims[key].claim
+            claim.solo_crashes = self._ledger.limit  # the sidecar records it
+            self._quarantine(claim, Reason.CRASHED_REPEATEDLY, message)
+        if outcome.unavailable is not None:
+            left = [claims[key].claim for key in outcome.left]
+            self._wait_for_model(checkpoint, left, outcome.unavailable)
+        for key, (result, model) in outcome.answered.items():
+            item = claims[key]
             if isinstance(result, InferenceError):
                 self._quarantine(item.claim, result.reason, result.message)
+            elif model is None:  # never: a worker that answered serves a model
+                self._quarantine(item.claim, Reason.MODEL_FAILED, "no model to record")
             else:
-                future = self._encode.submit(self._commit, item, result, inference)
-                self._encoding.add(future)
-                future.add_done_callback(self._encoding.discard)
+                self._encode.submit(self._commit, item, result, model)
 
-    def _commit(self, item: Decoded, image: Image.Image, inference: Inference) -> None:
+    def _worker_died(
+        self,
+        died: WorkerDied,
+        part: list[str],
+        verdict: CrashVerdict[str],
+        claims: dict[str, Decoded],
+    ) -> None:
+        self.metrics.worker_deaths.labels(kind=died.kind).inc()
+        for key in verdict.charged:
+            logger.warning(
+                "{}: alone in the model worker when it died ({}), after an earlier death: "
+                "solo crash {} of {}",
+                claims[key].claim.rel_path,
+                died.cause,
+                self._ledger.solo_crashes(key) or self._ledger.limit,
+                self._ledger.limit,
+            )
+        if verdict.retry:
+            logger.info(
+                "retrying the {} file(s) of the dead worker's batch as {} batch(es) of {}",
+                len(part),
+                len(verdict.retry),
+                "/".join(str(len(r)) for r in verdict.retry),
+            )
+
+    def _wait_for_model(self, checkpoint: str, claims: list[Claim], exc: WorkerUnavailable) -> None:
+        """No worker serves ``checkpoint``: keep the claims (nothing moves) until one does."""
+        if not self._stopping.is_set():
+            logger.error(
+                "no model worker for {}: {}; {} file(s) wait, intake paused",
+                checkpoint,
+                exc.reason,
+                len(claims),
+            )
+            self.model_unavailable(checkpoint, exc.reason)
+        for claim in claims:
+            self.spool.release(claim)
+            with self._retry_lock:
+                self._waiting.append(claim)
+            self._finished()
+
+    def _commit(self, item: Decoded, result: ResultPixels, model: ModelInfo) -> None:
         claim = item.claim
         data = b""
-        if claim.job is not None:  # its own provenance: preset and sidecar are per file
-            inference = copy.copy(inference)
-            inference.output = self._groups.output(claim)
+        output, request = self._settings_of(claim)
         try:
-            data = inference.encode(image, claim.sha256, item.origin)
-            output = self.spool.commit(claim, data)
+            settings = model.sampler_settings(request)
+            data = encode_result(
+                result.image(), model.identity, claim.sha256, output, settings, item.origin
+            )
+            written = self.spool.commit(claim, data)
         except OSError as exc:
             self._commit_failed(claim, exc, len(data))
             return
@@ -362,7 +405,7 @@ class Pipeline:
         self._retry_all_now()
         self.metrics.processed.inc()
         self.metrics.drop_to_output.observe(max(0.0, time.time() - item.input_mtime))
-        logger.info("{} -> {}", claim.rel_path, output.relative_to(self.spool.root))
+        logger.info("{} -> {}", claim.rel_path, written.relative_to(self.spool.root))
         self._finished()
 
     def _commit_failed(self, claim: Claim, exc: OSError, size: int) -> None:
@@ -390,8 +433,9 @@ class Pipeline:
         self._finished()
 
     def _quarantine(self, claim: Claim, reason: str, message: str) -> None:
+        model = self.model
         details: dict[str, object] = {
-            "model": self.engine.version,
+            "model": model.version if model else None,
             "settings": self._output.recorded(),
         }
         if claim.job is not None:
@@ -426,14 +470,8 @@ class Pipeline:
             "decoded": self._ready.qsize(),
             "batching": batching,
             "retry": len(self._retry),
+            "model_wait": len(self._waiting),
         }
-
-
-def _die_on_poison(batch: list[Decoded]) -> None:
-    """The test-only poison hook: SIGKILL this process if the poison input is in ``batch``."""
-    if any(item.claim.sha256 == _POISON_SHA256 for item in batch):
-        logger.warning("_ARTD_POISON_SHA256: the poison input is in the model; dying")
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def decoder_pool(settings: DaemonSettings) -> DecoderPool:

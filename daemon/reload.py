@@ -11,12 +11,17 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from loguru import logger
 
 from core.checkpoint import CheckpointError
 from core.runtime.engine import Engine
+from daemon.workers.interface import WorkerUnavailable
+
+if TYPE_CHECKING:
+    from daemon.workers import ModelInfo
 
 Identity = tuple[str, int, int, int]
 
@@ -41,19 +46,23 @@ def probe(engine: Engine) -> None:
 
 
 class ModelWatcher:
-    """Polls the checkpoint path and calls ``on_new(engine)`` with a validated engine."""
+    """Polls the checkpoint path; on a change calls ``switch(path)``, which loads and probes
+    the new file beside the serving one and switches to it (a model worker's ``start``:
+    daemon.model_cache.ModelCache.reload), raising WorkerUnavailable, the old model serving
+    on, when it is refused. ``on_new(info)`` hears of a switch, ``on_error(message)`` of a
+    refusal."""
 
     def __init__(
         self,
         path: Path,
-        make_engine: Callable[[Path], Engine],
-        on_new: Callable[[Engine], None],
+        switch: Callable[[Path], ModelInfo],
+        on_new: Callable[[ModelInfo], None],
         on_error: Callable[[str], None],
         interval_s: float,
         current: Identity | None,
     ) -> None:
         self.path = path
-        self._make_engine = make_engine
+        self._switch = switch
         self._on_new = on_new
         self._on_error = on_error
         self._interval = interval_s
@@ -75,14 +84,15 @@ class ModelWatcher:
             return
         self._seen = seen
         try:
-            engine = self._make_engine(self.path)
-            probe(engine)
-        except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
+            info = self._switch(self.path)
+        except WorkerUnavailable as exc:
             message = f"new checkpoint {seen[0]} refused, still serving the old model: {exc}"
+            if not exc.refused:
+                message = f"new checkpoint {seen[0]} not loaded: {exc}"
             logger.error(message)
             self._on_error(message)
             return
-        self._on_new(engine)
+        self._on_new(info)
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):

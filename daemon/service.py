@@ -12,12 +12,11 @@ from pathlib import Path
 
 from loguru import logger
 
-from core.checkpoint import CheckpointError
-from core.runtime.engine import Engine
-from daemon import http, memory, sidecars, systemd
+from daemon import http, sidecars, systemd
 from daemon.decoders import DecoderPool
 from daemon.intake import Intake
 from daemon.metrics import Health, Metrics
+from daemon.model_cache import ModelCache
 from daemon.pipeline import Pipeline, decoder_pool
 from daemon.reload import ModelWatcher, identity
 from daemon.settings import DaemonSettings, Resolver
@@ -25,8 +24,9 @@ from daemon.spool import Claim, Spool, SpoolError
 from daemon.web.api import DaemonState, PageData
 from daemon.web.requeue import RECORDS as REQUEUE_RECORDS
 from daemon.web.requeue import Requeue
+from daemon.workers import LocalModelWorker, ModelInfo, ModelWorker, WorkerUnavailable
 
-EXIT_OK, EXIT_FATAL, EXIT_STUCK = 0, 1, 70
+EXIT_OK, EXIT_FATAL = 0, 1
 HOUSEKEEPING_S = 5.0
 # How often a running daemon looks for dead peers' claims to adopt (shared roots), and
 # finishes the page's requeues that a kill cut short (daemon.web.requeue.Requeue.recover).
@@ -36,14 +36,23 @@ CLAIM_RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)  # probes of a disk that refused clai
 MAX_HELD = 10_000  # images waiting for their sidecar at once; beyond, the rescan finds them
 # The order shutdown() stops the parts in, whichever of them were started: intake first (no
 # new files), the pipeline drained while /healthz still answers, the spool's lock last.
-STOP_ORDER = ("intake", "model watcher", "pipeline", "http", "page", "decoder", "spool")
+STOP_ORDER = (
+    "intake",
+    "model watcher",
+    "pipeline",
+    "http",
+    "page",
+    "model workers",
+    "decoder",
+    "spool",
+)
 
 
 class Service:
     """One daemon instance from start to exit: ``run()`` is its whole life.
 
     The steps are named as huey's Consumer and rq's Worker name theirs: :meth:`bootstrap`
-    (the spool's folders, the decoder processes, the model), then one ``_start_*`` method per
+    (the spool's folders, the decoder processes, the model worker), then one ``_start_*`` method per
     worker thread (the pipeline, the page and the HTTP server, the inbox intake, the
     checkpoint watcher), :meth:`work` (the claim loop with its heartbeats, until a stop is
     requested) and :meth:`shutdown` (drain in-flight files within ``drain_seconds``, stop
@@ -57,6 +66,7 @@ class Service:
 
     spool: Spool
     decoder: DecoderPool
+    models: ModelCache
     pipeline: Pipeline
     intake: Intake
     model_watcher: ModelWatcher
@@ -65,12 +75,13 @@ class Service:
         self.settings = settings
         self.stop_requested = threading.Event()
         self.metrics = Metrics()
-        self.health = Health(stuck_after_s=settings.stuck_seconds)
+        self.health = Health()
         self.backlog: deque[Claim] = deque()  # claims to (re)submit before new inbox files
         self.server: http.Server | None = None
         self.page: PageData | None = None  # built here, handed to the server (the page's owner)
         self._stoppers: dict[str, Callable[[], object]] = {}  # the parts started, by name
         self._drained = True
+        self._model_problem: str | None = None  # why no model worker serves, as last told
         # Set while the disk refuses claims (full, read-only, failing): intake waits, then probes.
         self._claim_problem: str | None = None
         self._claim_failures = 0
@@ -95,11 +106,9 @@ class Service:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         try:
-            engine = self.bootstrap()
-            if engine is None:
+            if not self.bootstrap():
                 return EXIT_FATAL
-            self._start_pipeline(engine)
-            del engine  # this frame lives as long as the daemon: it must not pin the first model
+            self._start_pipeline()
             self._resume_claimed()
             self.intake = self._create_intake()
             self.model_watcher = self._create_model_watcher()
@@ -115,14 +124,16 @@ class Service:
             self.shutdown()
         return EXIT_OK
 
-    def bootstrap(self) -> Engine | None:
-        """The spool's folders, the decoder processes and the model; None when one fails."""
+    def bootstrap(self) -> bool:
+        """The spool's folders, the decoder processes and the model worker; False when the
+        service cannot start. A model worker that cannot start does not stop the service: it
+        says why (/healthz, the page, the log), takes no file, and is started again later."""
         s = self.settings
         try:
             self.resolver = Resolver(s)
         except ValueError as exc:
             logger.error("cannot start: {}", exc)
-            return None
+            return False
         self.spool = Spool(
             s.root,
             s.instance,
@@ -138,19 +149,50 @@ class Service:
                 (self.spool.inbox / name).mkdir(exist_ok=True)
             self.decoder.start()  # its forkserver imports the decoder while the model loads
             self._started("decoder", self.decoder.close)
-            engine = s.load_engine()
-        except (SpoolError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
+        except (SpoolError, ValueError, RuntimeError, OSError) as exc:
             logger.error("cannot start: {}", exc)
-            return None  # run() stops what was started
-        self.health.update(model_version=engine.version)
-        self.metrics.model_info.info(_model_labels(engine))
-        self.metrics.up.set(1)
-        return engine
-
-    def _start_pipeline(self, engine: Engine) -> None:
-        self.pipeline = Pipeline(
-            self.settings, self.spool, engine, self.metrics, self.health, decoder=self.decoder
+            return False  # run() stops what was started
+        self.models = ModelCache(
+            self._make_worker,
+            s.engine_options(),
+            s.model_memory_mb << 20,
+            s.reload_seconds,
+            watched=s.checkpoint,
         )
+        self._started("model workers", self.models.stop)
+        self.health.update(workers=self.models.workers)
+        self.metrics.workers.source = self.models.workers
+        try:
+            _, info = self.models.get(s.checkpoint)
+        except WorkerUnavailable as exc:
+            self._model_problem = exc.reason
+            logger.error(
+                "the model worker cannot start: {}; serving /healthz, taking no file, "
+                "and starting it again later",
+                exc.reason,
+            )
+        else:
+            self._model_loaded(info)
+        self.metrics.up.set(1)
+        return True
+
+    def _make_worker(self, checkpoint: str) -> ModelWorker:
+        """A model worker for ``checkpoint`` (daemon.model_cache): one supervised process,
+        whose batches are cut at ``stuck_seconds``."""
+        default = checkpoint == str(self.settings.checkpoint)
+        name = "default" if default else Path(checkpoint).name
+        return LocalModelWorker(name, batch_timeout_s=self.settings.stuck_seconds)
+
+    def _model_loaded(self, info: ModelInfo) -> None:
+        self.health.update(model_version=info.version)
+        self.metrics.model_info.info(_model_labels(info))
+
+    def _start_pipeline(self) -> None:
+        self.pipeline = Pipeline(
+            self.settings, self.spool, self.models, self.metrics, self.health, decoder=self.decoder
+        )
+        if self._model_problem is not None:
+            self.pipeline.model_unavailable(str(self.settings.checkpoint), self._model_problem)
         self.pipeline.start()
         self._started("pipeline", self._stop_pipeline)
         self.pipeline.publish_models()
@@ -180,7 +222,7 @@ class Service:
         s = self.settings
         return ModelWatcher(
             s.checkpoint,
-            s.load_engine,
+            self.models.reload,
             on_new=self._switch,
             on_error=self._reload_failed,
             interval_s=s.reload_seconds,
@@ -263,10 +305,12 @@ class Service:
         pipeline, backlog = self.pipeline, self.backlog
         while not self.stop_requested.is_set():
             backlog.extend(pipeline.retry_due())
-            while backlog and pipeline.free_slots:
+            # Files wait on disk while no model worker can serve them.
+            no_model = self.health.worker_problem is not None
+            while backlog and pipeline.free_slots and not no_model:
                 pipeline.submit(backlog.popleft())
             # A disk that refused writes pauses intake until a retried commit succeeds.
-            paused = self.health.paused_reason is not None
+            paused = self.health.paused_reason is not None or no_model
             if not paused and pipeline.free_slots and time.monotonic() >= self._claims_resume_at:
                 self._claim_new()
             now = time.monotonic()
@@ -346,10 +390,7 @@ class Service:
 
     def _housekeeping(self) -> None:
         spool = self.spool
-        if self._engine_stuck():
-            logger.critical("a model call has run over {}s; exiting", self.settings.stuck_seconds)
-            systemd.notify("STATUS=engine stuck; exiting")
-            os._exit(EXIT_STUCK)  # claimed files are resumed by the next start
+        self._watch_model()
         try:
             spool.heartbeat()
         except OSError as exc:  # a full, read-only or failing disk: reported, not fatal
@@ -392,32 +433,40 @@ class Service:
         except OSError as exc:
             logger.warning("cannot finish interrupted retries: {}", exc)
 
-    def _engine_stuck(self) -> bool:
-        busy = self.health.engine_busy_since
-        return busy is not None and time.monotonic() - busy > self.settings.stuck_seconds
-
-    def _switch(self, engine: Engine) -> None:
-        self.pipeline.swap_engine(engine)
-        self.metrics.model_info.info(_model_labels(engine))
-        self.metrics.reloads.labels(result="ok").inc()
-        self.health.update(model_version=engine.version, reload_error=None)
+    def _watch_model(self) -> None:
+        """The served model as its worker reports it (a restart reloads the checkpoint's
+        path, which may hold a newer file), and systemd's status line while none serves (the
+        engine thread starts the worker again: daemon.pipeline)."""
+        info = self.pipeline.model
+        if info is not None and info.version != self.health.model_version:
+            self._model_loaded(info)
+        problem = self.health.worker_problem
+        if problem != self._model_problem:
+            self._model_problem = problem
+            status = "watching the inbox" if problem is None else f"no model worker: {problem}"
+            systemd.notify(f"STATUS={status}"[:200])
         self.pipeline.publish_models()
-        memory.release("a model switch")  # the old engine's pages back to the system
+
+    def _switch(self, info: ModelInfo) -> None:
+        self._model_loaded(info)
+        self.metrics.reloads.labels(result="ok").inc()
+        self.health.update(reload_error=None)
+        self.pipeline.publish_models()
 
     def _reload_failed(self, message: str) -> None:
         self.metrics.reloads.labels(result="failed").inc()
         self.health.update(reload_error=message)
 
 
-def _model_labels(engine: Engine) -> dict[str, str]:
-    meta = engine.checkpoint.meta
+def _model_labels(info: ModelInfo) -> dict[str, str]:
+    identity = info.identity
     return {
-        "version": engine.version,
-        "sha256": engine.checkpoint.sha256,
-        "epoch": "" if meta.epoch is None else str(meta.epoch),
-        "image_space": meta.image_space,
-        "device": str(engine.device),
-        "precision": engine.precision,
+        "version": identity.version,
+        "sha256": identity.sha256,
+        "epoch": "" if identity.epoch is None else str(identity.epoch),
+        "image_space": identity.image_space,
+        "device": info.device,
+        "precision": info.precision,
     }
 
 

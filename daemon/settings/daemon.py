@@ -61,8 +61,9 @@ class DaemonSettings(PageSettings, LogSettings, RenderSettings):
     max_attempts: int = Field(
         3,
         ge=1,
-        description="deaths of the process while a file was alone in the model (after an "
-        "interruption it is retried alone) before it is quarantined as crashed_repeatedly",
+        description="deaths of the model worker in a row with a file alone in it (after an "
+        "earlier death) before it is quarantined as crashed_repeatedly; the service's own "
+        "death never counts",
     )
 
     # Images.
@@ -76,7 +77,12 @@ class DaemonSettings(PageSettings, LogSettings, RenderSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(9750, ge=0, le=65535, description="0 turns HTTP off")
     drain_seconds: float = Field(20.0, gt=0, description="SIGTERM: finish in-flight within this")
-    stuck_seconds: float = Field(120.0, gt=0, description="a model call this long: exit")
+    stuck_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="a model batch this long is a hang: its worker is killed and the batch "
+        "retried by the crash rule (max_attempts)",
+    )
 
     # Presets and job sidecars (daemon.settings.presets, daemon.sidecars, docs/operations.md).
     presets: dict[str, dict[str, Any]] = Field(

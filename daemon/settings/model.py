@@ -17,6 +17,7 @@ from core.network.precision import PRECISIONS
 
 if TYPE_CHECKING:
     from core.runtime.engine import Engine
+    from daemon.workers.interface import EngineOptions
 
 # A seed is hashed into each image's noise seed (core.diffusion.schedule.image_seed): any size
 # works, this bound keeps it a 64-bit signed integer everywhere it is recorded.
@@ -123,6 +124,17 @@ class ModelSettings(BaseSettings):
     def sampler_request(self) -> SamplerRequest:
         """The sampler settings asked for, as the engine takes them (None fields: the model's)."""
         return sampler_request(self)
+
+    def engine_options(self) -> EngineOptions:
+        """How a model worker loads its checkpoint: these settings' device and precision."""
+        from daemon.workers.interface import EngineOptions
+
+        return EngineOptions(
+            device=self.device,
+            precision=self.precision,
+            max_batch=self.max_batch or None,
+            compile=self.compile,
+        )
 
     def load_engine(self, path: os.PathLike[str] | str | None = None) -> Engine:
         """The model at ``path`` (default: ``checkpoint``) on these settings' device."""

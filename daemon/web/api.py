@@ -107,7 +107,8 @@ class PageData:
     # --- /api/status --------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """``GET /api/status``: the daemon's health, queue, throughput and models."""
+        """``GET /api/status``: the daemon's health, queue, throughput, models and model
+        workers (alive, busy, restarts, why one does not serve)."""
         now = time.time()
         health = self.daemon.health.report()
         queue = dict(health.get("queue") or {})
@@ -133,6 +134,7 @@ class PageData:
             },
             "throughput": {"per_minute": per_minute(hour, now), "last_hour": len(hour)},
             "models": self._models(health),
+            "workers": list(health.get("workers") or []),
             "reload": self._reload(health),
             "counts": {
                 "outputs": len(self.outputs.entries()),

@@ -79,12 +79,24 @@ function showStatus(s) {
   models.replaceChildren(
     ...s.models.map((m) => el("li", { text: `${m.version} (epoch ${m.epoch || "-"}, ${m.device}, ${m.precision})` })),
   );
+  $("workers").replaceChildren(
+    ...s.workers.map((w) => el("li", { class: w.alive ? "" : "problems", text: describeWorker(w) })),
+  );
   const reload = s.reload;
   $("reload").textContent = reload.last === "failed" ? `failed: ${reload.error}` : reload.last;
   retryEnabled = s.retry_enabled;
   $("retry-off").hidden = retryEnabled;
   $("token-form").hidden = !retryEnabled;
   pageSize = s.page_size;
+}
+
+function describeWorker(w) {
+  const name = w.checkpoint.split("/").pop();
+  const state = w.alive ? (w.busy ? "busy" : "idle") : "down";
+  const parts = [`${name}: ${state}`, `${w.restarts} restart${w.restarts === 1 ? "" : "s"}`];
+  if (w.pid) parts.push(`pid ${w.pid}`);
+  if (w.error) parts.push(w.error);
+  return parts.join(" · ");
 }
 
 function describeMeta(meta) {
