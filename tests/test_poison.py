@@ -1,9 +1,12 @@
-"""Restarts blame only the poison: a published output finishes its claim before anything is
-weighed, and only deaths while a file was alone in the model count against it.
+"""The service's own death never charges a file: a published output finishes its claim
+before anything else, and a restart only counts an interruption, even where an older artd
+(which ran the model in the service) had marked the file alone in the model (``solo``).
+A poison is found by the model workers instead (tests/test_worker_wiring.py).
 
 The on-disk states are reached the way a real process reaches them: child processes run the
-real ``Spool`` and die by SIGKILL, either on their own (a "batch" or "solo" crash) or at a
-chosen filesystem step through the crash-point hook (``_ARTD_CRASHPOINT``, docs/spool.md).
+real ``Spool`` and die by SIGKILL, either on their own (a "batch" crash, or a "solo" crash
+after writing an older artd's marker) or at a chosen filesystem step through the crash-point
+hook (``_ARTD_CRASHPOINT``, docs/spool.md).
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from daemon.spool import SIDECAR_SUFFIX, TEMP_MARK, Spool
 
 REPO = Path(__file__).resolve().parents[1]
 INSTANCE = "test"  # the harness's instance name: the daemon resumes these claims
-MAX_ATTEMPTS = 3  # the setting's default: solo crashes that quarantine a file
+MAX_ATTEMPTS = 3  # the setting's default: what an older artd quarantined at
 
 # A process of the daemon's shape, cut down to the spool: resume, claim, then die in a batch,
-# die while the suspects are alone in the model, or commit everything.
+# die after marking the resumed claims alone in the model as an older artd did, or commit
+# everything.
 CHILD = """
 import json, os, signal, sys
 from pathlib import Path
@@ -38,9 +42,10 @@ claims = spool.recover() + [c for p in list(spool.scan_inbox()) if (c := spool.c
 print(json.dumps({str(c.rel_path): [c.interrupted, c.solo_crashes] for c in claims}), flush=True)
 if mode == "batch-crash":
     os.kill(os.getpid(), signal.SIGKILL)
+records = spool._machine.records
 for claim in claims:
-    if claim.suspect:
-        spool.mark_solo(claim)
+    if claim.suspect:  # the marker an older artd wrote around a suspect's solo run
+        records.write(json.loads(records.path(claim.id).read_bytes()) | {"solo": True})
 if mode == "solo-crash":
     os.kill(os.getpid(), signal.SIGKILL)
 for claim in claims:
@@ -76,21 +81,19 @@ def step_number(root: Path, tmp: Path, mode: str, name: str) -> int:
 
 
 def at_last_attempt_output_renamed(root: Path, tmp: Path) -> None:
-    """``root`` with one claim at its last allowed attempt (``MAX_ATTEMPTS - 1`` solo
-    crashes, marked solo again) whose output was renamed into the outbox when the process
-    died, its record still ``claimed``: a weighing would now quarantine it."""
+    """``root`` with one claim that an older artd would have held at its last allowed
+    attempt (``MAX_ATTEMPTS - 1`` deaths while marked alone in the model, marked again),
+    whose output was renamed into the outbox when the process died, its record still
+    ``claimed``. None of those deaths charged it."""
     (root / "inbox").mkdir(parents=True)
     (root / "inbox" / "last.jpg").write_bytes(b"the last attempt")
     assert child(root, "batch-crash") == (-9, {"last.jpg": [0, 0]})
     for solo in range(MAX_ATTEMPTS - 1):
-        assert child(root, "solo-crash") == (-9, {"last.jpg": [1 + solo, solo]})
+        assert child(root, "solo-crash") == (-9, {"last.jpg": [1 + solo, 0]})
     n = step_number(root, tmp, "commit", "output:dir-flush")  # right after output:rename
-    assert child(root, "commit", _ARTD_CRASHPOINT=str(n)) == (
-        -9,
-        {"last.jpg": [MAX_ATTEMPTS, MAX_ATTEMPTS - 1]},
-    )
+    assert child(root, "commit", _ARTD_CRASHPOINT=str(n)) == (-9, {"last.jpg": [MAX_ATTEMPTS, 0]})
     record = json.loads(next((root / ".artd" / "work" / INSTANCE).glob("*.json")).read_text())
-    assert (record["state"], record["solo"], record["solo_crashes"]) == ("claimed", True, 2)
+    assert (record["state"], record["solo"], record["solo_crashes"]) == ("claimed", True, 0)
     assert (root / "outbox" / "last.jpg.png").read_bytes() == b"out:the last attempt"
 
 
@@ -122,7 +125,7 @@ def test_the_daemon_finishes_it_too(pixel_checkpoint: Path, tmp_path: Path) -> N
     assert "finishing the commit" in daemon.log and "crashed_repeatedly" not in daemon.log
 
 
-def test_batch_crashes_never_count_solo_crashes_do(tmp_path: Path) -> None:
+def test_no_death_of_the_process_charges_a_file(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "inbox").mkdir(parents=True)
     for name in ("a.jpg", "b.jpg"):
@@ -130,11 +133,11 @@ def test_batch_crashes_never_count_solo_crashes_do(tmp_path: Path) -> None:
     for kill in range(5):  # killed while both were in one batch, five times
         code, seen = child(root, "batch-crash")
         assert code == -9 and seen == {"a.jpg": [kill, 0], "b.jpg": [kill, 0]}
-    for solo in range(2):  # now alone in the model (the child marks both suspects)
+    for solo in range(MAX_ATTEMPTS + 1):  # killed with both marked alone, as an older artd did
         code, seen = child(root, "solo-crash")
-        assert code == -9 and seen == {"a.jpg": [5 + solo, solo], "b.jpg": [5 + solo, solo]}
+        assert code == -9 and seen == {"a.jpg": [5 + solo, 0], "b.jpg": [5 + solo, 0]}
     code, seen = child(root, "commit")
-    assert code == 0 and seen == {"a.jpg": [7, 2], "b.jpg": [7, 2]}
+    assert code == 0 and seen == {"a.jpg": [9, 0], "b.jpg": [9, 0]}
     assert sorted(p.name for p in files_under(root / "outbox")) == ["a.jpg.png", "b.jpg.png"]
     assert files_under(root / "quarantine") == []
 
@@ -161,8 +164,9 @@ def test_the_sidecar_of_a_crashed_repeatedly_file_says_why(tmp_path: Path) -> No
         assert child(root, "solo-crash")[0] == -9
     with Spool(root, INSTANCE) as spool:
         (claim,) = spool.recover()
-        assert claim.solo_crashes == MAX_ATTEMPTS
-        spool.quarantine(claim, "crashed_repeatedly", "died alone in the model 3 times")
+        assert claim.solo_crashes == 0  # the process's deaths charged nothing
+        claim.solo_crashes = MAX_ATTEMPTS  # a model worker's, as the pipeline records them
+        spool.quarantine(claim, "crashed_repeatedly", "the worker died alone 3 times")
     sidecar = json.loads((root / "quarantine" / f"poison.jpg{SIDECAR_SUFFIX}").read_text())
     assert (sidecar["interrupted"], sidecar["solo_crashes"]) == (MAX_ATTEMPTS + 1, MAX_ATTEMPTS)
     # Retrying it is moving it back to the inbox: a fresh claim, no count carried over.

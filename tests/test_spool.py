@@ -533,27 +533,28 @@ def test_recover_after_a_crash_around_the_claim_rename(spool: Spool) -> None:
     assert_settled(spool)
 
 
-def test_attempts_count_every_restart_solo_crashes_only_the_marked_ones(spool: Spool) -> None:
+def test_attempts_count_every_restart_and_no_restart_charges_a_file(spool: Spool) -> None:
+    """The service's own death never charges a file: restarts count ``interrupted``, and the
+    ``solo`` marker of an artd that ran the model in the service is dropped, not charged."""
     claim = take(spool, "crashy.jpg")
     assert (claim.attempts, claim.interrupted, claim.solo_crashes) == (1, 0, 0)
     assert not claim.suspect
     for expected, solo in ((2, False), (3, True), (4, False), (5, True)):
-        if solo:
-            assert spool.mark_solo(claim)
+        if solo:  # as an older artd marked a suspect alone in the model
+            path = spool.work_dir / f"{claim.id}.json"
+            path.write_text(json.dumps(json.loads(path.read_text()) | {"solo": True}))
         spool = reopen(spool)
         (again,) = spool.recover()
         assert (again.attempts, again.interrupted) == (expected, expected - 1)
-        assert again.solo_crashes == claim.solo_crashes + solo and again.suspect
+        assert again.solo_crashes == 0 and again.suspect
+        record = json.loads((spool.work_dir / f"{claim.id}.json").read_text())
+        assert "solo" not in record
         claim = again
-    assert claim.solo_crashes == 2
-    # Marked, then cleared once the model is done: a death after that is not its fault.
-    assert spool.mark_solo(claim) and spool.clear_solo(claim)
-    spool = reopen(spool)
-    (claim,) = spool.recover()
-    assert (claim.interrupted, claim.solo_crashes) == (5, 2)
-    spool.quarantine(claim, Reason.CRASHED_REPEATEDLY, "killed the daemon alone 3 times")
+    # The pipeline records a model worker's solo crashes on the claim it quarantines.
+    claim.solo_crashes = 3
+    spool.quarantine(claim, Reason.CRASHED_REPEATEDLY, "the model worker died alone 3 times")
     sidecar = json.loads((spool.quarantine_dir / f"crashy.jpg{SIDECAR_SUFFIX}").read_text())
-    assert (sidecar["attempts"], sidecar["interrupted"], sidecar["solo_crashes"]) == (6, 5, 2)
+    assert (sidecar["attempts"], sidecar["interrupted"], sidecar["solo_crashes"]) == (5, 4, 3)
     assert_settled(spool)
 
 
@@ -567,18 +568,6 @@ def test_records_without_the_crash_counts_load_as_attempts(spool: Spool) -> None
     (old,) = spool.recover()
     assert (old.attempts, old.interrupted, old.solo_crashes) == (4, 3, 0)
     spool.commit(old, b"out")
-    assert_settled(spool)
-
-
-def test_solo_marker_is_not_written_over_a_committed_record(spool: Spool) -> None:
-    claim = take(spool, "a.jpg", b"a")
-    spool._machine.write_output(claim, b"out")
-    spool._machine.mark_committed(claim)
-    assert not spool.mark_solo(claim)  # a retried archiving: the record stays committed
-    assert json.loads((spool.work_dir / f"{claim.id}.json").read_text())["state"] == "committed"
-    spool = reopen(spool)
-    assert spool.recover() == []
-    assert files(spool.outbox) == {"a.jpg.png": b"out"}
     assert_settled(spool)
 
 

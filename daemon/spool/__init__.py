@@ -9,9 +9,10 @@ filesystem, so a ``kill -9`` anywhere leaves a state that ``recover()`` finishes
 
 The public API is :class:`Spool`, one per instance name (``prepare()``/``close()`` or
 ``with``): ``scan_inbox()``, ``is_candidate()``, ``claim()``, ``open_claim()``,
-``commit()``, ``quarantine()``, ``release()``, ``mark_solo()``, ``clear_solo()``,
-``recover()``, ``adopt_stale()``, ``heartbeat()``, ``remove_empty_dirs()``, ``can_write()``;
-a :class:`Claim` is what it hands out (``suspect`` once a restart found it unfinished).
+``commit()``, ``quarantine()``, ``release()``, ``recover()``, ``adopt_stale()``,
+``heartbeat()``, ``remove_empty_dirs()``, ``can_write()``; a :class:`Claim` is what it hands
+out (``interrupted`` counts the restarts that found it unfinished, for the record: they
+charge it nothing).
 Nothing here follows a symlink and nothing outside ``root`` is read, moved or written.
 
 The modules, one concern each:

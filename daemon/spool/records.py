@@ -3,12 +3,13 @@
 A record is a JSON object, written atomically *before* the move its state announces
 (docs/spool.md). Its ``state`` is one of :class:`State`; the other fields are those of
 :class:`Claim` (``work_name`` for its path) plus, once chosen, ``archive_rel``,
-``quarantine_rel`` and ``error``, ``solo`` while a suspect is alone in the model,
-``sidecar_rel`` (the job sidecar found beside the file at claim time; in work/ it is
-``<id>.artd.json``) and ``job`` (the settings resolved at claim time, fixed from then on). Every
-path in it is relative and checked on reading, so a planted record cannot point anywhere
-else. Records written before ``interrupted`` and ``solo_crashes`` existed load with
-``attempts - 1`` interruptions and no solo crash.
+``quarantine_rel`` and ``error``, ``sidecar_rel`` (the job sidecar found beside the file at
+claim time; in work/ it is ``<id>.artd.json``) and ``job`` (the settings resolved at claim
+time, fixed from then on). Every path in it is relative and checked on reading, so a planted
+record cannot point anywhere else. Records written before ``interrupted`` and
+``solo_crashes`` existed load with ``attempts - 1`` interruptions and no solo crash; the
+``solo`` marker of records written by versions that ran the model in the service is dropped
+by recovery, never charged.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ class Claim:
     attempts: int
     output_rel: PurePosixPath
     claimed_at: float
-    # Restarts that found this claim unfinished, and those of them that happened while it
-    # was alone in the model (its ``solo`` marker set): only these can blame the file.
+    # Restarts that found this claim unfinished (for the record: the service's death charges
+    # nothing), and the solo crashes of a model worker charged to it (daemon.workers.ledger:
+    # set by the pipeline when it quarantines the file as crashed_repeatedly, so the sidecar
+    # says; records of versions that ran the model in the service may carry older counts).
     interrupted: int = 0
     solo_crashes: int = 0
     # The settings resolved at claim time (daemon.settings.jobs.Resolver.resolve); None without
@@ -65,7 +68,7 @@ class Claim:
 
     @property
     def suspect(self) -> bool:
-        """Interrupted before: processed alone (own batch, alone in the model) from now on."""
+        """Interrupted before (informational: it is processed like any other claim)."""
         return self.interrupted > 0
 
 

@@ -44,8 +44,8 @@ class Recovery:
         self.layout = machine.layout
 
     def recover(self) -> list[Claim]:
-        """Finish or resume this instance's leftovers; each resumed claim is charged one
-        interruption, and a solo crash if its ``solo`` marker was set (:func:`interrupted`)."""
+        """Finish or resume this instance's leftovers; each resumed claim counts one more
+        interruption, which charges it nothing (:func:`interrupted`)."""
         self._merge_adopted()
         claims = self._recover_work(only=None)
         self._sweep_reservations(owners={self.machine.instance})
@@ -249,17 +249,17 @@ class Recovery:
 
 
 def interrupted(record: Record) -> Record:
-    """A ``claimed`` record found by a restart: one more attempt and interruption, and one
-    more solo crash when the process died while the claim was alone in the model."""
+    """A ``claimed`` record found by a restart: one more attempt and interruption. The
+    service's own death never charges a file: a ``solo`` marker (written by artd versions
+    that ran the model in the service) is dropped, ``solo_crashes`` kept as it was."""
     was_interrupted, solo_crashes = crash_counts(record)
-    solo = bool(record.pop("solo", False))
+    if record.pop("solo", False):
+        logger.info(
+            "{} was alone in the model when an earlier artd's process died: not charged "
+            "(the service's own death never charges a file)",
+            record["rel_path"],
+        )
     record["attempts"] = int(record["attempts"]) + 1
     record["interrupted"] = was_interrupted + 1
-    record["solo_crashes"] = solo_crashes + solo
-    if solo:
-        logger.warning(
-            "{} was alone in the model when the process died ({} time(s) now)",
-            record["rel_path"],
-            record["solo_crashes"],
-        )
+    record["solo_crashes"] = solo_crashes
     return record

@@ -234,19 +234,6 @@ class Spool:
         self._require_lock()
         return self._machine.commit(claim, data)
 
-    def mark_solo(self, claim: Claim) -> bool:
-        """A suspect (``claim.suspect``: interrupted before) enters the model alone now:
-        record it durably, so that a process dying before :meth:`clear_solo` counts against
-        this file (``solo_crashes``) at the next start. False, writing nothing, when the
-        claim's record is no longer ``claimed`` (its output is already committed)."""
-        self._require_lock()
-        return self._machine.mark_solo(claim)
-
-    def clear_solo(self, claim: Claim) -> bool:
-        """The model is done with the suspect: a death from now on is not its fault."""
-        self._require_lock()
-        return self._machine.clear_solo(claim)
-
     def quarantine(
         self, claim: Claim, reason: str, message: str, details: dict | None = None
     ) -> Path:

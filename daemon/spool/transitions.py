@@ -321,31 +321,6 @@ class Machine:
                 os.unlink(work)
         fsync_dir(self.layout.work, "work")
 
-    # --- suspects ------------------------------------------------------------------------
-
-    def mark_solo(self, claim: Claim) -> bool:
-        """Record that the suspect ``claim`` enters the model alone (step ``record-solo``):
-        a restart that finds the marker counts a solo crash. False (nothing written) when
-        the claim is no longer ``claimed`` (committed already, a retry of its archiving)."""
-        return self._set_solo(claim, True, "record-solo")
-
-    def clear_solo(self, claim: Claim) -> bool:
-        """The model is done with it: clear the marker again (step ``record-unsolo``)."""
-        return self._set_solo(claim, False, "record-unsolo")
-
-    def _set_solo(self, claim: Claim, solo: bool, prefix: str) -> bool:
-        record = self.records.read(claim.id)
-        if record is None or record["state"] != State.CLAIMED:
-            return False
-        if bool(record.get("solo")) == solo:
-            return True
-        if solo:
-            record["solo"] = True
-        else:
-            record.pop("solo", None)
-        self.records.write(record, prefix)
-        return True
-
     # --- quarantining -------------------------------------------------------------------
 
     def quarantine(
