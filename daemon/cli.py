@@ -51,8 +51,8 @@ def run_process(argv: list[str]) -> int:
 
     args = vars(process_parser().parse_args(argv))
     # Imported after parsing so that --help and flag errors do not wait for torch.
-    from core.checkpoint import CheckpointError
     from daemon.oneshot import process
+    from daemon.workers import LocalModelWorker, WorkerUnavailable
 
     paths, out = args.pop("paths"), args.pop("out")
     try:
@@ -60,24 +60,31 @@ def run_process(argv: list[str]) -> int:
     except SettingsError as exc:
         logger.error("{}", exc)
         return EXIT_FATAL
+    # The model in a worker process of its own, as the daemon runs it: an input that kills
+    # the model costs that input, not the run (daemon.oneshot).
+    worker = LocalModelWorker("process")
     try:
-        engine = settings.load_engine()
-    except (CheckpointError, ValueError, RuntimeError) as exc:
-        logger.error("cannot load the model: {}", exc)
+        worker.start(settings.checkpoint, settings.engine_options())
+    except WorkerUnavailable as exc:
+        logger.error("cannot load the model: {}", exc.reason)
+        worker.stop()
         return EXIT_FATAL
     from core.runtime.img2img import OutputSettings
 
-    report = process(
-        paths,
-        out,
-        engine,
-        size=settings.size,
-        resize=settings.resize,
-        fmt=settings.output_format,
-        workers=settings.workers,
-        request=settings.sampler_request(),
-        output=OutputSettings.from_settings(settings),
-    )
+    try:
+        report = process(
+            paths,
+            out,
+            worker,
+            size=settings.size,
+            resize=settings.resize,
+            fmt=settings.output_format,
+            workers=settings.workers,
+            request=settings.sampler_request(),
+            output=OutputSettings.from_settings(settings),
+        )
+    finally:
+        worker.stop()
     logger.info("{} written, {} rejected", len(report.written), len(report.rejected))
     return report.exit_code
 

@@ -1,11 +1,14 @@
 """``artd process`` and ``artd generate``: run a checkpoint once and write the outputs.
 
 ``process``: files or folders through the model. The inference step is the daemon's
-(core.runtime.img2img); only the files' way in and out differs. A denoise checkpoint's noise is
-seeded from each input file's content hash, so the same file gives the same pixels on every
-run. Decoding and encoding run in a thread pool (Pillow releases the GIL) while the engine
-works on the previous chunk, so the model is rarely idle. Bad inputs are reported and
-skipped; the rest are still processed.
+(core.runtime.img2img), run by a model worker as the daemon's is (daemon.workers: ``artd
+process`` starts a supervised process of its own), with the daemon's crash rule
+(daemon.workers.retries): a worker that dies with a batch is restarted and the batch retried
+in halves, so an input that kills the model costs that input (``crashed_repeatedly``), not
+the run. A denoise checkpoint's noise is seeded from each input file's content hash, so the
+same file gives the same pixels on every run. Decoding and encoding run in a thread pool
+(Pillow releases the GIL) while the worker works on the previous chunk, so the model is
+rarely idle. Bad inputs are reported and skipped; the rest are still processed.
 
 ``generate``: images from noise (core.diffusion.generate), named ``<seed>-<index>.<ext>``; a name
 that already exists is never overwritten: the run is refused before the model starts.
@@ -29,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 from loguru import logger
-from PIL import Image
 from tqdm import tqdm
 
 from core.diffusion.sampler_settings import SamplerRequest
@@ -40,9 +42,20 @@ from core.images.origin import Origin
 from core.images.pixels import ResizePolicy, to_uint8_array
 from core.outputs.encoding import OUTPUT_FORMATS, encode
 from core.reasons import Reason
+from core.runtime.batcher import map_by_shape
 from core.runtime.engine import Engine
 from core.runtime.errors import InferenceError
-from core.runtime.img2img import Inference, OutputSettings
+from core.runtime.img2img import OutputSettings, encode_result
+from daemon.workers import (
+    SOLO_CRASH_LIMIT,
+    CrashLedger,
+    ModelInfo,
+    ModelWorker,
+    ResultPixels,
+    WorkerResult,
+)
+from daemon.workers.inprocess import InProcessWorker
+from daemon.workers.retries import run_batch
 
 EXIT_OK, EXIT_FATAL, EXIT_SOME_REJECTED = 0, 1, 2
 # Files decoded ahead of the engine; bounds memory however many inputs there are.
@@ -54,6 +67,7 @@ CHUNK = 32
 IO_NICENESS = 10
 
 Rejected = tuple[Path, str, str]  # (input, reason, message)
+Answer = tuple[WorkerResult, ModelInfo | None]  # a result and the model that computed it
 
 
 @dataclass
@@ -133,7 +147,7 @@ def _job(
 def process(
     paths: Sequence[Path],
     out: Path,
-    engine: Engine,
+    model: Engine | ModelWorker,
     *,
     size: int,
     resize: ResizePolicy,
@@ -142,15 +156,19 @@ def process(
     progress: bool | None = None,
     request: SamplerRequest | None = None,
     output: OutputSettings | None = None,
+    crash_limit: int = SOLO_CRASH_LIMIT,
 ) -> Report:
     """Process every input under ``paths`` into ``out``; never raises for a bad input.
-    ``request``: the sampler settings asked for (unset fields: the checkpoint's);
+    ``model``: a started model worker, or an engine of this process (run in it, no
+    isolation); ``request``: the sampler settings asked for (unset fields: the checkpoint's);
     ``output``: every output setting (OutputSettings.from_settings), which then wins over
-    ``size``, ``resize`` and ``fmt``."""
-    inference = Inference(engine, output or OutputSettings(size, resize, fmt), request)
+    ``size``, ``resize`` and ``fmt``; ``crash_limit``: solo crashes of the worker in a row
+    that reject an input as ``crashed_repeatedly`` (daemon.workers.CrashLedger)."""
+    worker = InProcessWorker(model) if isinstance(model, Engine) else model
+    run = _Run(worker, output or OutputSettings(size, resize, fmt), request, crash_limit)
     report = Report()
     jobs: list[Job] = []
-    for item in collect(paths, out, inference.output):
+    for item in collect(paths, out, run.output):
         if isinstance(item, Job):
             jobs.append(item)
         else:
@@ -163,17 +181,64 @@ def process(
             workers, thread_name_prefix="artd-io", initializer=lower_thread_priority
         ) as pool,
     ):
-        _run(jobs, inference, pool, report, bar)
+        _run(jobs, run, pool, report, bar)
     for source, reason, message in report.rejected:
         logger.warning("rejected {}: {} ({})", source, reason, message)
     return report
 
 
-def _run(
-    jobs: list[Job], inference: Inference, pool: ThreadPoolExecutor, report: Report, bar: tqdm
-) -> None:
+@dataclass
+class _Run:
+    """A run's model worker, settings and crash ledger (keyed by output path)."""
+
+    worker: ModelWorker
+    output: OutputSettings
+    request: SamplerRequest | None
+    crash_limit: int
+    ledger: CrashLedger[Path] = field(init=False)
+    unavailable: str | None = None  # the worker cannot serve: the rest is rejected at once
+
+    def __post_init__(self) -> None:
+        self.ledger = CrashLedger(self.crash_limit)
+
+    def model_results(self, jobs: list[Job]) -> list[Answer]:
+        """Each job's result and the model that computed it, batched by shape, in order;
+        never raises (a death is retried by the crash rule, daemon.workers.retries)."""
+        model = self.worker.model
+        max_batch = model.max_batch if model is not None else 4
+        return map_by_shape(jobs, lambda job: np.shape(job.pixels), max_batch, self._batch)
+
+    def _batch(self, jobs: list[Job]) -> list[Answer]:
+        if self.unavailable is not None:
+            return [(InferenceError(Reason.MODEL_FAILED, self.unavailable), None)] * len(jobs)
+        keys = [job.output for job in jobs]
+        outcome = run_batch(
+            self.worker,
+            self.ledger,
+            keys,
+            [job.pixels for job in jobs],  # type: ignore[misc]
+            [job.sha256 for job in jobs],
+            self.request,
+            self.output,
+        )
+        if outcome.unavailable is not None:
+            self.unavailable = f"no model worker: {outcome.unavailable.reason}"[:300]
+        answers: list[Answer] = []
+        for key in keys:
+            if key in outcome.answered:
+                answers.append(outcome.answered[key])
+            elif key in outcome.crashed:
+                error = InferenceError(Reason.CRASHED_REPEATEDLY, outcome.crashed[key])
+                answers.append((error, None))
+            else:
+                message = self.unavailable or "not run"
+                answers.append((InferenceError(Reason.MODEL_FAILED, message), None))
+        return answers
+
+
+def _run(jobs: list[Job], run: _Run, pool: ThreadPoolExecutor, report: Report, bar: tqdm) -> None:
     """Decode a chunk ahead, run the one before it, write its outputs behind."""
-    settings = inference.output
+    settings = run.output
     writes: list[tuple[Job, Future[Path]]] = []
     decoded = [pool.submit(_decode, job, settings) for job in jobs[:CHUNK]]
     for start in range(0, len(jobs), CHUNK):
@@ -182,13 +247,13 @@ def _run(
         upcoming = jobs[start + CHUNK : start + 2 * CHUNK]
         decoded = [pool.submit(_decode, job, settings) for job in upcoming]
         report.rejected.extend(failed)
-        results = inference.run_all([job.pixels for job in ready], [job.sha256 for job in ready])
-        for job, result in zip(ready, results, strict=True):
+        results = run.model_results(ready)
+        for job, (result, model) in zip(ready, results, strict=True):
             job.pixels = None
             if isinstance(result, InferenceError):
                 report.rejected.append((job.source, result.reason, result.message))
-            else:
-                writes.append((job, pool.submit(_write, inference, job, result)))
+            elif model is not None:
+                writes.append((job, pool.submit(_write, run, model, job, result)))
         bar.update(len(ready) + len(failed))
         writes = _drain(writes, report, wait=False)
     _drain(writes, report, wait=True)
@@ -298,8 +363,11 @@ def _sniffed(path: Path) -> str | None:
         return None
 
 
-def _write(inference: Inference, job: Job, image: Image.Image) -> Path:
-    data = inference.encode(image, job.sha256, job.origin)
+def _write(run: _Run, model: ModelInfo, job: Job, result: ResultPixels) -> Path:
+    settings = model.sampler_settings(run.request)
+    data = encode_result(
+        result.image(), model.identity, job.sha256, run.output, settings, job.origin
+    )
     job.output.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(job.output, data)  # never a half-written output under its final name
     return job.output
