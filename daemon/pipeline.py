@@ -147,6 +147,11 @@ class Pipeline:
         self._next_model_try = time.monotonic() + MODEL_RETRY_S[0]
         self.health.update(worker_problem=self._worker_problem())
 
+    def retry_models_now(self) -> None:
+        """A model was loaded meanwhile (a hot reload): try the workers that could not start
+        at the engine thread's next turn, not at the end of their back-off."""
+        self._next_model_try = 0.0
+
     def _worker_problem(self) -> str | None:
         if not self._unavailable:
             return None

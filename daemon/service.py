@@ -449,6 +449,7 @@ class Service:
 
     def _switch(self, info: ModelInfo) -> None:
         self._model_loaded(info)
+        self.pipeline.retry_models_now()  # the worker may have been down until now
         self.metrics.reloads.labels(result="ok").inc()
         self.health.update(reload_error=None)
         self.pipeline.publish_models()

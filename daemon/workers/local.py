@@ -128,6 +128,7 @@ class LocalModelWorker:
                 for attempt in (1, 2):
                     self._ensure_running()
                     number = next(self._batches)
+                    pid = self._pid  # a death clears it
                     started = time.perf_counter()
                     try:
                         reply = self._send_batch(
@@ -139,7 +140,7 @@ class LocalModelWorker:
                         if self._stopped:
                             raise WorkerUnavailable("the model worker was stopped") from None
                         if held == number:
-                            self._log_death(died.error, len(items))
+                            self._log_death(died.error, len(items), pid)
                             raise died.error from None
                         # Died before taking the batch: not its doing. Restart, send it again.
                         logger.warning(
@@ -376,13 +377,13 @@ class LocalModelWorker:
         if beat is not None:
             BEAT.pack_into(beat.buf, 0, 0.0, 0)
 
-    def _log_death(self, error: WorkerDied, files: int) -> None:
+    def _log_death(self, error: WorkerDied, files: int, pid: int | None) -> None:
         with self._lock:
             self._error = f"died with {files} file(s) in it: {error.cause}; restarts on next use"
         logger.error(
             "model worker {} (pid {}) died with {} file(s) in it: {}",
             self.name,
-            self._pid,
+            pid,
             files,
             error.cause,
         )
