@@ -8,7 +8,8 @@ daemon subprocesses (tests/daemon_harness.py), real worker processes, real ``kil
 - ``kill -9`` of the service while a file is alone in the worker, again and again: nothing is
   charged (an artd that ran the model in the service quarantined it at the third);
 - a worker that cannot start: the service stays up, says why, takes no file, loses nothing,
-  and serves once a good checkpoint is there.
+  and serves once a good checkpoint is there;
+- ``artd process`` with the same poison: the poison is rejected, the run goes on.
 
 Small and fast: a tiny checkpoint, 64 px images. The slow batches that a kill can land in
 come from a denoise checkpoint asked for many steps.
@@ -30,6 +31,7 @@ from typing import Any
 import pytest
 from conftest import seeded_model, textured_image
 from daemon_harness import Daemon, files_under, outputs, quarantined, wait_for
+from test_oneshot import artd
 from test_sampling_commands import save_denoise_checkpoint
 
 from core.checkpoint import CheckpointMeta, save_checkpoint
@@ -204,3 +206,19 @@ def test_a_worker_that_cannot_start_keeps_the_service_up_and_takes_no_file(
         assert status == 200 and health["problems"] == [] and worker(daemon)["alive"]
         assert daemon.stop() == 0
     assert_each_once(root, ["waits.png"])
+
+
+def test_artd_process_loses_only_the_poison_not_the_run(
+    pixel_checkpoint: Path, tmp_path: Path
+) -> None:
+    source, out = tmp_path / "in", tmp_path / "out"
+    payloads = {f"p{i}.png": png(400 + i) for i in range(3)}
+    drop(source, payloads)
+    env = {"_ARTD_WORKER_POISON": hashlib.sha256(payloads["p1.png"]).hexdigest()}
+    done = artd("process", source, "--out", out, "--checkpoint", pixel_checkpoint,
+                "--size", "64", "--device", "cpu", env=env)  # fmt: skip
+    assert done.returncode == 2, done.stderr  # some rejected, the rest written
+    assert sorted(p.name for p in out.iterdir()) == ["p0.png.png", "p2.png.png"]
+    assert "rejected" in done.stderr and "crashed_repeatedly" in done.stderr
+    # Dead in the batch of three and in its half [p1, p2] (p0 came out), then 3 times alone.
+    assert done.stderr.count("died with") == 2 + MAX_ATTEMPTS, done.stderr
