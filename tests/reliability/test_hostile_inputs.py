@@ -312,7 +312,9 @@ def test_hostile_corpus_fuzzing_and_segfaults_never_stop_the_daemon(
             assert image.text["artd:input_sha256"] == inputs[rel], rel
             image.load()
     assert final["VmRSS"] - base_rss < RSS_GROWTH_LIMIT_KB, (base_rss, corpus_rss, final)
-    assert len(descendants) <= 2 and workers <= 4, (descendants, workers)  # no stray decoders
+    # No stray processes: the decoders' forkserver (its decoders below it), the shared memory
+    # tracker and the model worker.
+    assert len(descendants) <= 3 and workers <= 4, (descendants, workers)
     ledger.add(faults=len(expect) + len(fuzzed))
     ledger.note(
         f"hostile: {len(expect)} corpus files + {len(fuzzed)} fuzzed in {FUZZ_SECONDS:.0f}s, "
