@@ -2,7 +2,9 @@
 
 The checkpoint path may be a `current` symlink the trainer moves; both the link target and
 the file's identity (inode, size, mtime) are watched, so a swap or an in-place copy is seen.
-A checkpoint that fails to load, validate or run the probe leaves the old model serving.
+The model worker loads the new file beside the serving one and checks it with its probe
+(daemon.workers.child.probe); a checkpoint that fails to load, validate or run the probe
+leaves the old model serving.
 """
 
 from __future__ import annotations
@@ -13,11 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 from loguru import logger
 
-from core.checkpoint import CheckpointError
-from core.runtime.engine import Engine
 from daemon.workers.interface import WorkerUnavailable
 
 if TYPE_CHECKING:
@@ -34,15 +33,6 @@ def identity(path: Path) -> Identity | None:
     except OSError:
         return None
     return (real, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def probe(engine: Engine) -> None:
-    """Run a textured image through the model; raise when the output is unusable."""
-    generator = torch.Generator().manual_seed(1)
-    pixels = torch.rand(1, 3, 64, 64, generator=generator)
-    output = engine.infer(pixels)
-    if not torch.isfinite(output).all():
-        raise CheckpointError(f"{engine.checkpoint.path}: the probe image gave NaN/Inf output")
 
 
 class ModelWatcher:

@@ -6,7 +6,7 @@ forkserver and its preload list alone. (Spawn imports the service's main module 
 ``__mp_main__``, so that module must keep its work under ``if __name__ == "__main__"``, as
 artd's entry points do.) It loads the checkpoint with
 ``core.runtime.engine.Engine`` (the precision probe runs there, and the OOM back-off and NaN
-retry stay inside ``Engine.run``), checks it with ``daemon.reload.probe`` and answers each
+retry stay inside ``Engine.run``), checks it with :func:`probe` and answers each
 batch with ``core.runtime.img2img.Inference.run``, returning pixels (encoding stays in the
 service). It ignores SIGINT (the terminal's Ctrl-C is the service's to handle); on SIGTERM it
 exits at once when idle, and otherwise finishes the batch in hand, answers it, then exits, so a
@@ -45,6 +45,20 @@ from daemon.workers.segments import BEAT, kind_of
 
 POISON_ENV = "_ARTD_WORKER_POISON"  # test-only (module docstring)
 HEARTBEAT_INTERVAL_S = 0.5
+
+
+def probe(engine: Any) -> None:
+    """Run a textured image through a freshly loaded engine; raise when the output is
+    unusable (NaN or Inf): a checkpoint that fails it is refused, the old model serving on."""
+    import torch
+
+    from core.checkpoint import CheckpointError
+
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.rand(1, 3, 64, 64, generator=generator)
+    output = engine.infer(pixels)
+    if not torch.isfinite(output).all():
+        raise CheckpointError(f"{engine.checkpoint.path}: the probe image gave NaN/Inf output")
 
 
 def child_main(conn: Connection, beat_name: str, parent_pid: int) -> None:
@@ -115,7 +129,6 @@ class _Child:
     def load(self, path: Path, options: EngineOptions) -> tuple[Any, ...]:
         from core.runtime.engine import Engine
         from daemon import memory
-        from daemon.reload import probe
 
         try:
             engine = Engine.from_path(path, **dataclasses.asdict(options))

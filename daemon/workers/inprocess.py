@@ -22,6 +22,7 @@ from core.outputs.settings import OutputSettings
 from core.runtime.engine import Engine
 from core.runtime.errors import InferenceError
 from core.runtime.img2img import Inference
+from daemon.workers.child import probe
 from daemon.workers.interface import (
     STOP_TIMEOUT_S,
     BatchTiming,
@@ -56,8 +57,6 @@ class InProcessWorker:
         return self._engine
 
     def start(self, checkpoint: Path, options: EngineOptions | None = None) -> ModelInfo:
-        from daemon.reload import probe
-
         options = options or EngineOptions()
         try:
             engine = Engine.from_path(checkpoint, **dataclasses.asdict(options))
