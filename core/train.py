@@ -313,6 +313,7 @@ def checkpoint_meta(
         dataset_hash=data.dataset_hash(),
         settings=s.as_json(),
         decoder=s.decoder,
+        colour=None if s.recommend_colour == "none" else s.recommend_colour,
         **objective.meta_fields(s),  # type: ignore[arg-type]
     )
 

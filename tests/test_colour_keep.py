@@ -1,9 +1,11 @@
 """The ``colour`` setting: ``keep`` puts each output's luminance under its input's own chroma
 (core.images.colour.keep_colours) through ``artd process``, the daemon's sidecars and
-transparency; ``collection``, the default, leaves outputs as they were, byte for byte."""
+transparency; ``collection`` leaves outputs as they were, byte for byte; ``auto``, the default,
+serves what the checkpoint recommends (``meta.colour``), else ``collection``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,12 +20,13 @@ from test_oneshot import artd
 from test_settings import artd_check
 from test_transparency import gradient_alpha, write_inputs
 
+from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.config import settings_from_flags
 from core.images import loading
 from core.images.colour import ColourPolicy, keep_colours
 from core.outputs.encoding import read_metadata
 from core.runtime.engine import Engine
-from core.runtime.img2img import OutputSettings
+from core.runtime.img2img import Inference, OutputSettings
 from daemon.oneshot import process
 from daemon.settings import ProcessSettings
 from daemon.settings.presets import JobError, validated
@@ -159,3 +162,37 @@ def test_keep_colours_of_the_input_itself_is_the_input() -> None:
     grey = photo.convert("L").convert("RGB")
     merged = ycbcr(keep_colours(grey, photo))
     assert np.abs(merged[..., 0] - ycbcr(grey)[..., 0]).mean() < 1.0
+
+
+def test_auto_serves_the_colour_the_checkpoint_recommends(
+    pixel_checkpoint: Path, tmp_path: Path
+) -> None:
+    """``colour = auto`` (the default) is the checkpoint's ``meta.colour``, else the model's
+    own; an explicit setting wins; the output records what was served."""
+    served = load_checkpoint(pixel_checkpoint)
+    keeping = save_checkpoint(tmp_path / "keeping.safetensors", served.state_dict,
+                              dataclasses.replace(served.meta, colour="keep"))  # fmt: skip
+    assert load_checkpoint(keeping).meta.colour == "keep"
+    assert "colour" not in served.meta.to_dict()  # no recommendation, no field: as before
+    photo = np.asarray(given_to_the_model(write_photo(tmp_path), 64))
+    engine = Engine.from_path(keeping, device="cpu")
+    chroma = {}
+    for asked in ("auto", "collection", "keep"):
+        inference = Inference(engine, OutputSettings(64, palette=asked))
+        assert inference.output.palette == ("keep" if asked == "auto" else asked)
+        (result,) = inference.run([photo], ["0" * 64])
+        chroma[asked] = np.abs(ycbcr(result)[..., 1:] - ycbcr(photo)[..., 1:]).mean()
+        recorded = inference.output.recorded()
+        assert recorded.get("palette") == ("keep" if asked != "collection" else None)
+    assert chroma["auto"] == chroma["keep"] < 2.0 < chroma["collection"]
+    plain = Inference(Engine.from_path(pixel_checkpoint, device="cpu"), OutputSettings(64))
+    assert plain.output.palette == "collection"
+    with pytest.raises(CheckpointError, match="colour must be one of"):
+        bad = dataclasses.replace(served.meta, colour="sepia")
+        save_checkpoint(tmp_path / "bad.safetensors", served.state_dict, bad)
+
+
+def write_photo(folder: Path) -> Path:
+    path = folder / "astronaut.png"
+    Image.fromarray(skimage.data.astronaut()[::4, ::4]).save(path)
+    return path

@@ -227,6 +227,10 @@ def test_a_long_batch_beats_and_a_stopped_worker_misses_its_heartbeat(
 
 
 def test_a_plain_kill_lets_the_batch_finish_and_charges_nothing(worker: LocalModelWorker) -> None:
+    # Alive first: a test before may have killed it, and it restarts only on a call (a batch
+    # held by a child still starting would have no pid to signal yet).
+    warm = [image(3)]
+    assert isinstance(worker.run(warm, [sha(warm[0])], FEW, OUTPUT)[0], ResultPixels)
     thread, outcome = long_batch_held(worker)
     pid, restarts = worker.health().pid, worker.health().restarts
     os.kill(pid, signal.SIGTERM)

@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-root", type=Path, default=CACHE,
                         help="where --train and the collections are cached")  # fmt: skip
     parser.add_argument("--out", type=Path, default=DOCS, help="results and gallery")
+    parser.add_argument("--precision", default="auto",
+                        help="the engine's precision (auto: what it would serve)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.train == bool(args.model_a or args.model_b) or (
         not args.train and not (args.model_a and args.model_b)
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         model_a, model_b = models.model_a, models.model_b
         print(f"models ready in {time.perf_counter() - started:.0f} s "
               f"(training seconds: {models.train_seconds})", flush=True)  # fmt: skip
-    config = Config(model_a, model_b, recipe, args.models_root, args.out)
+    config = Config(model_a, model_b, recipe, args.models_root, args.out,
+                    precision=args.precision)  # fmt: skip
     results = evaluate(quick_config(config) if args.quick else config)
     text, _ = write(results, args.out)
     print(text, flush=True)

@@ -67,6 +67,7 @@ class Config:
     strengths: tuple[float, ...] = STRENGTHS
     photos: tuple[str, ...] = PHOTOS
     size: int = OUTPUT_SIZE
+    precision: str = "auto"  # the engine's (auto: what it serves); a reduced one is judged here
 
 
 def kept(outputs: Sequence[np.ndarray], photos: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -124,7 +125,8 @@ def working_size(models: dict[str, Model]) -> int:
 def evaluate(config: Config) -> dict[str, Any]:
     """Every figure of the benchmark, plus the pictures for the gallery."""
     started = time.perf_counter()
-    models = {"a": Model(config.model_a), "b": Model(config.model_b)}
+    models = {"a": Model(config.model_a, config.precision),
+              "b": Model(config.model_b, config.precision)}  # fmt: skip
     working = working_size(models)
     strengths = sorted({*config.strengths, *(m.recommended.strength for m in models.values())})
     photos = [at_output_size(photo(name), config.size) for name in config.photos]

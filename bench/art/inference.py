@@ -47,11 +47,11 @@ class Outputs:
 class Model:
     """One checkpoint on the CPU engine, the product's path (module docstring)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, precision: str = "auto") -> None:
         from core.runtime.engine import Engine
 
         self.path = path
-        self.engine = Engine.from_path(path, device="cpu")
+        self.engine = Engine.from_path(path, device="cpu", precision=precision)
         recommended = self.engine.sampler_settings()
         if recommended is None:
             raise ValueError(f"{path} is not a diffusion (denoise or guided) checkpoint")

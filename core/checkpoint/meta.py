@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 
 from core import __version__
+from core.images.colour import PALETTES
 from core.network.model import (
     ARCHITECTURE,
     DECODERS,
@@ -91,6 +92,9 @@ class CheckpointMeta:
     # A guided network's guide (core.network.guide.Guide.to_dict()); None for every other.
     # Only ``channels`` is read here (the network's shape); the guided objective checks the rest.
     guide: dict[str, Any] | None = None
+    # The output colour its trainer recommends (core.images.colour.PALETTES); None: none, the
+    # model's own colours.
+    colour: str | None = None
 
     @property
     def guide_channels(self) -> int:
@@ -98,11 +102,12 @@ class CheckpointMeta:
         return 0 if self.guide is None else int(self.guide["channels"])
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field; ``guide`` only when there is one (so every other checkpoint's header
-        stays as it was before guides)."""
+        """Every field; ``guide`` and ``colour`` only when set (so every other checkpoint's
+        header stays as it was before them)."""
         data = dataclasses.asdict(self)
-        if data["guide"] is None:
-            del data["guide"]
+        for name in ("guide", "colour"):
+            if data[name] is None:
+                del data[name]
         return data
 
     @classmethod
@@ -148,6 +153,7 @@ class CheckpointMeta:
             sampler=sampler,
             decoder=_expect_choice(data, "decoder", DECODERS) if "decoder" in data else "transpose",
             guide=_parse_guide(data.get("guide")),
+            colour=_expect_choice(data, "colour", PALETTES) if data.get("colour") else None,
         )
 
 

@@ -37,8 +37,10 @@ from loguru import logger
 from PIL import Image, ImageCms
 
 ColourIntent = Literal["relative", "perceptual"]
-# What an output's colours come from: the model's (the collection's palette) or the input's.
-Palette = Literal["collection", "keep"]
+# What an output's colours come from: the model's (the collection's palette) or the input's;
+# ``auto`` is what the checkpoint recommends (``meta.colour``), else the model's.
+Palette = Literal["auto", "collection", "keep"]
+PALETTES: tuple[str, ...] = ("collection", "keep")  # what a checkpoint may recommend
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # Y of BT.601 (JPEG's YCbCr, PIL's)
 INTENTS: dict[str, ImageCms.Intent] = {
     "relative": ImageCms.Intent.RELATIVE_COLORIMETRIC,

@@ -12,7 +12,7 @@ commands' flags, which must stay instant.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -89,8 +89,9 @@ class OutputSettings:
     webp_lossless: bool = False
     colour: ColourPolicy = field(default_factory=ColourPolicy)
     output_profile: Literal["srgb", "input"] = "srgb"
-    # The operator's ``colour`` setting: the model's colours, or the input's kept (keep_colours).
-    palette: Palette = "collection"
+    # The operator's ``colour`` setting: the model's colours, the input's kept (keep_colours), or
+    # ``auto``: the checkpoint's recommendation (``resolved_palette``), else the model's.
+    palette: Palette = "auto"
     keep_alpha: bool = True
     copy_metadata: bool = False
     copy_gps: bool = False
@@ -140,6 +141,13 @@ class OutputSettings:
             return self.fmt
         return _SAME_FORMAT.get((origin.format or "") if origin else "", "png")
 
+    def resolved_palette(self, recommended: str | None) -> OutputSettings:
+        """These settings with ``auto`` resolved: the checkpoint's ``recommended`` palette
+        (``meta.colour``), else ``collection``."""
+        if self.palette != "auto":
+            return self
+        return replace(self, palette=recommended or "collection")  # type: ignore[arg-type]
+
     @property
     def extension(self) -> str:
         """The extension of every output; ``fmt="same"`` has none (:meth:`format_for`)."""
@@ -150,9 +158,11 @@ class OutputSettings:
         out: dict[str, object] = {"size": self.size, "resize": self.resize, "format": self.fmt}
         defaults = OutputSettings(self.size)
         # Only what differs from the defaults, so a default output's record never changes.
-        for name in ("jpeg_quality", "webp_quality", "webp_lossless", "output_profile", "palette"):
+        for name in ("jpeg_quality", "webp_quality", "webp_lossless", "output_profile"):
             if getattr(self, name) != getattr(defaults, name):
                 out[name] = getattr(self, name)
+        if self.palette == "keep":  # absent: the model's colours (auto resolves before this)
+            out["palette"] = "keep"
         if self.colour != defaults.colour:
             out["colour"] = {"manage": self.colour.manage, "intent": self.colour.intent}
         return out

@@ -202,7 +202,8 @@ class Engine:
         # Fastest first: all stages reduced, then only the inner ones (see core.network.folded).
         for candidate in (name, f"{name}-mixed"):
             error = self._probe_error(candidate)
-            if error <= REDUCED_PRECISION_TOLERANCE:  # NaN counts as failing
+            tolerance = self.sampler.probe_tolerance or REDUCED_PRECISION_TOLERANCE
+            if error <= tolerance:  # NaN counts as failing
                 return candidate
             logger.info("{} differs from fp32 by {:.2f}/255 on the probe", candidate, error * 255)
         return "fp32"

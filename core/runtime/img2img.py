@@ -72,7 +72,8 @@ class Inference:
         self, engine: Engine, output: OutputSettings, request: SamplerRequest | None = None
     ) -> None:
         self.engine = engine
-        self.output = output
+        # ``auto``: the palette the checkpoint recommends (meta.colour), else the model's.
+        self.output = output.resolved_palette(engine.checkpoint.meta.colour)
         self.request = request or SamplerRequest()
         self.sampler_settings = engine.sampler_settings(self.request)
 

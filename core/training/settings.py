@@ -165,6 +165,11 @@ class TrainSettings(BaseSettings):
     sample_refine: float = Field(
         0.0, ge=0, le=1, description="denoise, guided: recommended refining strength (0 = none)"
     )
+    recommend_colour: Literal["none", "collection", "keep"] = Field(
+        "none",
+        description="the output colour the checkpoints recommend (an artd colour = auto "
+        "serves it): collection, keep (the photo's own), or none",
+    )
     tensorboard: bool = Field(True, description="write TensorBoard scalars if it is installed")
 
     @field_validator("image_size")

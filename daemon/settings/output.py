@@ -52,8 +52,9 @@ class OutputOptions(BaseSettings):
     )
     colour: Palette = Field(
         _DEFAULT.palette,
-        description="outputs in the model's colours (collection), or the input's own (keep: "
-        "the output's luminance under the input's chroma)",
+        description="outputs in the model's colours (collection), the input's own (keep: the "
+        "output's luminance under the input's chroma), or auto: what the model recommends "
+        "(else collection)",
     )
     keep_alpha: bool = Field(
         _DEFAULT.keep_alpha,
