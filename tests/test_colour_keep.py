@@ -26,7 +26,7 @@ from core.images import loading
 from core.images.colour import ColourPolicy, keep_colours
 from core.outputs.encoding import read_metadata
 from core.runtime.engine import Engine
-from core.runtime.img2img import Inference, OutputSettings
+from core.runtime.img2img import Inference, OutputSettings, encode_result
 from daemon.oneshot import process
 from daemon.settings import ProcessSettings
 from daemon.settings.presets import JobError, validated
@@ -184,6 +184,11 @@ def test_auto_serves_the_colour_the_checkpoint_recommends(
         chroma[asked] = np.abs(ycbcr(result)[..., 1:] - ycbcr(photo)[..., 1:]).mean()
         recorded = inference.output.recorded()
         assert recorded.get("palette") == ("keep" if asked != "collection" else None)
+        # As the service encodes what a model worker computed: the same record.
+        written = encode_result(result, engine.checkpoint.identity, "0" * 64,
+                                OutputSettings(64, palette=asked))  # fmt: skip
+        settings = json.loads(read_metadata(written)["artd:settings"])
+        assert settings.get("palette") == recorded.get("palette")
     assert chroma["auto"] == chroma["keep"] < 2.0 < chroma["collection"]
     plain = Inference(Engine.from_path(pixel_checkpoint, device="cpu"), OutputSettings(64))
     assert plain.output.palette == "collection"

@@ -169,6 +169,8 @@ class ModelIdentity:
     objective: str
     epoch: int | None
     image_space: str
+    # The output colour the checkpoint recommends (meta.colour): what ``colour = auto`` serves.
+    colour: str | None = None
 
     @classmethod
     def of(cls, checkpoint: Checkpoint) -> ModelIdentity:
@@ -179,6 +181,7 @@ class ModelIdentity:
             objective=meta.objective,
             epoch=meta.epoch,
             image_space=meta.image_space,
+            colour=meta.colour,
         )
 
 

@@ -163,7 +163,9 @@ def encode_result(
 ) -> bytes:
     """:meth:`Inference.encode` without the engine: the output of ``image``, computed by
     ``model`` (wherever it ran: a model worker reports its identity) with ``sampler_settings``
-    (None for a one-pass checkpoint), with its provenance."""
+    (None for a one-pass checkpoint), with its provenance; ``colour = auto`` is recorded as
+    the model's recommendation resolves it (the worker resolved it the same way)."""
+    output = output.resolved_palette(model.colour)
     meta = provenance(model, input_sha256, output.recorded(), sampler_settings=sampler_settings)
     return encode_output(image, meta, output, origin)
 
