@@ -128,7 +128,7 @@ def test_bad_presets_name_the_preset_and_the_key(tmp_path: Path, pixel_checkpoin
     cases = {
         "size": ({"size": 100}, "preset 'w': key 'size'"),
         "unknown": ({"hue": "red"}, "preset 'w': unknown key 'hue'"),
-        "colour": ({"colour": "red"}, "preset 'w': key 'colour': Input should be 'collection'"),
+        "colour": ({"colour": "red"}, "preset 'w': key 'colour': Input should be 'auto'"),
         "missing": ({"checkpoint": str(tmp_path / "gone.safetensors")}, "does not exist"),
         "root": ({"root": "/"}, "preset 'w': unknown key 'root'"),
     }
