@@ -26,6 +26,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from test_oneshot import artd
 from test_sampling_commands import metadata, pixels, sampler_of, save_denoise_checkpoint
+from test_training_denoise import metrics, only_run
 
 from core.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
 from core.config import SettingsError, load_settings, settings_from_flags
@@ -63,16 +64,6 @@ def args(data: Path, out: Path, *extra: str, objective: str = "guided") -> list[
         "--no-tensorboard", "--perceptual-weight", "0", "--val-fraction", "0.25",
         "--sample-steps", "2", "--sample-count", "2", *extra,
     ]  # fmt: skip
-
-
-def only_run(out: Path) -> Path:
-    runs = sorted(out.glob("run-*"))
-    assert len(runs) == 1, runs
-    return runs[0]
-
-
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def errors_of(argv: list[str]) -> tuple[int, str]:

@@ -19,6 +19,10 @@ from core.config import FieldError, add_settings_flags, settings_from_args
 from core.objectives import UnknownObjective, get, names
 from core.training.settings import TrainSettings
 
+# The settings some registered objective owns (``Objective.own_settings``), checked by
+# ``CheckedSettings._owned``; ``content_data`` (a path, None by default) has a check of its own.
+OWNED = tuple(sorted(set().union(*(get(n).own_settings for n in names())) - {"content_data"}))
+
 
 class CheckedSettings(TrainSettings):
     """:class:`TrainSettings` with the checks that ask the registered objectives."""
@@ -29,18 +33,7 @@ class CheckedSettings(TrainSettings):
         get(value)  # UnknownObjective names the choices
         return value
 
-    @field_validator(
-        "parameterisation",
-        "low_noise_prior",
-        "guide_abstraction",
-        "guide_blur_min",
-        "guide_blur_max",
-        "guide_serve_blur",
-        "guide_dropout",
-        "guidance_scale",
-        "sample_working_size",
-        "sample_refine",
-    )
+    @field_validator(*OWNED)
     @classmethod
     def _owned(cls, value: object, info: ValidationInfo) -> object:
         """Anything but the field's default needs an objective that owns the field."""
