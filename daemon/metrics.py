@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,13 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 _MODEL_LABELS = ("checkpoint", "version", "sha256", "device", "precision")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+# The service's stages, each timed where it runs (docs/operations.md "Where the time goes"):
+# per file, claim (rename into work/, its record, the sidecar look-up and the settings fixed),
+# decode (waiting on a decoder process), encode (colour management, labels, the format's
+# encoder) and commit (write, fsync, rename, archive). The model's share is artd_batch_seconds
+# (per batch, the worker's IPC included).
+STAGES = ("claim", "decode", "encode", "commit")
 
 
 class Metrics:
@@ -67,8 +75,26 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.stage_seconds = Histogram(
+            "artd_stage_seconds",
+            "Seconds per file in each stage of the service (claim, decode, encode, commit)",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        for stage in STAGES:
+            self.stage_seconds.labels(stage=stage)
         self.workers = WorkerGauges()
         r.register(self.workers)
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Observe the block's wall time as ``artd_stage_seconds{stage}`` (also when it raises)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds.labels(stage=stage).observe(time.perf_counter() - started)
 
     def set_models(self, loaded: list[dict[str, str]]) -> None:
         """Every loaded model as one ``artd_loaded_model`` series."""

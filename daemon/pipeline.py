@@ -226,7 +226,8 @@ class Pipeline:
         job = claim.job
         try:
             settings = None if job is None else self._groups.decode_settings(claim)
-            pixels, mtime, origin = self._decoder.decode_with_origin(claim.work_path, settings)
+            with self.metrics.timed("decode"):
+                pixels, mtime, origin = self._decoder.decode_with_origin(claim.work_path, settings)
         except PoolClosedError:
             return  # stopping: left claimed for the next start
         except DecoderUnavailableError as exc:  # the host, not the file: pause and retry
@@ -394,10 +395,12 @@ class Pipeline:
         output, request = self._settings_of(claim)
         try:
             settings = model.sampler_settings(request)
-            data = encode_result(
-                result.image(), model.identity, claim.sha256, output, settings, item.origin
-            )
-            written = self.spool.commit(claim, data)
+            with self.metrics.timed("encode"):
+                data = encode_result(
+                    result.image(), model.identity, claim.sha256, output, settings, item.origin
+                )
+            with self.metrics.timed("commit"):
+                written = self.spool.commit(claim, data)
         except OSError as exc:
             self._commit_failed(claim, exc, len(data))
             return

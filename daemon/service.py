@@ -334,7 +334,8 @@ class Service:
             return
         for path in paths:
             try:
-                claim = spool.claim(path)
+                with self.metrics.timed("claim"):
+                    claim = spool.claim(path)
             except OSError as exc:
                 self._claim_refused(exc)  # the disk, not the file: the rescan finds it again
                 return

@@ -108,6 +108,13 @@ def test_every_way_of_dropping_files(pixel_checkpoint: Path, tmp_path: Path) -> 
         metrics = daemon.metrics()
         assert "artd_files_processed_total 50.0" in metrics
         assert 'artd_files_quarantined_total{reason="empty_file"} 1.0' in metrics
+        # The per-stage profile: every committed file encoded and committed once, every
+        # claimed file (the quarantined ones too) claimed and decoded.
+        counts = dict(
+            re.findall(r'^artd_stage_seconds_count\{stage="(\w+)"\} (\S+)$', metrics, re.M)
+        )
+        assert float(counts["encode"]) == float(counts["commit"]) == 50, counts
+        assert float(counts["claim"]) >= 55 and float(counts["decode"]) >= 55, counts
         assert daemon.stop() == 0
 
 
