@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from PIL import Image
 import core
 from bench.shared.daemon_harness import Daemon, drop_and_wait, shipped_settings
 from bench.shared.photos import PHOTOS, photo
+from bench.shared.scrape import delta, scrape
 from core.diffusion.schedule import step_count
 from core.images.pixels import target_size
 from core.runtime.engine import Engine
@@ -41,23 +40,12 @@ def daemon_model_seconds(files: list[Path], work: Path) -> tuple[float, float]:
     """(model seconds per image, wall seconds per image) of the daemon at its defaults."""
     with Daemon(work / "root", core.DEFAULT_CHECKPOINT, "cpu", **shipped_settings()) as daemon:
         drop_and_wait(daemon, files, work / "staging")  # warm-up: every shape seen once
-        before = metric_sums(daemon.port)
+        before = scrape(daemon.port)
         wall = drop_and_wait(daemon, files, work / "staging")
-        after = metric_sums(daemon.port)
-    images = after["artd_batch_size_sum"] - before["artd_batch_size_sum"]
-    seconds = after["artd_batch_seconds_sum"] - before["artd_batch_seconds_sum"]
+        after = scrape(daemon.port)
+    images = delta(before, after, "artd_batch_size_sum")
+    seconds = delta(before, after, "artd_batch_seconds_sum")
     return seconds / images, wall / len(files)
-
-
-def metric_sums(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    found = {}
-    for name in ("artd_batch_seconds_sum", "artd_batch_size_sum"):
-        match = re.search(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
-        if match is None:
-            raise RuntimeError(f"{name} not in /metrics")
-        found[name] = float(match.group(1))
-    return found
 
 
 def network_alone(shapes: list[tuple[int, int]], passes: int, repeats: int = 5) -> float:
