@@ -7,6 +7,7 @@ bench model or the shipped one with the settings each is measured at.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,8 +15,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from bench.shared.common import ROOT, bench_checkpoints, child_env
 
@@ -28,13 +31,16 @@ def free_port() -> int:
 
 class Daemon:
     """``python -m daemon`` on ``root``; by default at the post's loop's 128 px stretch
-    (``settings`` are ``ARTD_*`` overrides: ``size=512``), ``extra_env`` other variables."""
+    (``settings`` are ``ARTD_*`` overrides: ``size=512``), ``extra_env`` other variables.
+    ``tree``: the source tree whose daemon runs (cwd and ``PYTHONPATH``; say an older rev
+    extracted with ``git archive``), by default this checkout."""
 
     def __init__(
         self, root: Path, checkpoint: Path, device: str = "cpu", *, fresh: bool = True,
-        extra_env: dict[str, str] | None = None, **settings: object,
+        extra_env: dict[str, str] | None = None, tree: Path = ROOT, **settings: object,
     ) -> None:  # fmt: skip
         self.root = root
+        self.tree = Path(tree).resolve()
         self.fresh = fresh  # False: keep what is in root (a backlog placed before the start)
         self.port = free_port()
         env = {"ARTD_ROOT": str(root), "ARTD_CHECKPOINT": str(checkpoint), "ARTD_INSTANCE": "bench"}
@@ -42,6 +48,10 @@ class Daemon:
         env |= {"ARTD_DEVICE": device}
         env |= {f"ARTD_{k.upper()}": str(v) for k, v in settings.items()}
         self.env = child_env(**env, **(extra_env or {}))
+        if self.tree != ROOT:  # that tree's packages, not this checkout's
+            inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+            kept = [p for p in inherited if p and Path(p).resolve() != ROOT]
+            self.env["PYTHONPATH"] = os.pathsep.join([str(self.tree), *kept])
         self.log = root.parent / f"{root.name}-daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -50,8 +60,9 @@ class Daemon:
             shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.log, "wb") as log:
+            command = [sys.executable, "-m", "daemon"]
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon"], cwd=ROOT, env=self.env, stdout=log, stderr=log
+                command, cwd=self.tree, env=self.env, stdout=log, stderr=log
             )
         deadline = time.monotonic() + 120
         while not self.healthy():
@@ -68,6 +79,27 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def kill(self) -> None:
+        """``kill -9`` the service (its workers notice their parent is gone) and reap it."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def health(self) -> dict[str, Any]:
+        """The ``/healthz`` document, also when it answers 503 (a problem is reported)."""
+        url = f"http://127.0.0.1:{self.port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read())
+
+    def metrics(self) -> str:
+        """The ``/metrics`` text (Prometheus exposition)."""
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
 
     def healthy(self) -> bool:
         try:
