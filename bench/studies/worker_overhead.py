@@ -46,9 +46,7 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -59,6 +57,7 @@ import numpy as np
 from PIL import Image
 
 import core
+from bench.shared.baseline import DEFAULT_REV, baseline_tree, git
 from bench.shared.common import ROOT, alternate, fmt, median, table
 from bench.shared.daemon_harness import Daemon, drop_and_wait, shipped_settings
 from bench.shared.datasets import QUALITY, photo_mix
@@ -69,40 +68,11 @@ if TYPE_CHECKING:
     from core.outputs.settings import OutputSettings
     from daemon.workers.interface import ModelWorker
 
-DEFAULT_REV = "f070842"
 OUT = ROOT / "bench" / "out" / "worker-overhead"
 TARGET_PERCENT = 5.0
 
 
 # -- e2e ----------------------------------------------------------------------------------
-
-
-def baseline_tree(rev: str) -> tuple[Path, str]:
-    """(``build/baseline-REV``, the commit): ``rev`` extracted with ``git archive``, once."""
-    commit = git("rev-parse", f"{rev}^{{commit}}")
-    tree = ROOT / "build" / f"baseline-{commit[:7]}"
-    if not (tree / ".complete").exists():
-        shutil.rmtree(tree, ignore_errors=True)
-        tree.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=f".{tree.name}-", dir=tree.parent))
-        archive = subprocess.Popen(
-            ["git", "-C", str(ROOT), "archive", commit], stdout=subprocess.PIPE
-        )
-        subprocess.run(["tar", "-x", "-C", str(partial)], stdin=archive.stdout, check=True)
-        assert archive.stdout is not None
-        archive.stdout.close()
-        if archive.wait() != 0:
-            raise RuntimeError(f"git archive {commit} failed")
-        (partial / ".complete").write_text(commit + "\n")
-        partial.rename(tree)
-    return tree, commit
-
-
-def git(*args: str) -> str:
-    done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout.strip()
 
 
 def same_bytes(a: Path, b: Path) -> bool:
