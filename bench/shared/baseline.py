@@ -10,7 +10,8 @@ from pathlib import Path
 
 from bench.shared.common import ROOT
 
-# The last revision whose daemon ran the model in the service process (before issue 26).
+# The last revision whose daemon ran the model in the service process (before the model
+# workers: docs/spool.md, "Model workers").
 DEFAULT_REV = "f070842"
 
 

@@ -43,6 +43,8 @@ class Daemon:
         self.tree = Path(tree).resolve()
         self.fresh = fresh  # False: keep what is in root (a backlog placed before the start)
         self.port = free_port()
+        # Absolute: the daemon may run in another tree (its cwd).
+        root, checkpoint = Path(root).absolute(), Path(checkpoint).absolute()
         env = {"ARTD_ROOT": str(root), "ARTD_CHECKPOINT": str(checkpoint), "ARTD_INSTANCE": "bench"}
         env |= {"ARTD_HTTP_PORT": str(self.port), "ARTD_SIZE": "128", "ARTD_RESIZE": "stretch"}
         env |= {"ARTD_DEVICE": device}

@@ -1,5 +1,5 @@
-"""Study: ``kill -9`` storms on the daemon at its defaults (issue 26): nothing lost, nothing
-duplicated, nothing quarantined.
+"""Study: ``kill -9`` storms on the daemon at its defaults: nothing lost, nothing duplicated,
+nothing quarantined (docs/benchmarks.md, "Model workers").
 
     PYTHONPATH=. .venv/bin/python -m bench.studies.kill_storm [--files 200] [--kills 8]
         [--pattern service|worker|both] [--seed N] [--jitter S] [--out DIR]

@@ -1,4 +1,4 @@
-"""Study: what running the model in a worker process costs (issue 26: at most 5%), against the
+"""Study: what running the model in a worker process costs (the target: at most 5%), against the
 in-process path it replaced, measured side by side in one run, alternating, medians.
 
     python -m bench.studies.worker_overhead [--part e2e|ipc|both] [--baseline-rev f070842]
@@ -62,6 +62,7 @@ from bench.shared.common import ROOT, alternate, fmt, median, table
 from bench.shared.daemon_harness import Daemon, drop_and_wait, shipped_settings
 from bench.shared.datasets import QUALITY, photo_mix
 from bench.shared.photos import PHOTOS, SHEET_PHOTOS, photo, square
+from bench.studies.daemon_cpu import cpu_seconds
 
 if TYPE_CHECKING:
     from core.diffusion.sampler_settings import SamplerRequest
@@ -225,14 +226,22 @@ def one_size(
     """One batch through each worker ``repeats`` times, taking turns, after one untimed call
     each (this shape's first); "local" must be a LocalModelWorker (its BatchTiming is read)."""
     overheads: list[float] = []
+    # CPU seconds per call: of the process that ran the model, and of this one (for "local",
+    # the service's side of the IPC); robust to a busy machine where wall times are not.
+    cpu: dict[str, dict[str, list[float]]] = {n: {"model": [], "here": []} for n in workers}
 
     def through(name: str) -> Callable[[], float]:
         worker = workers[name]
 
         def run() -> float:
+            model_pid = worker.health().pid or os.getpid()
+            model0, here0 = sum(cpu_seconds(model_pid)), sum(cpu_seconds(os.getpid()))
             started = time.perf_counter()
             worker.run(batch, sha256s, request, output)
             wall = time.perf_counter() - started
+            model1, here1 = sum(cpu_seconds(model_pid)), sum(cpu_seconds(os.getpid()))
+            cpu[name]["model"].append(model1 - model0)
+            cpu[name]["here"].append(0.0 if model_pid == os.getpid() else here1 - here0)
             timing = getattr(worker, "last_timing", None)
             if name == "local" and timing is not None:
                 overheads.append(timing.overhead_s)
@@ -243,6 +252,9 @@ def one_size(
     runners = {name: through(name) for name in workers}
     alternate(runners, 1)  # warm-up
     overheads.clear()
+    for lists in cpu.values():
+        lists["model"].clear()
+        lists["here"].clear()
     times = alternate(runners, repeats)
     ms = {name: median(values) * 1000 for name, values in times.items()}
     size = len(batch)
@@ -255,6 +267,10 @@ def one_size(
         "difference_ms_per_image": (ms["local"] - ms["in-process"]) / size,
         "local_overhead_ms_per_batch": median(overheads) * 1000,
         "local_overhead_s": overheads,
+        "cpu_ms_per_image": {
+            name: {part: 1000 * sum(v) / len(v) / size for part, v in lists.items()}
+            for name, lists in cpu.items()
+        },
     }
 
 
@@ -273,10 +289,14 @@ def ipc_table(fig: dict[str, Any]) -> str:
             size, fmt(ms["local"], 1), fmt(ms["in-process"], 1), fmt(per["local"], 1),
             fmt(per["in-process"], 1), fmt(b["difference_ms_per_image"], 2), f"{share:+.1f}%",
             fmt(b["local_overhead_ms_per_batch"] / int(size), 2),
+            fmt(b["cpu_ms_per_image"]["local"]["model"], 1),
+            fmt(b["cpu_ms_per_image"]["local"]["here"], 2),
+            fmt(b["cpu_ms_per_image"]["in-process"]["model"], 1),
         ])  # fmt: skip
     headers = ["batch", "local ms/batch", "in-process ms/batch", "local ms/image",
                "in-process ms/image", "difference ms/image", "difference",
-               "local run() - model ms/image"]  # fmt: skip
+               "local run() - model ms/image", "local child CPU ms/image",
+               "local service-side CPU ms/image", "in-process CPU ms/image"]  # fmt: skip
     return (
         f"### IPC: the same batches through each worker, median of {fig['repeats']} "
         f"({fig['threads']} torch thread(s) each, {fig['precision']}, {tuple(fig['shape'])})\n\n"
