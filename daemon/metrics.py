@@ -111,8 +111,10 @@ Workers = Callable[[], list[dict[str, Any]]]
 
 
 class WorkerGauges:
-    """``artd_worker_up`` and ``artd_worker_busy``, one series per model worker, read from
-    the workers themselves at each scrape (``source``: daemon.model_cache.ModelCache.workers)."""
+    """``artd_worker_up`` and ``artd_worker_busy``, one series per model worker, and for a
+    pool of Ray actors ``artd_worker_actors``, ``artd_worker_actors_busy`` and
+    ``artd_worker_actors_lost``, read from the workers themselves at each scrape (``source``:
+    daemon.model_cache.ModelCache.workers)."""
 
     def __init__(self) -> None:
         self.source: Workers = list
@@ -121,21 +123,29 @@ class WorkerGauges:
         return iter(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        up, busy = self._families()
+        up, busy, actors, actors_busy, lost = families = self._families()
         for worker in self.source():
-            up.add_metric([worker["checkpoint"]], 1.0 if worker["alive"] else 0.0)
-            busy.add_metric([worker["checkpoint"]], 1.0 if worker["busy"] else 0.0)
-        return iter((up, busy))
+            label = [worker["checkpoint"]]
+            up.add_metric(label, 1.0 if worker["alive"] else 0.0)
+            busy.add_metric(label, 1.0 if worker["busy"] else 0.0)
+            if worker.get("actors") is not None:  # a pool of model actors on a Ray cluster
+                actors.add_metric(label, float(worker["actors"]))
+                actors_busy.add_metric(label, float(worker["busy_actors"] or 0))
+                lost.add_metric(label, float(worker["lost"] or 0))
+        return iter(families)
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
-        up = GaugeMetricFamily(
-            "artd_worker_up", "1 while the model worker's process runs", labels=["checkpoint"]
+    def _families() -> tuple[GaugeMetricFamily, ...]:
+        def gauge(name: str, text: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, text, labels=["checkpoint"])
+
+        return (
+            gauge("artd_worker_up", "1 while the model worker's process runs"),
+            gauge("artd_worker_busy", "1 while the model worker has a batch"),
+            gauge("artd_worker_actors", "Model actors serving on the Ray cluster"),
+            gauge("artd_worker_actors_busy", "Model actors with a batch"),
+            gauge("artd_worker_actors_lost", "Model actors lost (their node or process) so far"),
         )
-        busy = GaugeMetricFamily(
-            "artd_worker_busy", "1 while the model worker has a batch", labels=["checkpoint"]
-        )
-        return up, busy
 
 
 @dataclass

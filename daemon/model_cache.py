@@ -201,6 +201,11 @@ class ModelCache:
                     "device": health.device,
                     "precision": health.precision,
                     "error": health.error,
+                    # A pool of model actors on a Ray cluster (daemon.workers.ray_pool): how
+                    # many serve, how many are busy, how many were lost; None otherwise.
+                    "actors": getattr(health, "actors", None),
+                    "busy_actors": getattr(health, "busy_actors", None),
+                    "lost": getattr(health, "lost", 0),
                 }
             )
         for key, reason in list(self.failed.items()):
@@ -209,6 +214,7 @@ class ModelCache:
                     {"checkpoint": key, "alive": False, "busy": False, "model": None}
                     | {"restarts": 0, "heartbeat_age_s": None, "pid": None, "device": None}
                     | {"precision": None, "error": reason}
+                    | {"actors": None, "busy_actors": None, "lost": 0}
                 )
         return listed
 

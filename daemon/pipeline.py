@@ -130,6 +130,15 @@ class Pipeline:
         self._model_tries = 0
         self._next_model_try = 0.0
         self._thread = threading.Thread(target=self._engine_loop, name="engine", daemon=True)
+        # Batches in the model at once: one per model actor on a Ray cluster (each call waits
+        # on its actor, in a thread of its own); otherwise one, run by the engine thread.
+        self._concurrency = settings.ray_actors if settings.ray_address else 1
+        self._slots = threading.BoundedSemaphore(self._concurrency)
+        self._batches = (
+            ThreadPoolExecutor(self._concurrency, thread_name_prefix="batch")
+            if self._concurrency > 1
+            else None
+        )
 
     # -- control ---------------------------------------------------------------------------
 
@@ -215,6 +224,8 @@ class Pipeline:
         self._decode.shutdown(wait=False, cancel_futures=True)
         self._decoder.close()
         self._thread.join(timeout_s)
+        if self._batches is not None:
+            self._batches.shutdown(wait=True)  # the batches in the model answer first
         self._encode.shutdown(wait=True)
         return not self._thread.is_alive()
 
@@ -272,9 +283,9 @@ class Pipeline:
             if item is not None:
                 full = batcher.add((item.group, item.pixels.shape), item)
                 if full:
-                    self._run(full)
+                    self._dispatch(full)
             for batch in batcher.due():
-                self._run(batch)
+                self._dispatch(batch)
             if self._unavailable and time.monotonic() >= self._next_model_try:
                 self._try_models()
             batcher.max_batch = self._max_batch()
@@ -298,6 +309,26 @@ class Pipeline:
         self._next_model_try = time.monotonic() + delay
         self.health.update(worker_problem=self._worker_problem())
         self.publish_models()
+
+    def _dispatch(self, batch: list[Decoded]) -> None:
+        """Run ``batch`` here, or, with several model actors, in a batch thread once one is
+        free (the engine thread waits for a free one: backpressure)."""
+        if self._batches is None:
+            self._run(batch)
+            return
+        self._slots.acquire()
+        try:
+            self._batches.submit(self._run_in_thread, batch)
+        except RuntimeError:  # shut down: stopping, the claims stay for the next start
+            self._slots.release()
+
+    def _run_in_thread(self, batch: list[Decoded]) -> None:
+        try:
+            self._run(batch)
+        except Exception:  # never silently: the claims stay claimed for the next start
+            logger.exception("a batch of {} failed in its thread", len(batch))
+        finally:
+            self._slots.release()
 
     def _run(self, batch: list[Decoded]) -> None:
         checkpoint = batch[0].group[0] or self._default_checkpoint

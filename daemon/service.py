@@ -177,11 +177,24 @@ class Service:
         return True
 
     def _make_worker(self, checkpoint: str) -> ModelWorker:
-        """A model worker for ``checkpoint`` (daemon.model_cache): one supervised process,
-        whose batches are cut at ``stuck_seconds``."""
+        """A model worker for ``checkpoint`` (daemon.model_cache), whose batches are cut at
+        ``stuck_seconds``: one supervised process, or with ``ray_address`` a pool of
+        ``ray_actors`` model actors on that Ray cluster (daemon.workers.ray_pool)."""
         default = checkpoint == str(self.settings.checkpoint)
         name = "default" if default else Path(checkpoint).name
-        return LocalModelWorker(name, batch_timeout_s=self.settings.stuck_seconds)
+        settings = self.settings
+        if settings.ray_address is None:
+            return LocalModelWorker(name, batch_timeout_s=settings.stuck_seconds)
+        from daemon.workers.ray_pool import RayWorkerPool  # imports Ray: only when asked for
+
+        return RayWorkerPool(
+            name,
+            address=settings.ray_address,
+            actors=settings.ray_actors,
+            gpus_per_actor=settings.ray_gpus_per_actor,
+            cpus_per_actor=settings.ray_cpus_per_actor,
+            batch_timeout_s=settings.stuck_seconds,
+        )
 
     def _model_loaded(self, info: ModelInfo) -> None:
         self.health.update(model_version=info.version)

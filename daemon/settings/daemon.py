@@ -21,6 +21,7 @@ from core.outputs.settings import OutputSettings
 from daemon.logs import LogSettings
 from daemon.settings.page import PageSettings, is_loopback
 from daemon.settings.presets import check_presets
+from daemon.settings.ray import RaySettings
 from daemon.settings.render import RenderSettings
 from daemon.spool.names import INSTANCE_RE, INSTANCE_RULE
 
@@ -36,7 +37,7 @@ def _hex(rgb: tuple[int, int, int]) -> str:
     return "#" + "".join(f"{channel:02x}" for channel in rgb)
 
 
-class DaemonSettings(PageSettings, LogSettings, RenderSettings):
+class DaemonSettings(PageSettings, LogSettings, RaySettings, RenderSettings):
     """Every setting of the hot-folder daemon; each is also ``ARTD_<NAME>`` and a TOML key."""
 
     model_config = SettingsConfigDict(

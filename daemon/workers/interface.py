@@ -86,6 +86,11 @@ class WorkerHealth:
     device: str | None = None
     precision: str | None = None
     error: str | None = None
+    # A pool of model actors (daemon.workers.ray_pool): those serving now, those with a
+    # batch in them, and those lost with their node or process so far (None: not a pool).
+    actors: int | None = None
+    busy_actors: int | None = None
+    lost: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,14 +127,16 @@ class BatchTiming:
 
 class WorkerDied(Exception):
     """The worker died with this batch in it; no result came back. ``kind``: ``signal``,
-    ``exit``, ``heartbeat`` (missed its bound: killed) or ``timeout`` (the batch ran past its
-    bound: killed). The next call restarts it; :class:`CrashLedger` says what to retry."""
+    ``exit``, ``heartbeat`` (missed its bound: killed), ``timeout`` (the batch ran past its
+    bound: killed) or ``lost`` (a remote actor went with its process or its node, as Ray
+    reports it). The next call restarts it (a pool has already started a replacement);
+    :class:`CrashLedger` says what to retry."""
 
     def __init__(
         self,
         cause: str,
         *,
-        kind: Literal["signal", "exit", "heartbeat", "timeout"],
+        kind: Literal["signal", "exit", "heartbeat", "timeout", "lost"],
         signal: int | None = None,
         exitcode: int | None = None,
     ) -> None:

@@ -3,6 +3,7 @@ logic in the service's memory (docs/spool.md, "Model workers": "What charges a f
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -40,7 +41,8 @@ class CrashLedger(Generic[K]):
     fewer than ``max(1, ceil(log2(batch))) + limit`` kills, each landing while that file's
     shrinking share of its batch was in the worker. A plain ``kill`` (SIGTERM) never charges:
     the worker answers its batch first. The service's own death charges nothing: the ledger
-    lives in its memory and starts empty."""
+    lives in its memory and starts empty. Thread-safe: batches on a pool of workers (Ray
+    actors) die and succeed concurrently."""
 
     def __init__(self, limit: int = SOLO_CRASH_LIMIT) -> None:
         if limit < 1:
@@ -48,11 +50,16 @@ class CrashLedger(Generic[K]):
         self.limit = limit
         self._deaths: dict[K, int] = {}
         self._solo: dict[K, int] = {}
+        self._lock = threading.RLock()
 
     def died(self, batch: Sequence[K]) -> CrashVerdict[K]:
         """The worker died with ``batch`` in it (:class:`WorkerDied`)."""
         if not batch:
             raise ValueError("a worker cannot die of an empty batch")
+        with self._lock:
+            return self._died(batch)
+
+    def _died(self, batch: Sequence[K]) -> CrashVerdict[K]:
         suspects = {key: self._deaths.get(key, 0) > 0 for key in batch}
         for key in batch:
             self._deaths[key] = self._deaths.get(key, 0) + 1
@@ -74,9 +81,10 @@ class CrashLedger(Generic[K]):
 
     def forget(self, keys: Iterable[K]) -> None:
         """These files left the pipeline otherwise (quarantined, released, stopping)."""
-        for key in keys:
-            self._deaths.pop(key, None)
-            self._solo.pop(key, None)
+        with self._lock:
+            for key in keys:
+                self._deaths.pop(key, None)
+                self._solo.pop(key, None)
 
     def solo_crashes(self, key: K) -> int:
         return self._solo.get(key, 0)

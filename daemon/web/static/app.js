@@ -95,6 +95,9 @@ function describeWorker(w) {
   const state = w.alive ? (w.busy ? "busy" : "idle") : "down";
   const parts = [`${name}: ${state}`, `${w.restarts} restart${w.restarts === 1 ? "" : "s"}`];
   if (w.pid) parts.push(`pid ${w.pid}`);
+  if (w.actors != null) {
+    parts.push(`Ray: ${w.actors} actor${w.actors === 1 ? "" : "s"}, ${w.busy_actors} busy, ${w.lost} lost`);
+  }
   if (w.error) parts.push(w.error);
   return parts.join(" · ");
 }
