@@ -20,11 +20,17 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 import core
-from core.config import SettingsError, add_settings_flags, settings_from_args, settings_from_flags
+from core.config import (
+    SettingsError,
+    add_settings_flags,
+    flag_for,
+    settings_from_args,
+    settings_from_flags,
+)
 from daemon import logs
 
 if TYPE_CHECKING:
-    from daemon.settings import DaemonSettings
+    from daemon.settings import DaemonSettings, ProcessSettings
 
 EXIT_OK, EXIT_FATAL = 0, 1
 DAEMON_DESCRIPTION = "Every setting is also an ARTD_<NAME> env var or a key of --config FILE.toml."
@@ -41,7 +47,19 @@ def process_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR")
-    add_settings_flags(parser, ProcessSettings)
+    add_settings_flags(parser, ProcessSettings, skip=("ray_address",))
+    # An optional value, which the generic flags do not have: `--ray` alone is a local Ray.
+    parser.add_argument(
+        flag_for(ProcessSettings, "ray_address"),
+        dest="ray_address",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run as a Ray Data pipeline on the cluster at ADDRESS (HOST:PORT, "
+        "ray://HOST:PORT, 'auto'); without ADDRESS: a Ray of this process's own "
+        "(give it after the PATHs, or as --ray=ADDRESS)",
+    )
     return parser
 
 
@@ -60,6 +78,8 @@ def run_process(argv: list[str]) -> int:
     except SettingsError as exc:
         logger.error("{}", exc)
         return EXIT_FATAL
+    if settings.ray_address is not None:
+        return run_process_on_ray(paths, out, settings)
     # The model in a worker process of its own, as the daemon runs it: an input that kills
     # the model costs that input, not the run (daemon.oneshot).
     worker = LocalModelWorker("process")
@@ -86,6 +106,22 @@ def run_process(argv: list[str]) -> int:
     finally:
         worker.stop()
     logger.info("{} written, {} rejected", len(report.written), len(report.rejected))
+    return report.exit_code
+
+
+def run_process_on_ray(paths: list[Path], out: Path, settings: ProcessSettings) -> int:
+    """``artd process --ray [ADDRESS]``: the same job as a Ray Data pipeline (daemon.oneshot_ray);
+    a cluster that cannot serve it (daemon.cluster) is fatal before anything is written."""
+    from daemon.cluster import ClusterError
+    from daemon.oneshot_ray import RayJobFailed, process_on_ray
+
+    try:
+        report = process_on_ray(paths, out, settings)
+    except (ClusterError, RayJobFailed) as exc:
+        logger.error("{}", exc)
+        return EXIT_FATAL
+    for line in report.summary():
+        logger.info("{}", line)
     return report.exit_code
 
 

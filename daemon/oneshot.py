@@ -165,7 +165,7 @@ def process(
     ``size``, ``resize`` and ``fmt``; ``crash_limit``: solo crashes of the worker in a row
     that reject an input as ``crashed_repeatedly`` (daemon.workers.CrashLedger)."""
     worker = InProcessWorker(model) if isinstance(model, Engine) else model
-    run = _Run(worker, output or OutputSettings(size, resize, fmt), request, crash_limit)
+    run = ModelRun(worker, output or OutputSettings(size, resize, fmt), request, crash_limit)
     report = Report()
     jobs: list[Job] = []
     for item in collect(paths, out, run.output):
@@ -188,7 +188,7 @@ def process(
 
 
 @dataclass
-class _Run:
+class ModelRun:
     """A run's model worker, settings and crash ledger (keyed by output path)."""
 
     worker: ModelWorker
@@ -236,16 +236,18 @@ class _Run:
         return answers
 
 
-def _run(jobs: list[Job], run: _Run, pool: ThreadPoolExecutor, report: Report, bar: tqdm) -> None:
+def _run(
+    jobs: list[Job], run: ModelRun, pool: ThreadPoolExecutor, report: Report, bar: tqdm
+) -> None:
     """Decode a chunk ahead, run the one before it, write its outputs behind."""
     settings = run.output
     writes: list[tuple[Job, Future[Path]]] = []
-    decoded = [pool.submit(_decode, job, settings) for job in jobs[:CHUNK]]
+    decoded = [pool.submit(decode_job, job, settings) for job in jobs[:CHUNK]]
     for start in range(0, len(jobs), CHUNK):
         ready, failed = _gather(decoded, jobs[start : start + CHUNK])
         # Start decoding the next chunk before the engine takes this one.
         upcoming = jobs[start + CHUNK : start + 2 * CHUNK]
-        decoded = [pool.submit(_decode, job, settings) for job in upcoming]
+        decoded = [pool.submit(decode_job, job, settings) for job in upcoming]
         report.rejected.extend(failed)
         results = run.model_results(ready)
         for job, (result, model) in zip(ready, results, strict=True):
@@ -340,7 +342,9 @@ def generate_files(
     return report
 
 
-def _decode(job: Job, settings: OutputSettings) -> Job:
+def decode_job(job: Job, settings: OutputSettings) -> Job:
+    """``job`` with its input read, hashed and decoded for the model; raises ImageError (a
+    bad file) or OSError (an unreadable one)."""
     data = job.source.read_bytes()
     job.sha256 = hashlib.sha256(data).hexdigest()
     image, job.origin = loading.load_with_origin(
@@ -363,11 +367,20 @@ def _sniffed(path: Path) -> str | None:
         return None
 
 
-def _write(run: _Run, model: ModelInfo, job: Job, result: ResultPixels) -> Path:
-    settings = model.sampler_settings(run.request)
-    data = encode_result(
-        result.image(), model.identity, job.sha256, run.output, settings, job.origin
-    )
+def encode_job(
+    job: Job,
+    model: ModelInfo,
+    result: ResultPixels,
+    output: OutputSettings,
+    request: SamplerRequest | None,
+) -> bytes:
+    """The output file's bytes of ``job``'s result, computed by ``model``, with its provenance."""
+    settings = model.sampler_settings(request)
+    return encode_result(result.image(), model.identity, job.sha256, output, settings, job.origin)
+
+
+def _write(run: ModelRun, model: ModelInfo, job: Job, result: ResultPixels) -> Path:
+    data = encode_job(job, model, result, run.output, run.request)
     job.output.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(job.output, data)  # never a half-written output under its final name
     return job.output

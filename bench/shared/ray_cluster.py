@@ -355,6 +355,9 @@ class RayCluster:
         self.env.update(
             {
                 "RAY_USAGE_STATS_ENABLED": "0",
+                # A token a local Ray saved in ~/.ray (Ray turns authentication on for local
+                # clusters) must not turn it on for this one: its second node could not join.
+                "RAY_AUTH_MODE": "disabled",
                 "PATH": f"{Path(RAY).parent}{os.pathsep}{self.env.get('PATH', '')}",
                 "PYTHONPATH": str(ROOT),
                 # The GCS declares a silent node dead after period x threshold: ~3 s, not 15.
