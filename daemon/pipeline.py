@@ -118,6 +118,7 @@ class Pipeline:
         self._encode = ThreadPoolExecutor(settings.encode_workers, thread_name_prefix="encode")
         self._in_flight = 0
         self._count_lock = threading.Lock()
+        self._restarts_seen: dict[str, int] = {}  # per checkpoint: its worker's restarts
         self._stopping = threading.Event()
         self._retry: list[tuple[float, Claim]] = []
         self._retry_lock = threading.Lock()
@@ -346,7 +347,6 @@ class Pipeline:
         self.publish_models()
         output, request = self._settings_of(batch[0].claim)
         claims = {item.claim.id: item for item in batch}
-        restarts = worker.health().restarts
         started = time.perf_counter()
         outcome = run_batch(
             worker,
@@ -359,7 +359,7 @@ class Pipeline:
             on_death=lambda died, part, verdict: self._worker_died(died, part, verdict, claims),
             stopping=self._stopping.is_set,
         )
-        self.metrics.worker_restarts.inc(max(0, worker.health().restarts - restarts))
+        self._count_restarts(checkpoint, worker.health().restarts)
         if outcome.answered:
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
             self.metrics.batch_size.observe(len(outcome.answered))
@@ -378,6 +378,14 @@ class Pipeline:
                 self._quarantine(item.claim, Reason.MODEL_FAILED, "no model to record")
             else:
                 self._encode.submit(self._commit, item, result, model)
+
+    def _count_restarts(self, checkpoint: str, restarts: int) -> None:
+        """``artd_worker_restarts_total`` grows by the restarts a worker reports since this
+        checkpoint's last batch (a pool of actors replaces a lost one in the background)."""
+        with self._count_lock:
+            seen = self._restarts_seen.get(checkpoint, 0)
+            self._restarts_seen[checkpoint] = restarts
+        self.metrics.worker_restarts.inc(max(0, restarts - seen))
 
     def _worker_died(
         self,
