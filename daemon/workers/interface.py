@@ -5,6 +5,7 @@ interface, what it takes (:class:`EngineOptions`) and gives back (:class:`ModelI
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,31 @@ class WorkerUnavailable(Exception):
         super().__init__(reason)
         self.reason = reason
         self.refused = refused
+
+
+def checked_batch(
+    batch: Sequence[np.ndarray], sha256s: Sequence[str], output: OutputSettings | None
+) -> tuple[list[np.ndarray], OutputSettings]:
+    """What a worker sends its model: the images (HWC uint8, 3 or 4 channels, one shape; a
+    ValueError otherwise, or for a hash count that differs) and the output settings the model
+    reads (the signing key stays in the service, and a job's subclass travels as the plain
+    settings). An empty batch gives no images."""
+    items = [np.asarray(item) for item in batch]
+    if len(sha256s) != len(items):
+        raise ValueError(f"{len(sha256s)} hashes for {len(items)} images")
+    if not items:
+        return [], output or OutputSettings()
+    shape = items[0].shape
+    if len(shape) != 3 or shape[2] not in (3, 4):
+        raise ValueError(f"expected HWC images with 3 or 4 channels, got {shape}")
+    for item in items:
+        if item.shape != shape or item.dtype != np.uint8:
+            raise ValueError(f"a batch is uint8 images of one shape: {item.shape} {item.dtype}")
+    output = output or OutputSettings(max(shape[:2]))
+    if output.credentials is not None or type(output) is not OutputSettings:
+        fields = {f.name: getattr(output, f.name) for f in dataclasses.fields(OutputSettings)}
+        output = OutputSettings(**(fields | {"credentials": None}))
+    return items, output
 
 
 def model_info(engine: Engine, path: Path) -> ModelInfo:

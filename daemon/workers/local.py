@@ -34,6 +34,7 @@ from daemon.workers.interface import (
     WorkerHealth,
     WorkerResult,
     WorkerUnavailable,
+    checked_batch,
 )
 from daemon.workers.segments import BEAT
 from daemon.workers.supervision import Died, Resources, await_reply, death, exit_cause
@@ -107,18 +108,10 @@ class LocalModelWorker:
         request: SamplerRequest | None = None,
         output: OutputSettings | None = None,
     ) -> list[WorkerResult]:
-        items = [np.asarray(item) for item in batch]
-        if len(sha256s) != len(items):
-            raise ValueError(f"{len(sha256s)} hashes for {len(items)} images")
+        items, output = checked_batch(batch, sha256s, output)
         if not items:
             return []
-        shape = _batch_shape(items)
-        output = output or OutputSettings(max(shape[:2]))
-        if output.credentials is not None or type(output) is not OutputSettings:
-            # The signing key stays in the service, and a subclass (a job's, recording its
-            # sources) travels as the plain settings the model reads.
-            fields = {f.name: getattr(output, f.name) for f in dataclasses.fields(OutputSettings)}
-            output = OutputSettings(**(fields | {"credentials": None}))
+        shape = items[0].shape
         with self._call:
             if self._stopped:
                 raise WorkerUnavailable("the model worker was stopped")
@@ -413,13 +406,3 @@ class LocalModelWorker:
                 segments.drop(current)
             self._res.segments[kind] = segment
         return segment
-
-
-def _batch_shape(items: list[np.ndarray]) -> tuple[int, int, int]:
-    shape = items[0].shape
-    if len(shape) != 3 or shape[2] not in (3, 4):
-        raise ValueError(f"expected HWC images with 3 or 4 channels, got {shape}")
-    for item in items:
-        if item.shape != shape or item.dtype != np.uint8:
-            raise ValueError(f"a batch is uint8 images of one shape: {item.shape} {item.dtype}")
-    return (int(shape[0]), int(shape[1]), int(shape[2]))

@@ -56,6 +56,7 @@ from daemon.workers.interface import (
     WorkerHealth,
     WorkerResult,
     WorkerUnavailable,
+    checked_batch,
 )
 from daemon.workers.local import BATCH_TIMEOUT_S, START_TIMEOUT_S
 
@@ -174,13 +175,9 @@ class RayWorkerPool:
         request: SamplerRequest | None = None,
         output: OutputSettings | None = None,
     ) -> list[WorkerResult]:
-        items = [np.asarray(item) for item in batch]
-        if len(sha256s) != len(items):
-            raise ValueError(f"{len(sha256s)} hashes for {len(items)} images")
+        items, output = checked_batch(batch, sha256s, output)
         if not items:
             return []
-        shape = _batch_shape(items)
-        output = _plain(output or OutputSettings(max(shape[:2])))
         if self._current is None and not self._stopped:
             raise RuntimeError("start() the model worker pool before run()")
         ray = self._ray
@@ -619,22 +616,3 @@ def _failure(ok: bool, answer: Any) -> str:
     if isinstance(answer, tuple) and len(answer) == 2 and isinstance(answer[1], str):
         return answer[1]
     return repr(answer)[:300]
-
-
-def _plain(output: OutputSettings) -> OutputSettings:
-    """The settings the model reads: the signing key stays in the service, and a subclass (a
-    job's, recording its sources) travels as the plain settings."""
-    if output.credentials is None and type(output) is OutputSettings:
-        return output
-    fields = {f.name: getattr(output, f.name) for f in dataclasses.fields(OutputSettings)}
-    return OutputSettings(**(fields | {"credentials": None}))
-
-
-def _batch_shape(items: list[np.ndarray]) -> tuple[int, int, int]:
-    shape = items[0].shape
-    if len(shape) != 3 or shape[2] not in (3, 4):
-        raise ValueError(f"expected HWC images with 3 or 4 channels, got {shape}")
-    for item in items:
-        if item.shape != shape or item.dtype != np.uint8:
-            raise ValueError(f"a batch is uint8 images of one shape: {item.shape} {item.dtype}")
-    return (int(shape[0]), int(shape[1]), int(shape[2]))
