@@ -495,6 +495,16 @@ print(json.dumps(ray.nodes(), default=str))
         raylet.kill()
         return raylet
 
+    def kill_node2(self) -> list[Proc]:
+        """A machine loss: ``kill -9`` every process of the second node at once (its
+        ``ray start`` first, so nothing is cleaned up). Unlike ``kill_node2_raylet``, its
+        workers cannot finish what they hold after the kill."""
+        assert self.node2 is not None
+        procs = self.node2.pids()
+        for p in procs:
+            p.kill()
+        return procs
+
     def stop(self) -> None:
         """Kill every process of the cluster by pid: each ``ray start`` first (so it cannot
         clean up or report), then its descendants, then whatever is left in the namespace
