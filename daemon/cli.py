@@ -89,7 +89,7 @@ def run_process(argv: list[str]) -> int:
         logger.error("cannot load the model: {}", exc.reason)
         worker.stop()
         return EXIT_FATAL
-    from core.runtime.img2img import OutputSettings
+    from core.outputs.settings import OutputSettings
 
     try:
         report = process(

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from core.diffusion.sampler_settings import SamplerRequest
 from core.images.colour import ColourPolicy
-from core.runtime.img2img import OutputSettings
+from core.outputs.settings import OutputSettings
 from daemon.decoders import DecodeSettings
 from daemon.settings import DaemonSettings, JobSettings
 from daemon.spool import Claim

@@ -41,11 +41,12 @@ from core.images.decode import ImageError, sniff
 from core.images.origin import Origin
 from core.images.pixels import ResizePolicy, to_uint8_array
 from core.outputs.encoding import OUTPUT_FORMATS, encode
+from core.outputs.result import encode_result
+from core.outputs.settings import OutputSettings
 from core.reasons import Reason
 from core.runtime.batcher import map_by_shape
 from core.runtime.engine import Engine
 from core.runtime.errors import InferenceError
-from core.runtime.img2img import OutputSettings, encode_result
 from daemon.workers import (
     SOLO_CRASH_LIMIT,
     CrashLedger,

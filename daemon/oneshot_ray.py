@@ -64,9 +64,9 @@ from core.checkpoint import CheckpointError, resolve_current
 from core.diffusion.sampler_settings import SamplerRequest
 from core.durable import write_atomic
 from core.images.decode import ImageError
+from core.outputs.settings import OutputSettings
 from core.reasons import Reason
 from core.runtime.errors import InferenceError
-from core.runtime.img2img import OutputSettings
 from daemon import cluster
 from daemon.oneshot import (
     CHUNK,

@@ -45,10 +45,11 @@ from loguru import logger
 from core.diffusion.sampler_settings import SamplerRequest
 from core.images.decode import ImageError
 from core.images.origin import Origin
+from core.outputs.result import encode_result
+from core.outputs.settings import OutputSettings
 from core.reasons import Reason
 from core.runtime.batcher import Batcher
 from core.runtime.errors import InferenceError
-from core.runtime.img2img import OutputSettings, encode_result
 from daemon.decoders import DecoderPool, DecoderUnavailableError, PoolClosedError
 from daemon.job_groups import Group, JobGroups, decode_settings, job_sampler_request
 from daemon.metrics import Health, Metrics

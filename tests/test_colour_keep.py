@@ -25,8 +25,9 @@ from core.config import settings_from_flags
 from core.images import loading
 from core.images.colour import ColourPolicy, keep_colours
 from core.outputs.encoding import read_metadata
+from core.outputs.result import encode_result
 from core.runtime.engine import Engine
-from core.runtime.img2img import Inference, OutputSettings, encode_result
+from core.runtime.img2img import Inference, OutputSettings
 from daemon.oneshot import process
 from daemon.settings import ProcessSettings
 from daemon.settings.presets import JobError, validated

@@ -140,7 +140,7 @@ def test_format_same_keeps_each_inputs_format(engine: Engine, tmp_path: Path) ->
 
 
 def test_private_metadata_round_trips_in_every_format() -> None:
-    from core.runtime.img2img import encode_output
+    from core.outputs.result import encode_output
 
     meta = {"ai_generated": "true", "artd:model": "été", "artd:input_sha256": "ab" * 32}
     img = Image.fromarray(np.zeros((16, 16, 3), np.uint8))

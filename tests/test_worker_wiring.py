@@ -65,6 +65,11 @@ def worker(daemon: Daemon) -> dict[str, Any]:
     return only
 
 
+def loads_torch(pid: int) -> bool:
+    """Whether the process has torch's library mapped (read from /proc, not asked)."""
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
 def metric(daemon: Daemon, name: str) -> float:
     match = re.search(rf"^{re.escape(name)} (\S+)$", daemon.metrics(), re.MULTILINE)
     return float(match.group(1)) if match else 0.0
@@ -107,7 +112,10 @@ def test_a_poison_is_quarantined_by_the_worker_and_the_service_lives_on(
         deaths = metric(daemon, 'artd_worker_deaths_total{kind="signal"}')
         restarts = metric(daemon, "artd_worker_restarts_total")
         serving = worker(daemon)
+        # The network, and torch with it, lives only in the worker; the service never loads it.
+        torch_in = {pid: loads_torch(pid) for pid in (service, serving["pid"])}
         assert daemon.stop() == 0
+    assert torch_in == {service: False, serving["pid"]: True}
     assert_each_once(root, list(payloads), quarantine=frozenset({poison}))
     sidecar = json.loads((root / "quarantine" / f"{poison}.error.json").read_text())
     assert (sidecar["reason"], sidecar["solo_crashes"]) == ("crashed_repeatedly", MAX_ATTEMPTS)

@@ -118,7 +118,7 @@ def stage_costs(files: list[Path], settings: dict, repeats: int) -> dict[str, di
     """CPU ms per image of decode and of encode for each setting, one thread: the settings
     alternate file by file (a shared machine's drift hits both alike), medians of the sums."""
     from core.images import loading
-    from core.runtime.img2img import encode_output
+    from core.outputs.result import encode_output
 
     meta = {"ai_generated": "true", "Software": "artd", "artd:model": "bench",
             "artd:input_sha256": "0" * 64, "artd:settings": "{}"}  # fmt: skip

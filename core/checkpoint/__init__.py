@@ -14,7 +14,11 @@
 - ``pointer``: :func:`promote`, which moves the ``current`` symlink atomically.
 """
 
-from core.checkpoint.files import load_checkpoint, resolve_current, save_checkpoint
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from core.checkpoint.meta import (
     FORMAT_VERSION,
     IMAGE_SPACES,
@@ -24,9 +28,35 @@ from core.checkpoint.meta import (
     CheckpointMeta,
     ModelIdentity,
 )
-from core.checkpoint.pointer import promote
-from core.checkpoint.safetensors_format import DATA_SHA256_KEY, META_KEY
-from core.checkpoint.weights import build_model, validate_state_dict
+
+if TYPE_CHECKING:
+    from core.checkpoint.files import load_checkpoint, resolve_current, save_checkpoint
+    from core.checkpoint.pointer import promote
+    from core.checkpoint.safetensors_format import DATA_SHA256_KEY, META_KEY
+    from core.checkpoint.weights import build_model, validate_state_dict
+
+# The names whose modules import torch, imported on first use: the daemon's service reads
+# metadata (``meta``) and must not load torch, which only its model workers need.
+_LAZY = {
+    "load_checkpoint": "files",
+    "resolve_current": "files",
+    "save_checkpoint": "files",
+    "promote": "pointer",
+    "DATA_SHA256_KEY": "safetensors_format",
+    "META_KEY": "safetensors_format",
+    "build_model": "weights",
+    "validate_state_dict": "weights",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DATA_SHA256_KEY",

@@ -16,20 +16,21 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from core import __version__
 from core.images.colour import PALETTES
-from core.network.model import (
+from core.network.spec import (
     ARCHITECTURE,
     DECODERS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     MAX_GUIDE_CHANNELS,
+    POST_IMAGE_SPACE,
 )
-from core.network.space import POST_IMAGE_SPACE
+
+if TYPE_CHECKING:
+    import torch
 
 # Bump when the layout changes incompatibly; readers refuse versions newer than they know.
 FORMAT_VERSION = 1

@@ -32,6 +32,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.network.shapes import SIZE_MULTIPLE
+from core.network.spec import (
+    ARCHITECTURE,
+    DECODERS,
+    FULL_WIDTH,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MAX_GUIDE_CHANNELS,
+)
 
 __all__ = [
     "ARCHITECTURE",
@@ -44,17 +52,6 @@ __all__ = [
     "ConvDiffusionModel",
     "UpsampleConv2d",
 ]
-
-ARCHITECTURE = "ConvDiffusionModel"
-# The decoder's 2x upsampling: the post's transposed convolutions, or upsample-then-convolve.
-DECODERS: tuple[str, ...] = ("transpose", "upsample", "upsample-full")
-# The most extra input channels a guided network takes (core/network/guide.py: colour + presence).
-MAX_GUIDE_CHANNELS = 4
-# Channels of the upsample-full variant's full-resolution level.
-FULL_WIDTH = 32
-# The post normalizes inputs with ImageNet statistics; VGG's perceptual loss expects them too.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

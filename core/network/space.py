@@ -22,11 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from core.network.model import IMAGENET_MEAN, IMAGENET_STD
-
-# The ``image_space`` of a checkpoint trained with the post's script. The value is on disk (in
-# checkpoint metadata) and keeps the project's old word for the post, so old checkpoints load.
-POST_IMAGE_SPACE = "seed"
+from core.network.spec import IMAGENET_MEAN, IMAGENET_STD, POST_IMAGE_SPACE
 
 
 class ImageSpace(nn.Module):

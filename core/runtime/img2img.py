@@ -29,20 +29,17 @@ input's own metadata (core.images.origin) and a Content Credentials manifest
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from loguru import logger
 from PIL import Image
 
-from core.checkpoint import ModelIdentity
-from core.diffusion.sampler_settings import SamplerRequest, SamplerSettings
-from core.images.colour import SRGB_ICC, from_srgb, keep_colours
+from core.diffusion.sampler_settings import SamplerRequest
+from core.images.colour import keep_colours
 from core.images.origin import Origin
-from core.outputs.encoding import encode
-from core.outputs.labels import exif_block, xmp_packet
-from core.outputs.provenance import provenance
+from core.outputs.result import encode_result
 from core.outputs.settings import OutputSettings
 from core.reasons import Reason
 from core.runtime.batcher import map_by_shape
@@ -56,7 +53,6 @@ __all__ = [
     "Inference",
     "OutputSettings",
     "SinglePass",
-    "encode_result",
 ]
 
 
@@ -153,51 +149,6 @@ class Inference:
         )
 
 
-def encode_result(
-    image: Image.Image,
-    model: ModelIdentity,
-    input_sha256: str,
-    output: OutputSettings,
-    sampler_settings: SamplerSettings | None = None,
-    origin: Origin | None = None,
-) -> bytes:
-    """:meth:`Inference.encode` without the engine: the output of ``image``, computed by
-    ``model`` (wherever it ran: a model worker reports its identity) with ``sampler_settings``
-    (None for a one-pass checkpoint), with its provenance; ``colour = auto`` is recorded as
-    the model's recommendation resolves it (the worker resolved it the same way)."""
-    output = output.resolved_palette(model.colour)
-    meta = provenance(model, input_sha256, output.recorded(), sampler_settings=sampler_settings)
-    return encode_output(image, meta, output, origin)
-
-
-def encode_output(
-    image: Image.Image, meta: dict[str, str], output: OutputSettings, origin: Origin | None = None
-) -> bytes:
-    """An output's bytes: format, quality, profile, label, copied metadata, credentials."""
-    fmt = output.format_for(origin)
-    if image.mode == "RGBA" and (fmt == "jpeg" or not output.keep_alpha):
-        image = image.info.get("composited") or image.convert("RGB")
-    icc = SRGB_ICC if output.embed_profile else None
-    if output.output_profile == "input" and origin is not None and origin.icc_profile:
-        image, icc = from_srgb(image, origin.icc_profile, output.intent), origin.icc_profile
-    copied = origin if output.copy_metadata and origin is not None else None
-    kwargs: dict[str, Any] = {"metadata": meta, "icc_profile": icc, "background": output.background}
-    if output.label or copied is not None:
-        kwargs["xmp"] = xmp_packet(meta, ai_made=output.label, copied=copied)
-        if fmt != "png" or copied is not None:
-            kwargs["exif"] = exif_block(
-                meta, ai_made=output.label, copied=copied, gps=output.copy_gps
-            )
-    if fmt == "jpeg":
-        kwargs["quality"] = output.jpeg_quality
-    elif fmt == "webp":
-        kwargs.update(quality=output.webp_quality, lossless=output.webp_lossless)
-    data = encode(image, fmt, **kwargs)
-    if output.credentials is not None:
-        data = output.credentials.sign(data, fmt, meta)
-    return data
-
-
 def _composite(rgba: np.ndarray, background: np.ndarray) -> np.ndarray:
     """The colour over ``background``, as an opaque decode would have given it."""
     alpha = rgba[..., 3:4].astype(np.float32) / 255
@@ -215,6 +166,6 @@ def _attach_alpha(image: Image.Image, alpha: np.ndarray, background: np.ndarray)
     straight = np.where(a > 0, (out - background * (1 - a)) / np.maximum(a, 1e-6), out)
     rgba = Image.fromarray(np.dstack([np.clip(straight + 0.5, 0, 255).astype(np.uint8), alpha]))
     # Un-compositing clips where the model drew darker (or lighter) than the background allows;
-    # a JPEG takes the model's own composited result instead (encode_output).
+    # a JPEG takes the model's own composited result instead (core.outputs.result.encode_output).
     rgba.info["composited"] = image
     return rgba
