@@ -198,6 +198,12 @@ def proc_status(pid: int) -> dict[str, int]:
     return fields
 
 
+def model_worker_pids(daemon: Daemon) -> list[int]:
+    """The daemon's model worker processes, as its /healthz reports them (the network, and
+    its memory, lives there, not in the service)."""
+    return [w["pid"] for w in daemon.health()[1]["workers"] if w.get("pid")]  # type: ignore[union-attr]
+
+
 def children_of(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():

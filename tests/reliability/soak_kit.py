@@ -32,7 +32,7 @@ from conftest import seeded_model
 from daemon_harness import Daemon
 from page_client import TOKEN, api, fetch, post_retry
 from PIL import Image
-from reliability_kit import proc_status, sha
+from reliability_kit import model_worker_pids, proc_status, sha
 
 from core.checkpoint import CheckpointMeta, save_checkpoint
 from core.outputs.encoding import read_metadata
@@ -338,8 +338,9 @@ class Background(threading.Thread):
 
 
 class RssSampler(Background):
-    """VmRSS of the daemon's main process every ``every_s``: (seconds into the life, life,
-    kB, seconds since the sampler was made)."""
+    """VmRSS of the daemon every ``every_s``: its service process plus the model workers its
+    /healthz reports (the network's memory is theirs), as (seconds into the life, life, kB,
+    seconds since the sampler was made). A moment either cannot be read is skipped."""
 
     def __init__(self, daemon: Daemon, every_s: float = 1.0) -> None:
         super().__init__("soak-rss", every_s)
@@ -357,8 +358,9 @@ class RssSampler(Background):
         if proc.pid != self._pid:
             self._pid, self.life = proc.pid, self.life + 1
             self.life_started = time.monotonic()
-        with contextlib.suppress(OSError, KeyError):
-            rss = proc_status(proc.pid)["VmRSS"]
+        with contextlib.suppress(OSError, KeyError, ValueError):
+            pids = [proc.pid, *model_worker_pids(self.daemon)]
+            rss = sum(proc_status(pid)["VmRSS"] for pid in pids)
             now = time.monotonic()
             self.samples.append((now - self.life_started, self.life, rss, now - self.made))
 
@@ -378,10 +380,10 @@ class Memory:
     def line(self) -> str:
         peaks = ", ".join(f"{p:.0f}" for p in self.peaks_by_life)
         return (
-            f"memory: daemon VmRSS in its last life (#{self.life}, {self.seconds:.0f}s after "
-            f"warm-up): {self.first_mib:.0f} -> {self.last_mib:.0f} MiB (medians of its first "
-            f"and last minute, or third), peak {self.peak_mib:.0f}, slope "
-            f"{self.slope_mib_per_min:+.2f} MiB/min; "
+            f"memory: daemon VmRSS (service + model worker) in its last life (#{self.life}, "
+            f"{self.seconds:.0f}s after warm-up): {self.first_mib:.0f} -> "
+            f"{self.last_mib:.0f} MiB (medians of its first and last minute, or third), "
+            f"peak {self.peak_mib:.0f}, slope {self.slope_mib_per_min:+.2f} MiB/min; "
             f"peak per life {peaks} MiB"
         )
 
