@@ -32,7 +32,7 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from loguru import logger
@@ -44,6 +44,9 @@ from core.images.decode import DEFAULT_MAX_PIXELS, ImageError
 from core.images.origin import Origin
 from core.images.pixels import ResizePolicy
 from core.reasons import Reason
+
+if TYPE_CHECKING:
+    from core.outputs.settings import OutputSettings
 
 DECODE_TIMEOUT_S = 120.0  # far beyond any real image at max_pixels: a hang, not slowness
 MAX_TASKS_PER_WORKER = 500  # recycle: decoders fragment memory on odd files
@@ -59,6 +62,18 @@ class DecodeSettings:
     background: tuple[int, int, int] = (255, 255, 255)
     colour: ColourPolicy = field(default_factory=ColourPolicy)
     keep_alpha: bool = False
+
+    @classmethod
+    def for_output(cls, output: OutputSettings) -> DecodeSettings:
+        """How ``artd process`` decodes for ``output`` (size, resize, colour, background,
+        transparency; the default decoded size limit)."""
+        return cls(
+            size=output.size,
+            resize=output.resize,
+            background=output.background,
+            colour=output.colour,
+            keep_alpha=output.keep_alpha,
+        )
 
 
 # What a worker is sent: (path, size, resize, max_pixels, background, test_segfault, colour,

@@ -6,9 +6,11 @@ process`` starts a supervised process of its own), with the daemon's crash rule
 (daemon.workers.retries): a worker that dies with a batch is restarted and the batch retried
 in halves, so an input that kills the model costs that input (``crashed_repeatedly``), not
 the run. A denoise checkpoint's noise is seeded from each input file's content hash, so the
-same file gives the same pixels on every run. Decoding and encoding run in a thread pool
-(Pillow releases the GIL) while the worker works on the previous chunk, so the model is
-rarely idle. Bad inputs are reported and skipped; the rest are still processed.
+same file gives the same pixels on every run. Files are decoded in the daemon's decoder
+processes (daemon.decoders: one that crashes a decoder twice is ``decoder_crashed``, not the
+end of the run), fed by a thread pool that also encodes and writes, while the worker works on
+the previous chunk, so the model is rarely idle. Bad inputs are reported and skipped; the
+rest are still processed.
 
 ``generate``: images from noise (core.diffusion.generate), named ``<seed>-<index>.<ext>``; a name
 that already exists is never overwritten: the run is refused before the model starts.
@@ -21,7 +23,6 @@ the input's metadata follow ``OutputSettings`` (core.runtime.img2img, docs/colou
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sys
 import threading
@@ -35,11 +36,11 @@ from loguru import logger
 from tqdm import tqdm
 
 from core.diffusion.sampler_settings import SamplerRequest
-from core.durable import write_atomic
+from core.durable import sha256_stream, write_atomic
 from core.images import loading
 from core.images.decode import ImageError, sniff
 from core.images.origin import Origin
-from core.images.pixels import ResizePolicy, to_uint8_array
+from core.images.pixels import ResizePolicy
 from core.outputs.encoding import OUTPUT_FORMATS, encode
 from core.outputs.result import encode_result
 from core.outputs.settings import OutputSettings
@@ -47,6 +48,7 @@ from core.reasons import Reason
 from core.runtime.batcher import map_by_shape
 from core.runtime.engine import Engine
 from core.runtime.errors import InferenceError
+from daemon.decoders import DecoderPool, DecodeSettings
 from daemon.workers import (
     SOLO_CRASH_LIMIT,
     CrashLedger,
@@ -176,13 +178,18 @@ def process(
             report.rejected.append((item[0], *item[1].split(": ", 1)))  # type: ignore[arg-type]
     show_bar = sys.stderr.isatty() if progress is None else progress
     workers = workers or min(8, (os.cpu_count() or 2) + 2)
-    with (
-        tqdm(total=len(jobs), unit="img", disable=not show_bar) as bar,
-        ThreadPoolExecutor(
-            workers, thread_name_prefix="artd-io", initializer=lower_thread_priority
-        ) as pool,
-    ):
-        _run(jobs, run, pool, report, bar)
+    decoders = DecoderPool(min(workers, os.cpu_count() or 1), DecodeSettings.for_output(run.output))
+    decoders.start()
+    try:
+        with (
+            tqdm(total=len(jobs), unit="img", disable=not show_bar) as bar,
+            ThreadPoolExecutor(
+                workers, thread_name_prefix="artd-io", initializer=lower_thread_priority
+            ) as pool,
+        ):
+            _run(jobs, run, Io(pool, decoders), report, bar)
+    finally:
+        decoders.close()
     for source, reason, message in report.rejected:
         logger.warning("rejected {}: {} ({})", source, reason, message)
     return report
@@ -237,18 +244,28 @@ class ModelRun:
         return answers
 
 
-def _run(
-    jobs: list[Job], run: ModelRun, pool: ThreadPoolExecutor, report: Report, bar: tqdm
-) -> None:
+@dataclass
+class Io:
+    """A run's I/O: the threads that decode and write, and the decoder processes."""
+
+    pool: ThreadPoolExecutor
+    decoders: DecoderPool
+
+    def decode(self, jobs: list[Job], settings: OutputSettings) -> list[Future[Job]]:
+        return [self.pool.submit(decode_job, job, settings, self.decoders) for job in jobs]
+
+
+def _run(jobs: list[Job], run: ModelRun, io: Io, report: Report, bar: tqdm) -> None:
     """Decode a chunk ahead, run the one before it, write its outputs behind."""
     settings = run.output
+    pool = io.pool
     writes: list[tuple[Job, Future[Path]]] = []
-    decoded = [pool.submit(decode_job, job, settings) for job in jobs[:CHUNK]]
+    decoded = io.decode(jobs[:CHUNK], settings)
     for start in range(0, len(jobs), CHUNK):
         ready, failed = _gather(decoded, jobs[start : start + CHUNK])
         # Start decoding the next chunk before the engine takes this one.
         upcoming = jobs[start + CHUNK : start + 2 * CHUNK]
-        decoded = [pool.submit(decode_job, job, settings) for job in upcoming]
+        decoded = io.decode(upcoming, settings)
         report.rejected.extend(failed)
         results = run.model_results(ready)
         for job, (result, model) in zip(ready, results, strict=True):
@@ -343,19 +360,19 @@ def generate_files(
     return report
 
 
-def decode_job(job: Job, settings: OutputSettings) -> Job:
-    """``job`` with its input read, hashed and decoded for the model; raises ImageError (a
-    bad file) or OSError (an unreadable one)."""
-    data = job.source.read_bytes()
-    job.sha256 = hashlib.sha256(data).hexdigest()
-    image, job.origin = loading.load_with_origin(
-        data, settings.size, settings.resize, background=settings.background,
-        colour=settings.colour, keep_alpha=settings.keep_alpha,
-    )  # fmt: skip
-    if image.mode == "RGBA":
-        job.pixels = np.asarray(image)  # core.runtime.img2img splits and re-attaches the alpha
-    else:
-        job.pixels = to_uint8_array(image)
+def decode_job(job: Job, settings: OutputSettings, decoders: DecoderPool) -> Job:
+    """``job`` with its input hashed here and decoded for the model in ``decoders`` (its
+    own process: a decoder that crashes twice on it raises ImageError ``decoder_crashed``,
+    and the run goes on); raises ImageError (a bad file) or OSError (an unreadable one).
+    A symlink the user named, or found in a folder, is read through (the pool's decoders
+    never follow one themselves)."""
+    source = os.path.realpath(job.source)
+    with open(source, "rb") as handle:
+        job.sha256 = sha256_stream(handle)
+    # HWC uint8, RGBA where the input has transparency (core.runtime.img2img re-attaches it).
+    job.pixels, _, job.origin = decoders.decode_with_origin(
+        source, DecodeSettings.for_output(settings)
+    )
     return job
 
 

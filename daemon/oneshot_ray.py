@@ -39,6 +39,7 @@ credentials are refused (``c2pa_cert``): the signing key stays on this machine.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -64,10 +65,12 @@ from core.checkpoint import CheckpointError, resolve_current
 from core.diffusion.sampler_settings import SamplerRequest
 from core.durable import write_atomic
 from core.images.decode import ImageError
+from core.network.shapes import INPUT_SIZE
 from core.outputs.settings import OutputSettings
 from core.reasons import Reason
 from core.runtime.errors import InferenceError
 from daemon import cluster
+from daemon.decoders import DecoderPool, DecodeSettings
 from daemon.oneshot import (
     CHUNK,
     EXIT_SOME_REJECTED,
@@ -365,13 +368,25 @@ def _jobs(batch: pa.Table) -> list[tuple[Job, dict]]:
     ]
 
 
+@functools.cache
+def _decoders() -> DecoderPool:
+    """This Ray worker process's decoder process (daemon.decoders: a file that crashes it
+    twice is rejected as ``decoder_crashed``, and the task goes on), started by its first
+    decode task and kept for the next ones (Ray reuses its worker processes); it ends with
+    the process. One: a decode task takes one CPU (TASK_CPUS)."""
+    pool = DecoderPool(1, DecodeSettings(size=INPUT_SIZE))  # each call names its settings
+    pool.start()
+    return pool
+
+
 def _decode_batch(batch: pa.Table, output: OutputSettings) -> pa.Table:
-    """Read and decode each file (daemon.oneshot.decode_job); a file that does not decode
-    becomes a row with its reason, never an exception."""
+    """Read and decode each file (daemon.oneshot.decode_job, in this process's decoder); a
+    file that does not decode becomes a row with its reason, never an exception."""
     rows = []
+    decoders = _decoders()
     for job, _ in _jobs(batch):
         try:
-            decode_job(job, output)
+            decode_job(job, output, decoders)
         except ImageError as exc:
             rows.append(_row(job, exc.reason, exc.message))
             continue

@@ -29,6 +29,7 @@ from ray_kit import (
 )
 from test_oneshot import artd
 
+from daemon.decoders import SEGFAULT_MARKER
 from daemon.workers import POISON_ENV
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'artd[ray]')")
@@ -227,12 +228,18 @@ def test_a_node_killed_mid_run_costs_nothing(pixel_checkpoint: Path, tmp_path: P
     """...and an input that kills the model costs that input (the crash rule), not the job."""
     inputs = make_inputs(tmp_path / "in", 120, size=(192, 128))
     poison = tmp_path / "in" / "img0007.jpg"
+    # And one that crashes its decoder (a real SIGSEGV: daemon.decoders' test hook).
+    crash = tmp_path / "in" / "crash.jpg"
+    crash.write_bytes(SEGFAULT_MARKER + poison.read_bytes())
+    inputs.append(crash)
     out, log_path = tmp_path / "out", tmp_path / "artd.log"
     # Two actors of a CPU each, spread one on each node, and room on the head for the one
     # node2 loses: an actor restarts only where its resources are. Every model worker of the
     # cluster kills itself on a batch holding the poison.
     sha = hashlib.sha256(poison.read_bytes()).hexdigest()
-    cluster = started_cluster(head_cpus=3, node2_cpus=2, env={POISON_ENV: sha})
+    cluster = started_cluster(
+        head_cpus=3, node2_cpus=2, env={POISON_ENV: sha, "_ARTD_TEST_SEGFAULT": "1"}
+    )
     try:
         assert cluster.node2 is not None
         with open(log_path, "w") as log:
@@ -263,8 +270,8 @@ def test_a_node_killed_mid_run_costs_nothing(pixel_checkpoint: Path, tmp_path: P
     assert job.returncode == 2, stderr[-4000:]
     found = settled(inputs, out)
     rejected = {name: reason for name, reason in found.items() if reason != "output"}
-    assert rejected == BROKEN | {poison.name: "crashed_repeatedly"}
-    assert "119 written, 4 rejected" in stderr
+    assert rejected == BROKEN | {poison.name: "crashed_repeatedly", crash.name: "decoder_crashed"}
+    assert "119 written, 5 rejected" in stderr
     assert "will be retried" in stderr  # Ray redid what was lost
 
 

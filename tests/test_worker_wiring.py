@@ -36,6 +36,7 @@ from test_sampling_commands import save_denoise_checkpoint
 
 from core.checkpoint import CheckpointMeta, save_checkpoint
 from core.outputs.encoding import read_metadata
+from daemon.decoders import SEGFAULT_MARKER
 
 MAX_ATTEMPTS = 3  # the setting's default
 QUICK = {"settle_seconds": 0.2, "rescan_seconds": 0.5}
@@ -222,11 +223,18 @@ def test_artd_process_loses_only_the_poison_not_the_run(
     source, out = tmp_path / "in", tmp_path / "out"
     payloads = {f"p{i}.png": png(400 + i) for i in range(3)}
     drop(source, payloads)
-    env = {"_ARTD_WORKER_POISON": hashlib.sha256(payloads["p1.png"]).hexdigest()}
+    # And a file that crashes its decoder (a real SIGSEGV, daemon.decoders' test hook).
+    (source / "crash.png").write_bytes(SEGFAULT_MARKER + png(499))
+    env = {
+        "_ARTD_WORKER_POISON": hashlib.sha256(payloads["p1.png"]).hexdigest(),
+        "_ARTD_TEST_SEGFAULT": "1",
+    }
     done = artd("process", source, "--out", out, "--checkpoint", pixel_checkpoint,
                 "--size", "64", "--device", "cpu", env=env)  # fmt: skip
     assert done.returncode == 2, done.stderr  # some rejected, the rest written
     assert sorted(p.name for p in out.iterdir()) == ["p0.png.png", "p2.png.png"]
     assert "rejected" in done.stderr and "crashed_repeatedly" in done.stderr
+    assert re.search(r"rejected \S*crash\.png: decoder_crashed", done.stderr), done.stderr
+    assert "decoder worker died on" in done.stderr  # twice: the second death rejects it
     # Dead in the batch of three and in its half [p1, p2] (p0 came out), then 3 times alone.
     assert done.stderr.count("died with") == 2 + MAX_ATTEMPTS, done.stderr
