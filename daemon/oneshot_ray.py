@@ -46,10 +46,7 @@ import logging
 import math
 import os
 import pickle
-import shutil
 import sys
-import tempfile
-import time
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -82,6 +79,7 @@ from daemon.oneshot import (
     encode_job,
 )
 from daemon.workers import SOLO_CRASH_LIMIT, EngineOptions, LocalModelWorker, WorkerUnavailable
+from daemon.workers.node_cache import node_checkpoint, touch
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -99,8 +97,6 @@ TASK_RETRIES = 8
 ACTOR_RESTARTS = 8
 ACTOR_TASK_RETRIES = 8
 TASK_CPUS = 1.0  # each decode or write task: Pillow works on one core
-CHECKPOINT_CACHE = "artd-checkpoints"  # under each node's temp folder
-CACHE_IDLE_S = 3600.0  # a cached checkpoint no actor used for this long is removed
 
 
 class RayJobFailed(RuntimeError):
@@ -414,7 +410,11 @@ class _ModelActor:
         output: OutputSettings,
         crash_limit: int,
     ) -> None:
-        path = _cached_checkpoint(checkpoint)
+        import ray
+
+        path = node_checkpoint(
+            checkpoint.path.name, checkpoint.sha256, lambda: ray.get(checkpoint.ref[0])
+        )
         self.worker = LocalModelWorker("ray-process")
         try:
             self.worker.start(path, options)
@@ -426,7 +426,7 @@ class _ModelActor:
         self.run = ModelRun(self.worker, output, request, crash_limit)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        _touch(self.cached)
+        touch(self.cached)
         jobs = _jobs(batch)
         rows: list[dict | None] = [None] * len(jobs)
         ready: list[tuple[int, Job]] = []
@@ -459,39 +459,6 @@ class _ModelActor:
         if worker is not None:
             with contextlib.suppress(Exception):
                 worker.stop()
-
-
-def _cached_checkpoint(checkpoint: _Checkpoint) -> Path:
-    """The checkpoint as a file on this node: ``<temp>/artd-checkpoints/<sha256>/<name>``
-    (the loader reads an epoch from the name), fetched from the object store once per node
-    and checkpoint. Entries no actor has used for :data:`CACHE_IDLE_S` are removed."""
-    import ray
-
-    cache = Path(tempfile.gettempdir(), CHECKPOINT_CACHE)
-    folder = cache / checkpoint.sha256
-    path = folder / checkpoint.path.name
-    try:
-        fresh = hashlib.sha256(path.read_bytes()).hexdigest() == checkpoint.sha256
-    except OSError:
-        fresh = False
-    if not fresh:
-        data = ray.get(checkpoint.ref[0])
-        folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, data)
-    _touch(folder)
-    now = time.time()
-    for entry in cache.iterdir():
-        with contextlib.suppress(OSError):
-            if entry != folder and now - entry.stat().st_mtime > CACHE_IDLE_S:
-                shutil.rmtree(entry)
-    return path
-
-
-def _touch(folder: Path) -> None:
-    """Mark a cache entry as in use (an actor touches its own at every batch: its model
-    worker reloads from there after a crash)."""
-    with contextlib.suppress(OSError):
-        os.utime(folder)
 
 
 def _write_batch(

@@ -4,8 +4,9 @@
 A plain class: the pool makes it remote (``ray.remote(...)(ModelActor)``), so importing this
 module never needs Ray. Constructing it holds nothing; :meth:`ModelActor.load` gets the
 checkpoint's *bytes* (read by the service, passed through Ray's object store, so a node that
-cannot see the service's disk loads it all the same), writes them to a private temporary file
-under the checkpoint's own name (its version reads the same everywhere) and loads it the way
+cannot see the service's disk loads it all the same), writes them to the node's checkpoint
+cache (daemon.workers.node_cache) under the checkpoint's own name (its version reads the same
+everywhere) and loads it the way
 an :class:`~daemon.workers.inprocess.InProcessWorker` does: ``Engine.from_path`` and the probe.
 
 A hot reload is a transaction across the pool's actors: :meth:`~ModelActor.stage` loads the
@@ -21,7 +22,7 @@ arguments), and a refusal is an answer, not an exception for Ray to wrap.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
+import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ from daemon.workers.interface import (
     WorkerResult,
     WorkerUnavailable,
 )
+from daemon.workers.node_cache import node_checkpoint
 
 # One answer per image: ("pixels", HWC uint8, composited or None) | ("error", reason, message).
 Answer = tuple[str, Any, Any]
@@ -69,20 +71,18 @@ class ModelActor:
         """Load ``data`` beside the model serving (which serves on until :meth:`commit`)."""
         self._staged = None
         label_path = Path(label)
-        with tempfile.TemporaryDirectory(prefix="artd-ray-model-") as folder:
-            path = Path(folder) / (label_path.name or "model")
-            try:
-                path.write_bytes(data)
-            except OSError as exc:  # this node's disk, not the checkpoint
-                return ("failed", f"cannot write the checkpoint to {folder}: {exc}")
-            worker = InProcessWorker(name=f"ray-actor:{label_path.name}")
-            try:
-                info = worker.start(path, options)
-            except WorkerUnavailable as exc:
-                # Name the service's file, not this node's temporary copy.
-                reason = exc.reason.replace(str(path), label)
-                logger.error("model actor cannot load {}: {}", label, reason)
-                return ("refused", reason)
+        try:
+            path = node_checkpoint(label_path.name, hashlib.sha256(data).hexdigest(), lambda: data)
+        except OSError as exc:  # this node's disk, not the checkpoint
+            return ("failed", f"cannot write the checkpoint on this node: {exc}")
+        worker = InProcessWorker(name=f"ray-actor:{label_path.name}")
+        try:
+            info = worker.start(path, options)
+        except WorkerUnavailable as exc:
+            # Name the service's file, not this node's copy.
+            reason = exc.reason.replace(str(path), label)
+            logger.error("model actor cannot load {}: {}", label, reason)
+            return ("refused", reason)
         self._staged = worker
         return ("staged", dataclasses.replace(info, path=label_path))
 
