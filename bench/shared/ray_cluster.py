@@ -444,8 +444,13 @@ class RayCluster:
     def python(self, code: str, timeout: float = 60) -> str:
         """Run ``python -c code`` inside the namespace (a Ray client: ``ray.init(address=...)``)
         and return its stdout; a failure raises with its stderr."""
+        return self.run_python(["-c", code], timeout)
+
+    def run_python(self, args: list[str], timeout: float = 60) -> str:
+        """Run ``python ARGS`` (a script and its arguments, or ``-c CODE``) inside the
+        namespace, as :meth:`python` does."""
         result = self.namespace.run(
-            [sys.executable, "-c", code],
+            [sys.executable, *args],
             env=self.env,
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
