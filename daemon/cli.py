@@ -69,7 +69,8 @@ def run_process(argv: list[str]) -> int:
 
     args = vars(process_parser().parse_args(argv))
     # Imported after parsing so that --help and flag errors do not wait for torch.
-    from daemon.oneshot import process
+    from core.outputs.settings import OutputSettings
+    from daemon.oneshot import decoder_pool, process
     from daemon.workers import LocalModelWorker, WorkerUnavailable
 
     paths, out = args.pop("paths"), args.pop("out")
@@ -80,18 +81,18 @@ def run_process(argv: list[str]) -> int:
         return EXIT_FATAL
     if settings.ray_address is not None:
         return run_process_on_ray(paths, out, settings)
-    # The model in a worker process of its own, as the daemon runs it: an input that kills
-    # the model costs that input, not the run (daemon.oneshot).
+    # The model in a worker process of its own, as the daemon runs it, and the decoders in
+    # theirs, started while it loads: an input that kills either costs that input, not the
+    # run (daemon.oneshot).
+    output = OutputSettings.from_settings(settings)
+    decoders = decoder_pool(output, settings.workers)
     worker = LocalModelWorker("process")
     try:
-        worker.start(settings.checkpoint, settings.engine_options())
-    except WorkerUnavailable as exc:
-        logger.error("cannot load the model: {}", exc.reason)
-        worker.stop()
-        return EXIT_FATAL
-    from core.outputs.settings import OutputSettings
-
-    try:
+        try:
+            worker.start(settings.checkpoint, settings.engine_options())
+        except WorkerUnavailable as exc:
+            logger.error("cannot load the model: {}", exc.reason)
+            return EXIT_FATAL
         report = process(
             paths,
             out,
@@ -101,10 +102,12 @@ def run_process(argv: list[str]) -> int:
             fmt=settings.output_format,
             workers=settings.workers,
             request=settings.sampler_request(),
-            output=OutputSettings.from_settings(settings),
+            output=output,
+            decoders=decoders,
         )
     finally:
         worker.stop()
+        decoders.close()
     logger.info("{} written, {} rejected", len(report.written), len(report.rejected))
     return report.exit_code
 

@@ -160,13 +160,16 @@ def process(
     request: SamplerRequest | None = None,
     output: OutputSettings | None = None,
     crash_limit: int = SOLO_CRASH_LIMIT,
+    decoders: DecoderPool | None = None,
 ) -> Report:
     """Process every input under ``paths`` into ``out``; never raises for a bad input.
     ``model``: a started model worker, or an engine of this process (run in it, no
     isolation); ``request``: the sampler settings asked for (unset fields: the checkpoint's);
     ``output``: every output setting (OutputSettings.from_settings), which then wins over
     ``size``, ``resize`` and ``fmt``; ``crash_limit``: solo crashes of the worker in a row
-    that reject an input as ``crashed_repeatedly`` (daemon.workers.CrashLedger)."""
+    that reject an input as ``crashed_repeatedly`` (daemon.workers.CrashLedger);
+    ``decoders``: a pool from :func:`decoder_pool` started earlier (the caller closes it),
+    else the run starts and closes its own."""
     worker = InProcessWorker(model) if isinstance(model, Engine) else model
     run = ModelRun(worker, output or OutputSettings(size, resize, fmt), request, crash_limit)
     report = Report()
@@ -177,9 +180,9 @@ def process(
         else:
             report.rejected.append((item[0], *item[1].split(": ", 1)))  # type: ignore[arg-type]
     show_bar = sys.stderr.isatty() if progress is None else progress
-    workers = workers or min(8, (os.cpu_count() or 2) + 2)
-    decoders = DecoderPool(min(workers, os.cpu_count() or 1), DecodeSettings.for_output(run.output))
-    decoders.start()
+    workers = io_threads(workers)
+    own = decoders is None
+    decoders = decoders or decoder_pool(run.output, workers)
     try:
         with (
             tqdm(total=len(jobs), unit="img", disable=not show_bar) as bar,
@@ -189,7 +192,8 @@ def process(
         ):
             _run(jobs, run, Io(pool, decoders), report, bar)
     finally:
-        decoders.close()
+        if own:
+            decoders.close()
     for source, reason, message in report.rejected:
         logger.warning("rejected {}: {} ({})", source, reason, message)
     return report
@@ -242,6 +246,22 @@ class ModelRun:
                 message = self.unavailable or "not run"
                 answers.append((InferenceError(Reason.MODEL_FAILED, message), None))
         return answers
+
+
+def io_threads(asked: int | None) -> int:
+    """The threads that decode and write: ``asked``, else a few more than the cores."""
+    return asked or min(8, (os.cpu_count() or 2) + 2)
+
+
+def decoder_pool(output: OutputSettings, workers: int | None = None) -> DecoderPool:
+    """A run's decoder processes, started in the background (the forkserver's start takes a
+    moment: a caller may start them while its model loads): one per core, at most one per
+    I/O thread."""
+    pool = DecoderPool(
+        min(io_threads(workers), os.cpu_count() or 1), DecodeSettings.for_output(output)
+    )
+    pool.start()
+    return pool
 
 
 @dataclass
