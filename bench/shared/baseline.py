@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from bench.shared.common import ROOT
 
@@ -41,3 +43,17 @@ def git(*args: str) -> str:
     if done.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)}: {done.stderr.strip()}")
     return done.stdout.strip()
+
+
+def run_header() -> dict[str, Any]:
+    """What a side-by-side study records of the tree and machine it ran on: HEAD, whether the
+    tree had uncommitted changes, the cores, the load, and whether bytecode is written (with
+    ``PYTHONDONTWRITEBYTECODE`` every start of either tree compiles its modules)."""
+    dirty = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--"])
+    return {
+        "head": git("rev-parse", "HEAD"),
+        "head_dirty": dirty.returncode != 0,
+        "cpu_count": os.cpu_count(),
+        "loadavg_before": os.getloadavg(),
+        "bytecode_written": not os.environ.get("PYTHONDONTWRITEBYTECODE"),
+    }

@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import core
-from bench.shared.baseline import baseline_tree, git
+from bench.shared.baseline import baseline_tree, run_header
 from bench.shared.common import (
     DEFAULT_OUT,
     ROOT,
@@ -302,14 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     args.data = args.data.resolve()
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    figures: dict[str, Any] = {
-        "head": git("rev-parse", "HEAD"),
-        "head_dirty": subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--"])
-        .returncode != 0,
-        "cpu_count": os.cpu_count(),
-        "loadavg_before": os.getloadavg(),
-        "bytecode_written": not os.environ.get("PYTHONDONTWRITEBYTECODE"),
-    }  # fmt: skip
+    figures: dict[str, Any] = run_header()
     figures |= process_ab(args, out)
     figures["loadavg_after"] = os.getloadavg()
     print("\n" + report(figures))

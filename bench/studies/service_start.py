@@ -45,14 +45,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import core
-from bench.shared.baseline import baseline_tree, git
+from bench.shared.baseline import baseline_tree, run_header
 from bench.shared.common import ROOT, alternate, fmt, median, table
 from bench.shared.daemon_harness import Daemon, drop_and_wait, shipped_settings
 from bench.studies.reload_memory import rss_mib
@@ -256,14 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    figures: dict[str, Any] = {
-        "head": git("rev-parse", "HEAD"),
-        "head_dirty": subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--"])
-        .returncode != 0,
-        "cpu_count": os.cpu_count(),
-        "loadavg_before": os.getloadavg(),
-        "bytecode_written": not os.environ.get("PYTHONDONTWRITEBYTECODE"),
-    }  # fmt: skip
+    figures: dict[str, Any] = run_header()
     figures |= service_start(args, out)
     figures["loadavg_after"] = os.getloadavg()
     print("\n" + report(figures))

@@ -46,7 +46,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -57,7 +56,7 @@ import numpy as np
 from PIL import Image
 
 import core
-from bench.shared.baseline import DEFAULT_REV, baseline_tree, git
+from bench.shared.baseline import DEFAULT_REV, baseline_tree, run_header
 from bench.shared.common import ROOT, alternate, fmt, median, table
 from bench.shared.daemon_harness import Daemon, drop_and_wait, shipped_settings
 from bench.shared.datasets import QUALITY, photo_mix
@@ -330,12 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    figures: dict[str, Any] = {
-        "head": git("rev-parse", "HEAD"),
-        "head_dirty": subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--"])
-        .returncode != 0,
-        "cpu_count": os.cpu_count(),
-    }  # fmt: skip
+    figures: dict[str, Any] = run_header()
     sections = []
     if args.part in ("e2e", "both"):
         figures["e2e"] = end_to_end(args, out)
