@@ -2,9 +2,10 @@
 the real daemon (tests/daemon_harness.py) inside the kit's private network namespace, its
 batches on model actors of a real two-node cluster (tests/ray_kit.py).
 
-- 500 files; the second node's raylet ``kill -9``ed mid-run, then the daemon itself ``kill
-  -9``ed twice at random moments and restarted: nothing lost, nothing duplicated, no good file
-  quarantined, each input in one place; the loss shows in the metrics and on the page;
+- 500 files; the second node ``kill -9``ed mid-run (every process of it, as a lost machine),
+  then the daemon itself ``kill -9``ed twice at random moments and restarted: nothing lost,
+  nothing duplicated, no good file quarantined, each input in one place; the loss shows in
+  the metrics and on the page;
 - a cluster that cannot be reached, or lacks the GPUs asked for: the daemon stays up, says
   why naming the setting, takes no file, and the inbox is untouched.
 """
@@ -55,7 +56,9 @@ def test_a_lost_node_and_two_daemon_kills_lose_and_charge_nothing(
     payloads = {f"r{i:03d}.png": png(5000 + i) for i in range(FILES)}
     root = tmp_path / "root"
     drop(root / "inbox", payloads)
-    daemon = ray_daemon(root, pixel_checkpoint, cluster)
+    # 128 px: enough work per file that the loss and the kills land in it on a fast machine
+    # (at 64 px the 500 files once settled before node2's raylet was even declared dead).
+    daemon = ray_daemon(root, pixel_checkpoint, cluster, size=128)
     marks = sorted(rng.sample(range(int(FILES * 0.3), int(FILES * 0.8)), 2))
     seen: dict[str, object] = {}
     with cluster.namespace.entered():  # the daemon, its port and its Ray client inside
@@ -64,8 +67,9 @@ def test_a_lost_node_and_two_daemon_kills_lose_and_charge_nothing(
         (pool,) = health["workers"]
         assert status == 200 and pool["alive"] and pool["actors"] == 2, health
         wait_for(lambda: settled(root) >= FILES // 5, 120, f"a fifth done ({daemon.log_path})")
-        cluster.kill_node2_raylet()
+        cluster.kill_node2()  # the machine lost: its actor's batch dies at once
         wait_for(lambda: metric(daemon, "artd_worker_actors_lost") >= 1, 60, "the loss seen")
+        assert settled(root) < FILES, "the node was lost after the work was done"
         seen["metrics"] = [
             line for line in daemon.metrics().splitlines() if line.startswith("artd_worker_")
         ]
@@ -73,6 +77,7 @@ def test_a_lost_node_and_two_daemon_kills_lose_and_charge_nothing(
         for mark in marks:  # the daemon itself, twice, at random moments
             wait_for(lambda m=mark: settled(root) >= m, 180, f"{mark} done ({daemon.log_path})")
             time.sleep(rng.uniform(0.0, 0.5))
+            assert settled(root) < FILES, "the kill would land after the work was done"
             daemon.kill()
             daemon.start()
         wait_for(lambda: settled(root) >= FILES, 240, f"all settled ({daemon.log_path})")
