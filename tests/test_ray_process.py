@@ -250,20 +250,28 @@ def test_a_node_killed_mid_run_costs_nothing(pixel_checkpoint: Path, tmp_path: P
                 env=_env(cluster), cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             )  # fmt: skip
 
-        def node2_actors() -> list[str]:
+        def node2_busy() -> bool:
+            # Its actor inside a batch (Ray titles it ``...submit`` while it runs one).
             assert cluster.node2 is not None
-            return [p.name for p in cluster.node2.pids() if p.name.startswith("ray::MapWorker")]
+            titles = [
+                p.title() for p in cluster.node2.pids() if p.name.startswith("ray::MapWorker")
+            ]
+            return any(t.endswith(".submit") for t in titles)
 
-        # Mid-run: work done, node2's actor up (a loaded machine may start it late).
+        # Mid-run, with node2's actor holding a batch: a node whose actor is still starting, or
+        # idle, loses nothing when it dies (so the kill would prove nothing).
         wait_for(
-            lambda: (count(out) >= 20 and bool(node2_actors())) or job.poll() is not None,
+            lambda: (count(out) >= 20 and node2_busy()) or job.poll() is not None,
             180,
-            "20 files settled and an actor on node2",
+            "20 files settled and node2's actor inside a batch",
         )
         at_kill = count(out)
         assert job.poll() is None and at_kill < len(inputs) - 30, "the job ended before the kill"
         cluster.kill_node2_raylet()
         job.wait(timeout=300)
+        # Ray redid what was lost. Its driver logs each resubmission as it makes it; the
+        # "will be retried" warning it forwards to stderr can be lost when the job ends first.
+        resubmitted = cluster.driver_logs().count("Will resubmit task")
     finally:
         cluster.stop()
     stderr = log_path.read_text()
@@ -272,7 +280,7 @@ def test_a_node_killed_mid_run_costs_nothing(pixel_checkpoint: Path, tmp_path: P
     rejected = {name: reason for name, reason in found.items() if reason != "output"}
     assert rejected == BROKEN | {poison.name: "crashed_repeatedly", crash.name: "decoder_crashed"}
     assert "119 written, 5 rejected" in stderr
-    assert "will be retried" in stderr  # Ray redid what was lost
+    assert resubmitted > 0, "no task was resubmitted after the node's loss"
 
 
 def count(out: Path) -> int:

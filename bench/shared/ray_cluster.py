@@ -74,6 +74,16 @@ class Proc:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
 
+    def title(self) -> str:
+        """Its command line as it names itself now (Ray retitles a worker with the task it
+        runs: ``ray::MapWorker(...).submit`` while an actor works, ``ray::MapWorker(...)``
+        when idle); "" once gone."""
+        try:
+            raw = Path(f"/proc/{self.pid}/cmdline").read_bytes()
+        except OSError:
+            return ""
+        return raw.replace(b"\0", b" ").decode(errors="replace").strip() if self.alive() else ""
+
     def rss(self) -> int:
         """Resident memory in bytes (0 once gone)."""
         try:
@@ -491,6 +501,14 @@ print(json.dumps(ray.nodes(), default=str))
         """Resident memory of every process in the namespace, in bytes (shared pages counted
         once per process, so an over-estimate)."""
         return sum(p.rss() for p in self.namespace.processes())
+
+    def driver_logs(self) -> str:
+        """What the drivers' core workers logged on the head (its session's
+        ``python-core-driver-*.log``), written as it happens, unlike what Ray forwards to a
+        driver's stderr. Read it before ``stop()``, which removes the session."""
+        assert self.temp_dir is not None
+        paths = sorted((self.temp_dir / "head").glob("session_*/logs/python-core-driver-*.log"))
+        return "".join(p.read_text(errors="replace") for p in paths)
 
     def kill_node2_raylet(self) -> Proc:
         """``kill -9`` the second node's raylet; its ``ray start`` then ends the rest of its
