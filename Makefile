@@ -6,7 +6,7 @@ STAMP := $(VENV)/.artd-installed
 # The optional extras installed with the dev tools (CI adds ray: EXTRAS=dev,ray).
 EXTRAS ?= dev
 
-.PHONY: run test lint format bench art-bench art-bench-quick soak default-model clean
+.PHONY: run test lint format other-ray bench art-bench art-bench-quick soak default-model clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,17 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# A second Ray, of another version than artd[ray]'s pin, in build/ray-other: the cluster
+# tests/test_ray_version.py starts for a client to refuse (CI installs it; the test skips
+# without it elsewhere). A --target install beside the venv's Ray, which it leaves alone.
+OTHER_RAY_VERSION ?= 2.59.0
+other-ray: build/ray-other/.installed
+
+build/ray-other/.installed: $(STAMP)
+	rm -rf build/ray-other
+	$(PY) -m pip install --quiet --no-deps --target build/ray-other 'ray==$(OTHER_RAY_VERSION)'
+	touch $@
 
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)

@@ -8,7 +8,9 @@ that breaks its cluster starts its own with ``started_cluster()`` and stops it i
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +24,10 @@ from bench.shared.ray_cluster import (  # noqa: F401  (the tests' names for them
     descendants,
     proc,
 )
+
+# A second Ray, of another version than the venv's (`make other-ray`; CI installs it), for a
+# cluster a client of the venv's Ray must refuse.
+OTHER_RAY = Path(__file__).resolve().parent.parent / "build" / "ray-other"
 
 # --- fixtures --------------------------------------------------------------------------------
 
@@ -44,3 +50,15 @@ def ray_cluster_fixture() -> Iterator[RayCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+def other_ray_cluster() -> RayCluster:
+    """A started cluster whose nodes run the Ray in ``OTHER_RAY``: a skip where it is not
+    installed, a failure under CI (whose ``.ci/run`` installs it)."""
+    if not (OTHER_RAY / "ray" / "__init__.py").exists():
+        message = f"no second Ray in {OTHER_RAY} (make other-ray)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    root = OTHER_RAY.parent.parent
+    return started_cluster(env={"PYTHONPATH": f"{OTHER_RAY}{os.pathsep}{root}"})
