@@ -152,13 +152,20 @@ def wait_settled(daemon: Daemon, n: int, timeout_s: float, poll_s: float = 0.02)
     return time.perf_counter()
 
 
-def drop_and_wait(daemon: Daemon, files: list[Path], staging: Path) -> float:
-    """Copy into staging (untimed), rename all into the inbox, wait for every output."""
+def drop_and_wait(
+    daemon: Daemon, files: list[Path], staging: Path, keep_mtimes: bool = False
+) -> float:
+    """Copy into staging (untimed), rename all into the inbox, wait for every output.
+
+    The copies are fresh files (``cp``, a scanner), so each image waits the daemon's
+    ``sidecar_wait_seconds`` for a sidecar; ``keep_mtimes`` copies with the sources'
+    modification times (``rsync -a``, ``cp -p``, Finder), which the daemon takes at once."""
     daemon.reset()
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    copy = shutil.copy2 if keep_mtimes else shutil.copyfile
     for path in files:
-        shutil.copyfile(path, staging / path.name)
+        copy(path, staging / path.name)
     started = time.perf_counter()
     for path in files:
         os.rename(staging / path.name, daemon.root / "inbox" / path.name)
