@@ -340,12 +340,15 @@ class Background(threading.Thread):
 class RssSampler(Background):
     """VmRSS of the daemon every ``every_s``: its service process plus the model workers its
     /healthz reports (the network's memory is theirs), as (seconds into the life, life, kB,
-    seconds since the sampler was made). A moment either cannot be read is skipped."""
+    seconds since the sampler was made). A moment either cannot be read is skipped.
+    ``parts`` splits each sample: (seconds into the life, life, the service's kB, its model
+    workers' kB, how many workers), to tell which process a trend is in."""
 
     def __init__(self, daemon: Daemon, every_s: float = 1.0) -> None:
         super().__init__("soak-rss", every_s)
         self.daemon = daemon
         self.samples: list[tuple[float, int, int, float]] = []
+        self.parts: list[tuple[float, int, int, int, int]] = []
         self.made = time.monotonic()
         self.life = 0
         self.life_started = time.monotonic()
@@ -359,10 +362,13 @@ class RssSampler(Background):
             self._pid, self.life = proc.pid, self.life + 1
             self.life_started = time.monotonic()
         with contextlib.suppress(OSError, KeyError, ValueError):
-            pids = [proc.pid, *model_worker_pids(self.daemon)]
-            rss = sum(proc_status(pid)["VmRSS"] for pid in pids)
+            workers = model_worker_pids(self.daemon)
+            service = proc_status(proc.pid)["VmRSS"]
+            worker_kb = sum(proc_status(pid)["VmRSS"] for pid in workers)
             now = time.monotonic()
-            self.samples.append((now - self.life_started, self.life, rss, now - self.made))
+            t = now - self.life_started
+            self.samples.append((t, self.life, service + worker_kb, now - self.made))
+            self.parts.append((t, self.life, service, worker_kb, len(workers)))
 
 
 @dataclass
@@ -376,6 +382,9 @@ class Memory:
     peak_mib: float
     slope_mib_per_min: float
     peaks_by_life: list[float]
+    # The same windows' medians split by process: the service, then its model workers (and
+    # how many there were at the first and last sample); empty without ``parts``.
+    split: str = ""
 
     def line(self) -> str:
         peaks = ", ".join(f"{p:.0f}" for p in self.peaks_by_life)
@@ -384,11 +393,35 @@ class Memory:
             f"{self.seconds:.0f}s after warm-up): {self.first_mib:.0f} -> "
             f"{self.last_mib:.0f} MiB (medians of its first and last minute, or third), "
             f"peak {self.peak_mib:.0f}, slope {self.slope_mib_per_min:+.2f} MiB/min; "
-            f"peak per life {peaks} MiB"
+            f"peak per life {peaks} MiB" + (f"; {self.split}" if self.split else "")
         )
 
 
-def memory(samples: list[tuple[float, int, int, float]], warmup_s: float) -> Memory:
+def _split(
+    parts: list[tuple[float, int, int, int, int]], life: int, first: float, last: float
+) -> str:
+    """The service's and the workers' medians over the windows ``[first_start, first]`` and
+    ``[last, end]`` of the last life (``first``/``last``: the windows' inner edges)."""
+    mine = [p for p in parts if p[1] == life]
+    head = [p for p in mine if p[0] <= first]
+    tail = [p for p in mine if p[0] >= last]
+    if not head or not tail:
+        return ""
+
+    def mib(rows: list[tuple[float, int, int, int, int]], i: int) -> float:
+        return statistics.median(row[i] for row in rows) / 1024
+
+    return (
+        f"service {mib(head, 2):.0f} -> {mib(tail, 2):.0f} MiB, model workers "
+        f"{mib(head, 3):.0f} -> {mib(tail, 3):.0f} MiB ({head[0][4]} -> {tail[-1][4]} workers)"
+    )
+
+
+def memory(
+    samples: list[tuple[float, int, int, float]],
+    warmup_s: float,
+    parts: list[tuple[float, int, int, int, int]] | None = None,
+) -> Memory:
     lives: dict[int, list[tuple[float, int]]] = {}
     for t, life, kb, _at in samples:
         lives.setdefault(life, []).append((t, kb))
@@ -411,6 +444,7 @@ def memory(samples: list[tuple[float, int, int, float]], warmup_s: float) -> Mem
         peak_mib=max(m for _t, m in warm),
         slope_mib_per_min=slope * 60,
         peaks_by_life=peaks,
+        split=_split(parts or [], final, warm[0][0] + window, warm[-1][0] - window),
     )
 
 

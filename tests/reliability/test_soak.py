@@ -305,7 +305,7 @@ def test_mixed_soak(pixel_checkpoint: Path, tmp_path: Path, ledger: Ledger) -> N
     found = where(root)
     tally = account(dropper.drops, found)
     escaped = escapes(root, outside, decoy)
-    mem = memory(sampler.samples, WARMUP_S)
+    mem = memory(sampler.samples, WARMUP_S, sampler.parts)
     if os.environ.get("SOAK_RSS_LOG"):  # the samples, for a closer look at a trend
         figures = {"samples": sampler.samples, "reloads": promoted, "kills": killed}
         Path(os.environ["SOAK_RSS_LOG"]).write_text(json.dumps(figures))
