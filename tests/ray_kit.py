@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench.shared.common import ROOT
 from bench.shared.ray_cluster import (  # noqa: F401  (the tests' names for them)
     NamespaceUnavailable,
     NetNamespace,
@@ -27,7 +27,7 @@ from bench.shared.ray_cluster import (  # noqa: F401  (the tests' names for them
 
 # A second Ray, of another version than the venv's (`make other-ray`; CI installs it), for a
 # cluster a client of the venv's Ray must refuse.
-OTHER_RAY = Path(__file__).resolve().parent.parent / "build" / "ray-other"
+OTHER_RAY = ROOT / "build" / "ray-other"
 
 # --- fixtures --------------------------------------------------------------------------------
 
@@ -45,20 +45,25 @@ def started_cluster(**kwargs: Any) -> RayCluster:
 @pytest.fixture(name="ray_cluster", scope="module")
 def ray_cluster_fixture() -> Iterator[RayCluster]:
     """A running two-node cluster shared by a module's tests, always torn down."""
-    cluster = started_cluster()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from stopped_after(started_cluster())
 
 
-def other_ray_cluster() -> RayCluster:
-    """A started cluster whose nodes run the Ray in ``OTHER_RAY``: a skip where it is not
-    installed, a failure under CI (whose ``.ci/run`` installs it)."""
+@pytest.fixture(name="other_ray_cluster", scope="module")
+def other_ray_cluster_fixture() -> Iterator[RayCluster]:
+    """Like ``ray_cluster``, its nodes running the Ray in ``OTHER_RAY``: a skip where it is
+    not installed, a failure under CI (whose ``.ci/run`` installs it)."""
     if not (OTHER_RAY / "ray" / "__init__.py").exists():
         message = f"no second Ray in {OTHER_RAY} (make other-ray)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    root = OTHER_RAY.parent.parent
-    return started_cluster(env={"PYTHONPATH": f"{OTHER_RAY}{os.pathsep}{root}"})
+    yield from stopped_after(started_cluster(env={"PYTHONPATH": f"{OTHER_RAY}{os.pathsep}{ROOT}"}))
+
+
+def stopped_after(cluster: RayCluster) -> Iterator[RayCluster]:
+    """A fixture's body over a started ``cluster``: yields it, then stops it whatever the
+    tests did (``yield from stopped_after(started_cluster(...))``)."""
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from daemon_harness import Daemon, files_under, wait_for
-from ray_kit import RayCluster, started_cluster
+from ray_kit import RayCluster, started_cluster, stopped_after
 from test_worker_wiring import assert_each_once, drop, png, settled
 
 FILES = 500
@@ -32,11 +32,7 @@ QUICK = {"settle_seconds": 0.2, "rescan_seconds": 0.5, "max_batch": 8, "max_dela
 def cluster() -> Iterator[RayCluster]:
     """Two CPUs a node: one actor on each at first, and room on the head for both once the
     second node is gone."""
-    cluster = started_cluster(head_cpus=2, node2_cpus=2)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from stopped_after(started_cluster(head_cpus=2, node2_cpus=2))
 
 
 def ray_daemon(root: Path, checkpoint: Path, cluster: RayCluster, **settings: object) -> Daemon:

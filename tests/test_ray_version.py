@@ -8,27 +8,20 @@ from __future__ import annotations
 
 import importlib.metadata
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from conftest import write_images
 from daemon_harness import files_under, wait_for
-from ray_kit import OTHER_RAY, RayCluster, other_ray_cluster
+from ray_kit import (
+    OTHER_RAY,
+    RayCluster,
+    other_ray_cluster_fixture,  # noqa: F401  (the other_ray_cluster fixture)
+)
 from test_ray_daemon import ray_daemon
 from test_ray_process import process_in
 from test_worker_wiring import drop, png
 
 REFUSAL = "ray_address: the cluster runs another Ray or Python version"
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RayCluster]:
-    cluster = other_ray_cluster()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def versions() -> tuple[str, str]:
@@ -37,27 +30,27 @@ def versions() -> tuple[str, str]:
     return dist.version, importlib.metadata.version("ray")
 
 
-def test_the_cluster_really_runs_another_ray(cluster: RayCluster) -> None:
+def test_the_cluster_really_runs_another_ray(other_ray_cluster: RayCluster) -> None:
     theirs, ours = versions()
     assert theirs != ours
     # A client of the cluster's own Ray (the kit's environment) connects, and a task on the
     # cluster's workers reports the version it runs.
     code = (
-        f"import ray\nray.init(address={cluster.address!r})\n"
+        f"import ray\nray.init(address={other_ray_cluster.address!r})\n"
         "print(ray.__version__, ray.get(ray.remote(lambda: ray.__version__).remote()))"
     )
-    assert cluster.python(code).split()[-2:] == [theirs, theirs]
+    assert other_ray_cluster.python(code).split()[-2:] == [theirs, theirs]
 
 
 def test_process_refuses_it_naming_the_setting_and_writes_nothing(
-    cluster: RayCluster, pixel_checkpoint: Path, tmp_path: Path
+    other_ray_cluster: RayCluster, pixel_checkpoint: Path, tmp_path: Path
 ) -> None:
     inputs = write_images(tmp_path / "in", 2)
     before = {p: p.read_bytes() for p in inputs}
     started = time.monotonic()
     result = process_in(
-        cluster, tmp_path / "in", "--out", tmp_path / "out", "--checkpoint", pixel_checkpoint,
-        "--ray", cluster.address,
+        other_ray_cluster, tmp_path / "in", "--out", tmp_path / "out", "--checkpoint",
+        pixel_checkpoint, "--ray", other_ray_cluster.address,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr[-4000:]
     assert time.monotonic() - started < 60
@@ -70,13 +63,13 @@ def test_process_refuses_it_naming_the_setting_and_writes_nothing(
 
 
 def test_the_daemon_stays_up_says_why_and_takes_no_file(
-    cluster: RayCluster, pixel_checkpoint: Path, tmp_path: Path
+    other_ray_cluster: RayCluster, pixel_checkpoint: Path, tmp_path: Path
 ) -> None:
     root = tmp_path / "root"
     drop(root / "inbox", {"waits.png": png(1)})
     theirs, _ = versions()
-    with cluster.namespace.entered():
-        daemon = ray_daemon(root, pixel_checkpoint, cluster)
+    with other_ray_cluster.namespace.entered():
+        daemon = ray_daemon(root, pixel_checkpoint, other_ray_cluster)
         with daemon:
             wait_for(lambda: REFUSAL in str(daemon.health()[1]["problems"]), 60, daemon.log)
             status, health = daemon.health()
