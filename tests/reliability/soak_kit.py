@@ -338,17 +338,16 @@ class Background(threading.Thread):
 
 
 class RssSampler(Background):
-    """VmRSS of the daemon every ``every_s``: its service process plus the model workers its
-    /healthz reports (the network's memory is theirs), as (seconds into the life, life, kB,
-    seconds since the sampler was made). A moment either cannot be read is skipped.
-    ``parts`` splits each sample: (seconds into the life, life, the service's kB, its model
-    workers' kB, how many workers), to tell which process a trend is in."""
+    """VmRSS of the daemon every ``every_s``: its service process and the model workers its
+    /healthz reports (the network's memory is theirs). ``parts`` holds each moment as (seconds
+    into the life, life, the service's kB, its model workers' kB, how many workers, seconds
+    since the sampler was made); ``samples`` sums it. A moment either cannot be read is
+    skipped."""
 
     def __init__(self, daemon: Daemon, every_s: float = 1.0) -> None:
         super().__init__("soak-rss", every_s)
         self.daemon = daemon
-        self.samples: list[tuple[float, int, int, float]] = []
-        self.parts: list[tuple[float, int, int, int, int]] = []
+        self.parts: list[tuple[float, int, int, int, int, float]] = []
         self.made = time.monotonic()
         self.life = 0
         self.life_started = time.monotonic()
@@ -366,9 +365,15 @@ class RssSampler(Background):
             service = proc_status(proc.pid)["VmRSS"]
             worker_kb = sum(proc_status(pid)["VmRSS"] for pid in workers)
             now = time.monotonic()
-            t = now - self.life_started
-            self.samples.append((t, self.life, service + worker_kb, now - self.made))
-            self.parts.append((t, self.life, service, worker_kb, len(workers)))
+            self.parts.append(
+                (now - self.life_started, self.life, service, worker_kb, len(workers),
+                 now - self.made)
+            )  # fmt: skip
+
+    @property
+    def samples(self) -> list[tuple[float, int, int, float]]:
+        """(seconds into the life, life, service + workers kB, seconds since made)."""
+        return [(t, life, svc + wkr, at) for t, life, svc, wkr, _n, at in self.parts]
 
 
 @dataclass
@@ -398,7 +403,7 @@ class Memory:
 
 
 def _split(
-    parts: list[tuple[float, int, int, int, int]], life: int, first: float, last: float
+    parts: list[tuple[float, int, int, int, int, float]], life: int, first: float, last: float
 ) -> str:
     """The service's and the workers' medians over the windows ``[first_start, first]`` and
     ``[last, end]`` of the last life (``first``/``last``: the windows' inner edges)."""
@@ -408,7 +413,7 @@ def _split(
     if not head or not tail:
         return ""
 
-    def mib(rows: list[tuple[float, int, int, int, int]], i: int) -> float:
+    def mib(rows: list[tuple[float, int, int, int, int, float]], i: int) -> float:
         return statistics.median(row[i] for row in rows) / 1024
 
     return (
@@ -420,7 +425,7 @@ def _split(
 def memory(
     samples: list[tuple[float, int, int, float]],
     warmup_s: float,
-    parts: list[tuple[float, int, int, int, int]] | None = None,
+    parts: list[tuple[float, int, int, int, int, float]] | None = None,
 ) -> Memory:
     lives: dict[int, list[tuple[float, int]]] = {}
     for t, life, kb, _at in samples:
